@@ -1,0 +1,147 @@
+"""Settings declared once: a frozen dataclass whose fields carry their help, bounds and choices.
+
+A task or experiment declares its settings as one dataclass; the CLI's flags, the validation
+messages and ``config.json`` all come from that declaration::
+
+    @dataclasses.dataclass(frozen=True)
+    class HyperGridSettings(Settings):
+        ndim: int = setting(2, "number of dimensions d", min=1)
+        r0: float = setting(1e-3, "base reward R0", gt=0)
+        loss: str = setting("tb", "training objective", choices=("tb", "db"))
+
+    cfg = HyperGridSettings(ndim=3)
+    cfg.validate()                      # ValueError: "ndim must be >= 1, got 0"  (the setting's name)
+    cfg.to_dict(); HyperGridSettings.from_dict(d)
+
+Library errors name the *setting* (``ndim``); only ``gfnem_jax.cli`` turns them into flag names
+(``--ndim``) with ``flag_message``. Numbers are checked to be finite unless a field allows inf.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
+
+T = TypeVar("T", bound="Settings")
+
+_META = "gfnem"
+
+
+def setting(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
+            gt: Optional[float] = None, lt: Optional[float] = None,
+            choices: Optional[Sequence[Any]] = None, flag: Optional[str] = None,
+            cli: bool = True, allow_inf: bool = False) -> Any:
+    """A dataclass field with CLI help and bounds (min/max inclusive, gt/lt strict).
+
+    flag: the CLI flag if not ``--`` + the name with dashes; cli=False keeps it out of the CLI.
+    """
+    meta = dict(help=help, min=min, max=max, gt=gt, lt=lt,
+                choices=tuple(choices) if choices is not None else None, flag=flag, cli=cli,
+                allow_inf=allow_inf)
+    return dataclasses.field(default=default, metadata={_META: meta})
+
+
+def _meta(f: dataclasses.Field) -> Dict[str, Any]:
+    return f.metadata.get(_META, {"help": "", "cli": False})
+
+
+def check_value(name: str, value: Any, meta: Dict[str, Any]) -> None:
+    """Raise ValueError naming ``name`` if ``value`` breaks the bounds in ``meta``."""
+    ch = meta.get("choices")
+    if ch is not None and value not in ch:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, ch))}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{name} must be a number, got nan")
+    if isinstance(value, float) and math.isinf(value) and not meta.get("allow_inf"):
+        raise ValueError(f"{name} must be finite, got {value}")
+    for key, ok, word in (("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
+                          ("gt", lambda v, b: v > b, ">"), ("lt", lambda v, b: v < b, "<")):
+        b = meta.get(key)
+        if b is not None and not ok(value, b):
+            raise ValueError(f"{name} must be {word} {b}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Base of every declared settings dataclass (see the module docstring)."""
+
+    def validate(self) -> None:
+        """Check every field's declared bounds, then ``check`` (cross-field rules)."""
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name), _meta(f))
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules; override and raise ValueError naming the settings."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: Type[T], d: Dict[str, Any]) -> T:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown settings for {cls.__name__}: {', '.join(unknown)}")
+        return cls(**d)
+
+    def replace(self: T, **kw) -> T:
+        return dataclasses.replace(self, **kw)
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return _meta(f).get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(parser, cls: Type[Settings], group: Optional[str] = None,
+                  exclude: Tuple[str, ...] = ()) -> None:
+    """Add one flag per CLI field of ``cls`` (type, default and help from the declaration)."""
+    g = parser.add_argument_group(group) if group else parser
+    for f in dataclasses.fields(cls):
+        m = _meta(f)
+        if not m.get("cli", True) or f.name in exclude:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        helptext = m.get("help", "")
+        if m.get("choices"):
+            helptext += f" (one of: {', '.join(map(str, m['choices']))})"
+        if isinstance(default, bool):
+            if default:
+                g.add_argument("--no-" + flag_name(f)[2:], dest=f.name, action="store_false",
+                               help=f"turn off: {helptext}")
+            else:
+                g.add_argument(flag_name(f), dest=f.name, action="store_true", help=helptext)
+            continue
+        typ = type(default) if default is not None else str
+        g.add_argument(flag_name(f), dest=f.name, type=typ, default=default,
+                       help=f"{helptext} (default {default})")
+
+
+def from_args(cls: Type[T], args, **overrides) -> T:
+    """Build ``cls`` from parsed CLI args (fields missing from args keep their defaults)."""
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def flag_message(msg: str, classes: Sequence[Type[Settings]] = ()) -> str:
+    """Turn setting names at the start of / inside an error message into CLI flags.
+
+    Only the CLI calls this: ``"batch_size must be >= 1"`` -> ``"--batch-size must be >= 1"``.
+    Names are taken from ``classes``' fields; any other ``snake_case`` word is left alone.
+    """
+    names = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            names[f.name] = flag_name(f)
+    if not names:
+        return msg
+
+    def sub(m):
+        w = m.group(0)
+        return names.get(w, w)
+
+    return re.sub(r"(?<![\w-])[a-z][a-z0-9_]*(?![\w-])", sub, msg)
