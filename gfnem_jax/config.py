@@ -110,8 +110,8 @@ def add_arguments(parser, cls: Type[Settings], group: Optional[str] = None,
             helptext += f" (one of: {', '.join(map(str, m['choices']))})"
         if isinstance(default, bool):
             if default:
-                g.add_argument("--no-" + flag_name(f)[2:], dest=f.name, action="store_false",
-                               help=f"turn off: {helptext}")
+                flag = m.get("flag") or "--no-" + f.name.replace("_", "-")
+                g.add_argument(flag, dest=f.name, action="store_false", help=helptext)
             else:
                 g.add_argument(flag_name(f), dest=f.name, action="store_true", help=helptext)
             continue

@@ -6,7 +6,8 @@ A latent variable model is a pair of pure functions, ``LatentModel(log_joint, sa
 The GFlowNet's log-reward is ``log_joint(theta, x, to_z(state))`` with the current theta, and the
 GFlowNet is conditioned on x (``cond``).
 
-One EM step (``make_em_step``), keys all derived from the per-step key ``fold_in(run_key, t)``:
+One EM step is the one alternating step of ``gfnem_jax.loop`` with the updates ``em_updates``
+builds (keys all derived from the per-step key ``fold_in(run_key, t)``):
   E-step   a GFlowNet loss (``GFlowNet.loss``, with its exploration) on B data points x drawn
            uniformly from the data set; one optimizer step on the policy (and log Z(x)).
   sleep    (switchable, probability ``sleep_prob`` per E-step) draw (x, z) ~ p_theta and take a
@@ -18,11 +19,9 @@ One EM step (``make_em_step``), keys all derived from the per-step key ``fold_in
            z = every latent and w = the exact / mean-field posterior.
   local search (switchable) ``ls_rounds`` rounds of: go back ``ls_back`` steps with P_B, forward
            again with P_F, accept with the Metropolis-Hastings ratio for the target p_theta(x, z).
-Schedules (both inside one ``lax.scan``, ``lax.cond`` for conditional steps):
-  fixed     step t is an E-step if t mod (k + m) < k, else an M-step;
-  adaptive  every step is an E-step; an M-step follows when ema_t < threshold(t), where
-            ema_t = d ema_{t-1} + (1 - d) loss_t (ema_0 = loss_0, d = 0.9) and threshold falls
-            linearly from ``thr_start`` at step 0 to ``thr_end`` at step ``thr_steps``.
+Schedules: ``loop.Schedule`` "fixed" (k E-steps then m M-steps) or "adaptive" (an M-step when
+the EMA of the E-step loss is under a linearly falling threshold).
+Data are an argument of the compiled chunk: ``batch_fn`` draws each step's E- and M-batches.
 """
 from __future__ import annotations
 
@@ -33,8 +32,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gfnem_jax.gflownet import GFlowNet
-from gfnem_jax.sampling import Exploration, backward_rollout, evaluate, forward_rollout
+from gfnem_jax import loop
+from gfnem_jax.gflownet import GFlowNet, sampler_update
+from gfnem_jax.sampling import Exploration, forward_rollout
 
 SCHEDULES = ("fixed", "adaptive")
 
@@ -62,7 +62,7 @@ class EMConfig:
 
     e_batch: int = 256
     m_batch: int = 0
-    schedule: str = "adaptive"
+    schedule_kind: str = "adaptive"
     e_steps: int = 10
     m_steps: int = 1
     ema_decay: float = 0.9
@@ -74,14 +74,18 @@ class EMConfig:
     ls_rounds: int = 0
     ls_back: int = 1
 
-    def validate(self, n_data: int, max_steps: int, has_sampler: bool = True) -> None:
+    def validate(self, n_data: int, max_steps: int, has_sampler: bool = True,
+                 n_devices: int = 1) -> None:
         """Raise ValueError naming the setting, the value and what is allowed."""
         if self.e_batch < 1:
             raise ValueError(f"--batch-size must be >= 1, got {self.e_batch}")
+        if self.e_batch % n_devices or (self.m_batch or n_data) % n_devices:
+            raise ValueError(f"--batch-size {self.e_batch} and --m-batch-size {self.m_batch or n_data} "
+                             f"must be divisible by --devices {n_devices}")
         if not 0 <= self.m_batch <= n_data:
             raise ValueError(f"--m-batch-size must be in [0, {n_data}] (0 = all data), got {self.m_batch}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule_kind not in SCHEDULES:
+            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule_kind!r}")
         if self.e_steps < 1 or self.m_steps < 1:
             raise ValueError(f"--e-steps and --m-steps must be >= 1, got {self.e_steps} and {self.m_steps}")
         if not 0 <= self.ema_decay < 1:
@@ -97,25 +101,29 @@ class EMConfig:
             raise ValueError("--sleep-prob > 0 needs a model with a sampler")
         if self.sleep_batch < 0:
             raise ValueError(f"--sleep-batch must be >= 0, got {self.sleep_batch}")
+        if self.sleep_batch and self.sleep_batch % n_devices:
+            raise ValueError(f"--sleep-batch {self.sleep_batch} must be divisible by --devices {n_devices}")
         if self.ls_rounds < 0:
             raise ValueError(f"--ls-rounds must be >= 0, got {self.ls_rounds}")
         if not 1 <= self.ls_back <= max_steps:
             raise ValueError(f"--ls-back must be in [1, {max_steps}] (the trajectory length), got {self.ls_back}")
 
-
-class EMState(NamedTuple):
-    gfn_params: Any
-    gfn_opt: Any
-    theta: Any
-    m_opt: Any
-    ema: jax.Array  # float[] EMA of the GFlowNet loss
-    step: jax.Array  # int32[]
-    key: jax.Array  # the run key
+    def schedule(self) -> loop.Schedule:
+        return loop.Schedule(self.schedule_kind, self.e_steps, self.m_steps, self.ema_decay,
+                             self.thr_start, self.thr_end, self.thr_steps)
 
 
 # -- the M-step ----------------------------------------------------------------------------------
+def joint_terms(log_joint, theta, x, z, w) -> jax.Array:
+    """float[N]: sum_s w_is log p_theta(x_i, z_is) per data point (no gradient into z or w)."""
+    w = jax.lax.stop_gradient(w)
+    z = jax.lax.stop_gradient(z)
+    lj = jax.vmap(lambda xi, zi: jax.vmap(lambda zz: log_joint(theta, xi, zz))(zi))(x, z)
+    return jnp.sum(w * lj, axis=1)
+
+
 def expected_nll(log_joint, theta, x: jax.Array, z: jax.Array, w: jax.Array) -> jax.Array:
-    """L(theta) = -(1/N) sum_i sum_s w_is log p_theta(x_i, z_is).
+    """L(theta) = -(1/N) sum_i sum_s w_is log p_theta(x_i, z_is)  (= -mean ``joint_terms``).
 
     Args:
       x: float[N, ...] data; z: [N, S, ...] latents (S per point); w: float[N, S] weights
@@ -123,10 +131,7 @@ def expected_nll(log_joint, theta, x: jax.Array, z: jax.Array, w: jax.Array) -> 
     No gradient flows into z or w. With w = p_theta(z | x) over all latents, grad L equals
     -grad (1/N) sum_i log p_theta(x_i) (Fisher's identity).
     """
-    w = jax.lax.stop_gradient(w)
-    z = jax.lax.stop_gradient(z)
-    lj = jax.vmap(lambda xi, zi: jax.vmap(lambda zz: log_joint(theta, xi, zz))(zi))(x, z)
-    return -jnp.mean(jnp.sum(w * lj, axis=1))
+    return -jnp.mean(joint_terms(log_joint, theta, x, z, w))
 
 
 def m_update(log_joint, tx: optax.GradientTransformation, theta, opt_state, x, z, w):
@@ -153,7 +158,7 @@ def local_search(gfn: GFlowNet, log_reward_fn, reward_params, params, key, termi
 
     Args:
       terminal: pytree [B, ...] of terminal states; cond: conditions [B, ...] or None.
-    Returns (terminal states [B, ...], acceptance rate float[] averaged over rounds and chains).
+    Returns (terminal states [B, ...], float[B] each chain's acceptance rate over the rounds).
     """
     env = gfn.env
     B = jax.tree.leaves(terminal)[0].shape[0]
@@ -163,14 +168,13 @@ def local_search(gfn: GFlowNet, log_reward_fn, reward_params, params, key, termi
         term, acc_sum = carry
         k = jax.random.fold_in(key, r)
         kb, kf, ku = jax.random.split(k, 3)
-        bt = backward_rollout(env, gfn.apply, params, kb, term, log_reward_fn, reward_params, cond)
+        bt = gfn.sample_backward(params, kb, term, log_reward_fn, reward_params, cond)
         j = jnp.maximum(bt.lengths - back, 0)  # forward time of the cut state s
         s = jax.tree.map(lambda a: a[jnp.arange(B), j], bt.states)
         seg = jnp.arange(T)[None, :] >= j[:, None]
         old_pf = jnp.sum(jnp.where(seg, bt.log_pf, 0.0), axis=1)
         old_pb = jnp.sum(jnp.where(seg, bt.log_pb, 0.0), axis=1)
-        ft = forward_rollout(env, gfn.apply, params, kf, B, log_reward_fn, reward_params, cond,
-                             Exploration(), init_states=s)
+        ft = gfn.sample(params, kf, B, log_reward_fn, reward_params, cond, init_states=s)
         new_pf = jnp.sum(ft.log_pf, axis=1)
         new_pb = jnp.sum(ft.log_pb, axis=1)
         log_a = (ft.log_reward + new_pb + old_pf) - (bt.log_reward + old_pb + new_pf)
@@ -179,141 +183,106 @@ def local_search(gfn: GFlowNet, log_reward_fn, reward_params, params, key, termi
         term = jax.tree.map(
             lambda n, o: jnp.where(accept.reshape((B,) + (1,) * (n.ndim - 1)), n, o),
             ft.terminal, term)
-        return term, acc_sum + jnp.mean(accept.astype(jnp.float32))
+        return term, acc_sum + accept.astype(jnp.float32)
 
     params = jax.lax.stop_gradient(params)
-    term, acc = jax.lax.fori_loop(0, rounds, one_round, (terminal, jnp.zeros((), jnp.float32)))
+    term, acc = jax.lax.fori_loop(0, rounds, one_round, (terminal, jnp.zeros((B,), jnp.float32)))
     return term, acc / max(rounds, 1)
 
 
-# -- one EM step ------------------------------------------------------------------------------------
-def threshold(cfg: EMConfig, step) -> jax.Array:
-    """Linear from thr_start (step 0) to thr_end (step thr_steps), constant afterwards."""
-    frac = jnp.clip(step / max(cfg.thr_steps, 1), 0.0, 1.0)
-    return cfg.thr_start + (cfg.thr_end - cfg.thr_start) * frac
+# -- the updates of one EM step -----------------------------------------------------------------
+def batch_fn(cfg: EMConfig, n_data: int):
+    """``batch_fn(data, key, i)`` for ``loop.make_chunk``: {"e": E-batch, "m": M-batch} drawn
+    uniformly (with replacement) from the device-resident ``data`` [N, ...]; the M-batch is the
+    whole data set in order when ``cfg.m_batch`` is 0."""
+    Bm = cfg.m_batch or n_data
+
+    def draw(data, key, i):
+        ke, km = jax.random.split(key)
+        pick = lambda k, n: jax.tree.map(lambda a: a[jax.random.randint(k, (n,), 0, n_data)], data)
+        return {"e": pick(ke, cfg.e_batch), "m": data if Bm == n_data else pick(km, Bm)}
+
+    return draw
 
 
-def init_em_state(gfn: GFlowNet, gfn_tx, m_tx, theta0, seed_or_key) -> EMState:
-    """EMState with GFlowNet params from fold_in(run_key, 2**31 - 1); theta0 given."""
-    run_key = (jax.random.PRNGKey(seed_or_key) if isinstance(seed_or_key, int) else seed_or_key)
-    params = gfn.init(jax.random.fold_in(run_key, 0x7FFFFFFF))
-    return EMState(params, gfn_tx.init(params), theta0, m_tx.init(theta0),
-                   jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), run_key)
+def em_updates(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
+               gfn_tx: optax.GradientTransformation, m_tx: optax.GradientTransformation,
+               to_z: Optional[Callable] = None, z_to_state: Optional[Callable] = None):
+    """(E-step Update, M-step Update, sleep hook) for ``loop.make_step``.
 
-
-def make_em_step(gfn: GFlowNet, model: LatentModel, cfg: EMConfig, data: jax.Array,
-                 gfn_tx: optax.GradientTransformation, m_tx: optax.GradientTransformation,
-                 to_z: Optional[Callable] = None, z_to_state: Optional[Callable] = None,
-                 eval_fn: Optional[Callable[[Any], Dict[str, jax.Array]]] = None):
-    """``step(state, key) -> (state, metrics)``: one GFlowNet-EM step (pure, jittable).
-
-    Args:
-      gfn: the conditional GFlowNet over latents (its ``explore`` is the E-step's behaviour).
-      model: ``LatentModel``; data: float[N, ...] (closed over as a constant).
-      gfn_tx, m_tx: optimizers of the GFlowNet and of theta.
-      to_z: terminal state -> z (default ``env.terminal_value``);
-      z_to_state: z -> terminal state (needed by the sleep phase).
-      eval_fn: theta -> dict of scalars, evaluated after the step (e.g. the data log-likelihood).
-    Metrics (float / bool scalars): loss (the GFlowNet loss of this step's E-step, or of the
-    M-step's samples on a fixed-schedule M-step), ema, threshold, e_step, m_step, sleep,
-    m_loss (0 when no M-step), ls_accept, plus eval_fn's.
+    E-step: ``gfnem_jax.gflownet.sampler_update`` on the batch's "e" rows with reward
+      log p_theta(x, to_z(state)) (theta = the state's model parameters).
+    M-step: z ~ P_F(. | x) on the "m" rows (on-policy, no gradient), local search if switched on,
+      then the expected NLL -mean_i log p_theta(x_i, z_i) (``joint_terms``); metric ls_accept.
+    Sleep (probability cfg.sleep_prob after each E-step): (x, z) ~ p_theta, backward trajectories
+      of z with P_B, one step on -mean log P_F(tau | x); metric sleep.
     """
     env = gfn.env
     to_z = to_z or env.terminal_value
-    N = data.shape[0]
-    Bm = cfg.m_batch or N
-    Bs = cfg.sleep_batch or cfg.e_batch
     if cfg.sleep_prob > 0 and (model.sample is None or z_to_state is None):
         raise ValueError("the sleep phase needs model.sample and z_to_state")
+    Bs = cfg.sleep_batch or cfg.e_batch
 
     def log_reward(theta, x, state):
         return model.log_joint(theta, x, to_z(state))
 
-    def sleep_update(params, opt, theta, key):
-        kx, kb = jax.random.split(key)
-        xs, zs = model.sample(theta, kx, Bs)
-        term = jax.vmap(z_to_state)(zs)
-        traj = backward_rollout(env, gfn.apply, params, kb, term, None, None, xs)
+    e_update = sampler_update(gfn, gfn_tx, cfg.e_batch, log_reward, cond_fn=lambda b: b["e"])
 
-        def loss_fn(p):
-            return -jnp.mean(jnp.sum(evaluate(env, gfn.apply, p, traj).log_pf, axis=1))
-
-        g = jax.grad(loss_fn)(params)
-        upd, opt = gfn_tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt
-
-    def e_update(params, opt, theta, key):
-        ki, kr, kc, ks = jax.random.split(key, 4)
-        x = data[jax.random.randint(ki, (cfg.e_batch,), 0, N)]
-        (loss, _), g = jax.value_and_grad(
-            lambda p: gfn.loss(p, kr, cfg.e_batch, log_reward, theta, x), has_aux=True)(params)
-        upd, opt = gfn_tx.update(g, opt, params)
-        params = optax.apply_updates(params, upd)
-        sleep = jnp.zeros((), bool)
-        if cfg.sleep_prob > 0:
-            sleep = jax.random.bernoulli(kc, cfg.sleep_prob)
-            params, opt = jax.lax.cond(sleep, lambda a: sleep_update(*a, theta, ks),
-                                       lambda a: a, (params, opt))
-        return params, opt, loss, sleep
-
-    def m_step(params, theta, m_opt, key):
-        ki, kr, kl = jax.random.split(key, 3)
-        x = data if Bm == N else data[jax.random.randint(ki, (Bm,), 0, N)]
-        traj = forward_rollout(env, gfn.apply, params, kr, Bm, log_reward, theta, x, Exploration())
-        term = traj.terminal
-        acc = jnp.zeros((), jnp.float32)
+    def m_prepare(theta, params, batch, key, shard):
+        kr, kl = jax.random.split(key)
+        x = batch["m"]
+        b = jax.tree.leaves(x)[0].shape[0]
+        traj = forward_rollout(env, gfn.policy, params, kr, b, log_reward, theta, x,
+                               Exploration(), shard.offset(b), sampling_pass=True)
+        term, acc = traj.terminal, jnp.zeros((b,), jnp.float32)
         if cfg.ls_rounds > 0:
-            term, acc = local_search(gfn, log_reward, theta, params, kl, term, x,
-                                     cfg.ls_rounds, cfg.ls_back)
-        z = jax.vmap(to_z)(term)[:, None]
-        w = jnp.ones((Bm, 1), jnp.float32)
-        theta, m_opt, mloss = m_update(model.log_joint, m_tx, theta, m_opt, x, z, w)
-        return theta, m_opt, mloss, acc, traj
+            term, acc = local_search(gfn, log_reward, theta, params, kl, term, x, cfg.ls_rounds,
+                                     cfg.ls_back)
+        return {"x": x, "z": jax.vmap(to_z)(term)[:, None], "acc": acc}
 
-    def step(st: EMState, key):
-        ke, km = jax.random.split(key)
-        t = st.step
-        zero = jnp.zeros((), jnp.float32)
-        if cfg.schedule == "fixed":
-            do_e = (t % (cfg.e_steps + cfg.m_steps)) < cfg.e_steps
-            params, opt, e_loss, sleep = jax.lax.cond(
-                do_e, lambda a: e_update(*a, st.theta, ke),
-                lambda a: (a[0], a[1], zero, jnp.zeros((), bool)), (st.gfn_params, st.gfn_opt))
-        else:
-            do_e = jnp.ones((), bool)
-            params, opt, e_loss, sleep = e_update(st.gfn_params, st.gfn_opt, st.theta, ke)
-        ema = jnp.where(t == 0, e_loss, cfg.ema_decay * st.ema + (1 - cfg.ema_decay) * e_loss)
-        ema = jnp.where(do_e, ema, st.ema)
-        thr = threshold(cfg, t)
-        do_m = ~do_e if cfg.schedule == "fixed" else ema < thr
+    def m_terms(theta, params, aux):
+        w = jnp.ones(aux["z"].shape[:2], jnp.float32)
+        return joint_terms(model.log_joint, theta, aux["x"], aux["z"], w)
 
-        def run_m(a):
-            theta, m_opt = a
-            theta, m_opt, mloss, acc, traj = m_step(params, theta, m_opt, km)
-            tb = gfn.traj_loss(jax.lax.stop_gradient(params), traj) if cfg.schedule == "fixed" else zero
-            return theta, m_opt, mloss, acc, tb
+    def m_reduce(q, aux):
+        m = {"ls_accept": jnp.mean(aux["acc"])} if cfg.ls_rounds > 0 else {}
+        return -jnp.mean(q), m
 
-        theta, m_opt, mloss, acc, m_tb = jax.lax.cond(
-            do_m, run_m, lambda a: (a[0], a[1], zero, zero, zero), (st.theta, st.m_opt))
-        metrics = {"loss": jnp.where(do_e, e_loss, m_tb), "ema": ema, "threshold": thr,
-                   "e_step": do_e, "m_step": do_m, "sleep": sleep, "m_loss": mloss,
-                   "ls_accept": acc}
-        if eval_fn is not None:
-            metrics.update(eval_fn(theta))
-        return EMState(params, opt, theta, m_opt, ema, t + 1, st.key), metrics
+    m_update_ = loop.Update(m_prepare, m_terms, m_reduce, m_tx)
 
-    return step
+    def s_prepare(params, theta, batch, key, shard):
+        kx, kb = jax.random.split(key)
+        xs, zs = model.sample(theta, kx, Bs)  # the global batch, identical on every device
+        b = Bs // shard.count
+        xs, zs = shard.local((xs, zs)) if shard.axis else (xs, zs)
+        term = jax.vmap(z_to_state)(zs)
+        return gfn.sample_backward(params, kb, term, None, None, xs, shard.offset(b))
+
+    def s_terms(params, theta, traj):
+        return jnp.sum(gfn.evaluate(params, traj).log_pf, axis=1)
+
+    sleep_update = loop.Update(s_prepare, s_terms, lambda q, aux: (-jnp.mean(q), {}), gfn_tx)
+
+    def after_sampler(st, batch, key, shard):
+        if cfg.sleep_prob <= 0:
+            return st, {}
+        kc, ks = jax.random.split(key)
+        do = jax.random.bernoulli(kc, cfg.sleep_prob)
+
+        def run(s):
+            p, o, _, _ = loop.apply_update(sleep_update, s.sampler, s.sampler_opt, s.model, batch,
+                                           ks, shard)
+            return s._replace(sampler=p, sampler_opt=o)
+
+        return jax.lax.cond(do, run, lambda s: s, st), {"sleep": do}
+
+    return e_update, m_update_, after_sampler
 
 
-def make_em_chunk(step, n: int):
-    """Jitted ``state -> (state, metrics[n])``: n EM steps in one lax.scan, step key
-    fold_in(run_key, step)."""
-
-    def body(st, _):
-        return step(st, jax.random.fold_in(st.key, st.step))
-
-    @jax.jit
-    def run_chunk(st):
-        return jax.lax.scan(body, st, None, length=n)
-
-    return run_chunk
+def make_em_step(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
+                 gfn_tx: optax.GradientTransformation, m_tx: optax.GradientTransformation,
+                 to_z: Optional[Callable] = None, z_to_state: Optional[Callable] = None,
+                 mesh=None):
+    """The one alternating step (``loop.make_step``) wired for GFlowNet-EM."""
+    e, m, after = em_updates(gfn, model, cfg, gfn_tx, m_tx, to_z, z_to_state)
+    return loop.make_step(e, m, cfg.schedule(), after_sampler=after, mesh=mesh)

@@ -1,119 +1,195 @@
-"""A GFlowNet = environment + policy network + objective + exploration, as one static bundle.
+"""A GFlowNet = environment + policy + objective + exploration, as one static bundle.
 
-``GFlowNet`` is a frozen (hashable) dataclass, so it is a static argument of jitted functions.
-Its methods are pure functions of explicit parameters and keys; ``loss`` is the single code path
-every experiment trains through (plain training, the E-step of GFlowNet-EM, benchmarks).
+``GFlowNet`` is a frozen (hashable) dataclass, so it is a static argument of jitted functions. The
+policy is any ``gfnem_jax.nets.policy.Policy`` and the objective any ``objectives.Objective``
+(``objectives.subtb(lam=0.9)``, ...). Its methods are pure functions of explicit parameters and
+keys. Training goes through one path, split so that data parallelism can see the global batch:
+
+    traj = gfn.rollout(params, key, B, log_reward_fn, reward_params, cond, index_offset)
+    terms = gfn.terms(params, traj)            # per-trajectory differentiable quantities [B, ...]
+    loss = gfn.value(terms, traj)              # the objective on (possibly gathered) terms
+
+``loss`` and ``traj_loss`` compose them on one device; ``sampler_update`` hands the three pieces to
+``gfnem_jax.loop`` (plain training, the E-step of GFlowNet-EM, energy-based training).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from gfnem_jax import losses, objectives
 from gfnem_jax.envs.base import Environment
-from gfnem_jax.nets.mlp import MLPPolicy, init_policy
-from gfnem_jax.sampling import (Exploration, Trajectories, backward_rollout, evaluate,
+from gfnem_jax.nets.policy import Policy, encode_batch
+from gfnem_jax.sampling import (Evaluation, Exploration, Trajectories, backward_rollout, evaluate,
                                 forward_rollout)
+
+
+class Terms(NamedTuple):
+    """Per-trajectory differentiable quantities the objectives need (leading axis B).
+
+    ev: the ``Evaluation`` (log_pf, log_pb [B, T], log_flow [B, T+1]); log_z float[B] (the
+    policy's log Z for each trajectory's condition, repeated when unconditional); fm float[B, 2]
+    (flow matching only: per-trajectory sum of squared residuals and number of visited states).
+    """
+
+    ev: Evaluation
+    log_z: jax.Array
+    fm: Optional[jax.Array] = None
 
 
 @dataclasses.dataclass(frozen=True)
 class GFlowNet:
     env: Environment
-    module: MLPPolicy
-    loss_name: str = "tb"
-    opts: objectives.ObjectiveOptions = objectives.ObjectiveOptions()
+    policy: Policy
+    objective: objectives.Objective = objectives.tb()
     explore: Exploration = Exploration()
-    cond_dim: Optional[int] = None
     # Pack the real (non-padding) states of a batch into the smallest of these fractions of
-    # B*(T+1) before the differentiable network pass (sampling.evaluate); None = no packing.
+    # B*(T+1) before the differentiable policy pass (sampling.evaluate); None = no packing.
     eval_buckets: Optional[tuple] = None
 
     def __post_init__(self):
-        objectives.check_options(self.loss_name, self.opts, self.explore)
+        if not isinstance(self.objective, objectives.Objective):
+            raise ValueError(f"objective must be an objectives.Objective (e.g. objectives.tb()), "
+                             f"got {self.objective!r}")
+        self.objective.check_sampling(self.explore)
 
-    # -- network ------------------------------------------------------------------------------
-    def init(self, key) -> Any:
-        return init_policy(self.module, key, self.env.feature_dim, self.cond_dim)
-
-    def apply(self, params, feats, cond=None):
-        return self.module.apply(params, feats, cond)
-
-    def apply_forward_only(self, params, feats, cond=None):
-        """Forward logits only (bwd_logits / log_flow are zeros): the cheap pass for sampling."""
-        return self.module.apply(params, feats, cond, method=MLPPolicy.forward_only)
+    # -- policy -------------------------------------------------------------------------------
+    def init(self, key, example_cond=None) -> Any:
+        """Policy parameters, initialised on the observation of s_0 (of ``example_cond``)."""
+        obs = self.env.observe(self.env.init(example_cond))
+        return self.policy.init(key, obs, example_cond)
 
     def log_z(self, params, cond=None) -> jax.Array:
-        return self.module.apply(params, cond, method=MLPPolicy.log_z)
+        """float[] (unconditional) or float[B] (conditions with leading axis B)."""
+        if cond is None:
+            return self.policy.log_z(params, None)
+        return jax.vmap(self.policy.log_z, (None, 0))(params, encode_batch(self.policy, params, cond))
+
+    def evaluate(self, params, traj: Trajectories) -> Evaluation:
+        return evaluate(self.env, self.policy, params, traj, self.eval_buckets)
 
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
-               explore: Optional[Exploration] = None, index_offset=0) -> Trajectories:
-        return forward_rollout(self.env, self.apply, params, key, batch_size, log_reward_fn,
-                               reward_params, cond, explore or Exploration(), index_offset)
+               explore: Optional[Exploration] = None, index_offset=0,
+               init_states=None) -> Trajectories:
+        """Trajectories from the target policy (or ``explore``), full policy pass per state."""
+        return forward_rollout(self.env, self.policy, params, key, batch_size, log_reward_fn,
+                               reward_params, cond, explore or Exploration(), index_offset,
+                               init_states)
 
     def sample_backward(self, params, key, terminal, log_reward_fn=None, reward_params=None,
                         cond=None, index_offset=0) -> Trajectories:
-        return backward_rollout(self.env, self.apply, params, key, terminal, log_reward_fn,
+        return backward_rollout(self.env, self.policy, params, key, terminal, log_reward_fn,
                                 reward_params, cond, index_offset)
 
+    def rollout(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
+                index_offset=0) -> Trajectories:
+        """The training batch: the behaviour policy (``explore``) with the cheap sampling pass."""
+        return forward_rollout(self.env, self.policy, params, key, batch_size, log_reward_fn,
+                               reward_params, cond, self.explore, index_offset,
+                               sampling_pass=True)
+
     # -- objective ----------------------------------------------------------------------------
-    def _objective(self, params, traj: Trajectories):
-        """(loss, evaluation) on given trajectories; the loss is differentiable in ``params``."""
-        if self.loss_name == "fm":
-            ev = evaluate(self.env, self.apply, jax.lax.stop_gradient(params), traj, self.eval_buckets)
-            return self.flow_matching_loss(params, traj), ev
-        ev = evaluate(self.env, self.apply, params, traj, self.eval_buckets)
-        log_z = self.log_z(params, traj.cond)
-        return objectives.objective(self.loss_name)(ev, traj, log_z, self.opts), ev
+    def terms(self, params, traj: Trajectories) -> Terms:
+        """Per-trajectory differentiable quantities of ``traj`` under ``params``."""
+        B = traj.actions.shape[0]
+        lz = jnp.broadcast_to(self.log_z(params, traj.cond), (B,))
+        if self.objective.name == "fm":
+            ev = self.evaluate(jax.lax.stop_gradient(params), traj)
+            return Terms(ev, lz, self._flow_matching_terms(params, traj))
+        return Terms(self.evaluate(params, traj), lz)
+
+    def value(self, terms: Terms, traj: Trajectories) -> jax.Array:
+        """The objective on given terms; a function of the whole batch it is given."""
+        if self.objective.name == "fm":
+            return jnp.sum(terms.fm[:, 0]) / jnp.maximum(jnp.sum(terms.fm[:, 1]), 1.0)
+        log_z = terms.log_z if traj.cond is not None else terms.log_z[0]
+        return self.objective(terms.ev, traj, log_z)
 
     def traj_loss(self, params, traj: Trajectories) -> jax.Array:
         """The objective on given trajectories, differentiable in ``params``."""
-        return self._objective(params, traj)[0]
+        return self.value(self.terms(params, traj), traj)
 
     def loss(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
              index_offset=0):
         """Sample with the behaviour policy, then evaluate the objective. Returns (loss, traj).
 
-        The rollout runs only the forward head (``apply_forward_only``); the returned traj's
-        log_pf, log_pb and log_flow are those of the evaluation pass (no gradient).
+        The returned traj's log_pf, log_pb and log_flow are those of the evaluation pass.
         """
-        traj = forward_rollout(self.env, self.apply_forward_only, params, key, batch_size,
-                               log_reward_fn, reward_params, cond, self.explore, index_offset)
-        loss, ev = self._objective(params, traj)
-        sg = jax.lax.stop_gradient(ev)
-        return loss, traj._replace(log_pf=sg.log_pf, log_pb=sg.log_pb, log_flow=sg.log_flow)
+        traj = self.rollout(params, key, batch_size, log_reward_fn, reward_params, cond, index_offset)
+        t = self.terms(params, traj)
+        sg = jax.lax.stop_gradient(t.ev)
+        return self.value(t, traj), traj._replace(log_pf=sg.log_pf, log_pb=sg.log_pb,
+                                                  log_flow=sg.log_flow)
 
-    def flow_matching_loss(self, params, traj: Trajectories) -> jax.Array:
-        """Flow matching (Bengio et al. 2021) on the states visited by ``traj``.
+    def _flow_matching_terms(self, params, traj: Trajectories) -> jax.Array:
+        """float[B, 2]: per trajectory, sum of squared flow-matching residuals and their count.
 
-        The forward logits are read as log edge flows, log F(s -> step(s, a)) = logits(s)[a]
-        (so P_F = softmax of them). For every visited state s' (s_1 .. s_L of each trajectory)
-        the parents come from the environment's backward actions, and
-            l(s') = (log sum_parents F(p -> s') - log[R(s') + sum_children F(s' -> s'')])^2,
-        R(s') = 0 unless s' is terminal (``losses.flow_matching``). Costs one network pass per
-        (visited state, backward action). Tolerates off-policy samples.
+        The forward logits are read as log edge flows, log F(s -> step(s, a)) = logits(s)[a]. For
+        every visited state s' (s_1 .. s_L) the parents come from the environment's backward
+        actions, and l(s') = (log sum_parents F(p -> s') - log[R(s') + sum_children F(s' -> s'')])^2
+        (``losses.flow_matching_residuals``). One policy pass per (visited state, backward action).
         """
-        env = self.env
+        env, pol = self.env, self.policy
         B, T = traj.actions.shape
-        N = B * (T + 1)
-        flat = jax.tree.map(lambda a: a.reshape((N,) + a.shape[2:]), traj.states)
-        cond = None if traj.cond is None else jnp.repeat(traj.cond, T + 1, axis=0)
         bacts = jnp.arange(env.n_bwd_actions)
-        bmask = jax.vmap(env.backward_mask)(flat)  # [N, Ab]
-        parents = jax.vmap(lambda s: jax.vmap(lambda b: env.backward_step(s, b))(bacts))(flat)
-        fa = jax.vmap(lambda s: jax.vmap(lambda b: env.forward_action(s, b))(bacts))(flat)
-        pfeats = jax.vmap(jax.vmap(env.features))(parents)  # [N, Ab, F]
-        pcond = None if cond is None else jnp.repeat(cond[:, None], env.n_bwd_actions, axis=1)
-        p_logits = self.apply(params, pfeats, pcond).fwd_logits  # [N, Ab, A]
-        log_in = jnp.take_along_axis(p_logits, fa[..., None], axis=-1)[..., 0]
-        out_logits = self.apply(params, jax.vmap(env.features)(flat), cond).fwd_logits
-        fmask = jax.vmap(env.forward_mask)(flat)
-        term = jax.vmap(env.is_terminal)(flat)
-        lr = jnp.repeat(traj.log_reward, T + 1)
-        log_r = jnp.where(term, lr, -jnp.inf)
-        t = jnp.tile(jnp.arange(T + 1), B)
-        visited = (t >= 1) & (t <= jnp.repeat(traj.lengths, T + 1))
-        return losses.flow_matching(log_in, bmask, out_logits, fmask, log_r, visited)
+        ctx = encode_batch(pol, params, traj.cond)
+        one = lambda o, c: pol.apply(params, o, c)
+
+        def per_traj(states, c, log_r, L):
+            bmask = jax.vmap(env.backward_mask)(states)  # [T+1, Ab]
+            parents = jax.vmap(lambda s: jax.vmap(lambda b: env.backward_step(s, b))(bacts))(states)
+            fa = jax.vmap(lambda s: jax.vmap(lambda b: env.forward_action(s, b))(bacts))(states)
+            pobs = jax.vmap(jax.vmap(env.observe))(parents)
+            p_logits = jax.vmap(jax.vmap(lambda o: one(o, c)))(pobs).fwd_logits  # [T+1, Ab, A]
+            log_in = jnp.take_along_axis(p_logits, fa[..., None], axis=-1)[..., 0]
+            out_logits = jax.vmap(lambda o: one(o, c))(jax.vmap(env.observe)(states)).fwd_logits
+            fmask = jax.vmap(env.forward_mask)(states)
+            term = jax.vmap(env.is_terminal)(states)
+            lr = jnp.where(term, log_r, -jnp.inf)
+            t = jnp.arange(T + 1)
+            visited = (t >= 1) & (t <= L)
+            sq = losses.flow_matching_residuals(log_in, bmask, out_logits, fmask, lr, visited)
+            return jnp.stack([jnp.sum(jnp.where(visited, sq, 0.0)), jnp.sum(visited).astype(sq.dtype)])
+
+        return jax.vmap(per_traj)(traj.states, ctx, traj.log_reward, traj.lengths)
+
+
+def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
+                   cond_fn=None, state_index=None):
+    """The GFlowNet's side of ``gfnem_jax.loop``: an ``Update`` training ``gfn`` on-line.
+
+    The reward parameters are the *other* side's parameters (the model; None in plain training):
+    log R = log_reward_fn(model_params, cond, state).
+
+    Args:
+      tx: the optimizer of the policy parameters.
+      batch_size: trajectories per step, global (split over the devices of a mesh).
+      cond_fn: batch -> this shard's conditions (e.g. ``lambda b: b["x"]``); None = unconditional.
+      state_index: optional state -> int index; adds "visited" (terminal indices [B]) to metrics.
+    Metrics: loss, mean_log_reward, mean_length, and log_z where the objective uses it.
+    """
+    from gfnem_jax.loop import Update
+
+    def prepare(params, model, batch, key, shard):
+        b = batch_size // shard.count
+        cond = None if cond_fn is None else cond_fn(batch)
+        return gfn.rollout(params, key, b, log_reward_fn, model, cond, shard.offset(b))
+
+    def terms(params, model, traj):
+        return gfn.terms(params, traj)
+
+    def reduce(q, traj):
+        loss = gfn.value(q, traj)
+        m = {"mean_log_reward": jnp.mean(traj.log_reward),
+             "mean_length": jnp.mean(traj.lengths.astype(jnp.float32))}
+        if gfn.objective.needs_log_z:
+            m["log_z"] = jnp.mean(q.log_z)
+        if state_index is not None:
+            m["visited"] = jax.vmap(state_index)(traj.terminal)
+        return loss, m
+
+    return Update(prepare, terms, reduce, tx)

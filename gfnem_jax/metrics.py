@@ -56,17 +56,26 @@ def _propagate(env: Environment, table: TransitionTable, probs: jax.Array) -> ja
     return jax.lax.fori_loop(0, env.max_steps, body, e0)
 
 
-def forward_probs(env: Environment, apply_fn, params, table: TransitionTable, cond=None) -> jax.Array:
-    """P_F(a | s) for every state, float[S, A] (0 on illegal actions)."""
-    feats = jax.vmap(env.features)(table.states)
-    c = None if cond is None else jnp.broadcast_to(cond, (feats.shape[0],) + jnp.shape(cond))
-    out = apply_fn(params, feats, c)
+def forward_probs(env: Environment, policy, params, table: TransitionTable, cond=None) -> jax.Array:
+    """P_F(a | s) for every state, float[S, A] (0 on illegal actions).
+
+    policy: a ``Policy`` (its condition encoded once), or a function (params, obs, ctx) ->
+    PolicyOutput for one state (then ``cond`` is passed as the context).
+    """
+    obs = jax.vmap(env.observe)(table.states)
+    if hasattr(policy, "apply"):
+        ctx = policy.encode_cond(params, cond)
+        out = jax.vmap(policy.apply, (None, 0, None))(params, obs, ctx)
+    else:
+        out = jax.vmap(policy, (None, 0, None))(params, obs, cond)
     return jnp.where(table.fmask, jnp.exp(masked_log_softmax(out.fwd_logits, table.fmask)), 0.0)
 
 
-def terminal_distribution(env: Environment, apply_fn, params, table: TransitionTable, cond=None):
-    """float[S]: the exact probability that the sampler ends at each state (0 at non-terminal)."""
-    P = _propagate(env, table, forward_probs(env, apply_fn, params, table, cond))
+def terminal_distribution(env: Environment, policy, params, table: TransitionTable, cond=None):
+    """float[S]: the exact probability that the sampler ends at each state (0 at non-terminal).
+
+    cond: one condition (unbatched) or None; policy as in ``forward_probs``."""
+    P = _propagate(env, table, forward_probs(env, policy, params, table, cond))
     return jnp.where(table.terminal, P, 0.0)
 
 

@@ -1,8 +1,12 @@
 """From trajectories to a loss: the one place that wires rollouts to the pure losses.
 
-An objective is ``fn(ev, traj, log_z, opts) -> scalar`` where ``ev`` is the differentiable
-``sampling.Evaluation`` of ``traj`` and ``log_z`` is the policy's log Z ([] or [B]). ``OBJECTIVES``
-maps every name the CLI accepts to one; ``check_options`` validates the options of a name up front.
+Objectives are small factories, as optax's transformations are: ``subtb(lam=0.9)``,
+``reverse_kl(baseline="loo")``, ``renyi(alpha=0.5)``. Each returns a frozen, hashable
+``Objective`` whose call ``obj(ev, traj, log_z) -> scalar`` takes the differentiable
+``sampling.Evaluation`` of ``traj`` and the policy's log Z ([] or [B]); each factory validates its
+own options (ValueError naming the setting). ``OBJECTIVES`` maps every name to its factory and
+``get(name, **settings)`` builds one by name, passing only the settings the factory takes.
+``Objective.check_sampling`` validates the behaviour policy and batch size it is used with.
 
 Balance objectives (tb, db, subtb, logvar) tolerate any behaviour policy. The divergence objectives
 (``gfnem_jax.losses.divergences``) are surrogates whose gradient is an estimator:
@@ -19,25 +23,16 @@ Balance objectives (tb, db, subtb, logvar) tolerate any behaviour policy. The di
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple
+import dataclasses
+import inspect
+import math
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax.numpy as jnp
-
-import math
 
 from gfnem_jax import losses
 from gfnem_jax.losses import divergences as div
 from gfnem_jax.sampling import Evaluation, Trajectories
-
-
-class ObjectiveOptions(NamedTuple):
-    """Static options shared by the objectives (each uses the ones it needs)."""
-
-    lam: float = 0.9  # SubTB lambda
-    baseline: str = "loo"  # reverse_kl baseline
-    alpha: float = 0.5  # Renyi / Tsallis / alpha-KL
-    control_variate: str = "loo"  # Renyi / Tsallis / alpha-KL
-    normalized: bool = True  # forward KL: self-normalized weights
 
 
 def _sums(ev: Evaluation, traj: Trajectories):
@@ -70,7 +65,7 @@ def _sums_pi(ev, traj):
 
 
 def _reverse_kl(ev, traj, log_z, o):
-    """KL(P_F || P*) by REINFORCE with ``--baseline`` (none / mean / loo / global = learned log Z);
+    """KL(P_F || P*) by REINFORCE with ``baseline`` (none / mean / loo / global = learned log Z);
     importance-weighted by sg(P_F / pi) (pi = behaviour policy, ``traj.log_pi``)."""
     pf, pb, lr, pi = _sums_pi(ev, traj)
     return div.reverse_kl(pf, pb, lr, baseline=o.baseline,
@@ -79,19 +74,19 @@ def _reverse_kl(ev, traj, log_z, o):
 
 def _forward_kl(ev, traj, log_z, o):
     """KL(P* || P_F) by importance sampling with the behaviour policy as proposal; self-normalized
-    (default) or unnormalized (``--unnormalized``, unbiased up to the factor 1/Z)."""
+    (default) or unnormalized (``normalized=False``, unbiased up to the factor 1/Z)."""
     pf, pb, lr, pi = _sums_pi(ev, traj)
     return div.forward_kl(pf, pb, lr, normalized=o.normalized, log_pi=pi)
 
 
 def _renyi(ev, traj, log_z, o):
-    """Renyi-alpha D_alpha(P_F || P*) with ``--control-variate``; on-policy only."""
+    """Renyi-alpha D_alpha(P_F || P*) with ``control_variate``; on-policy only."""
     pf, pb, lr = _sums(ev, traj)
     return div.renyi(pf, pb, lr, alpha=o.alpha, control_variate=o.control_variate)
 
 
 def _tsallis(ev, traj, log_z, o):
-    """Tsallis-alpha T_alpha(P_F || P*) with ``--control-variate``; on-policy only (g rescaled by
+    """Tsallis-alpha T_alpha(P_F || P*) with ``control_variate``; on-policy only (g rescaled by
     its batch maximum, see ``losses.tsallis``)."""
     pf, pb, lr = _sums(ev, traj)
     return div.tsallis(pf, pb, lr, alpha=o.alpha, control_variate=o.control_variate)
@@ -104,7 +99,7 @@ def _alpha_kl_cv(cv: str) -> str:
 def _alpha_kl(ev, traj, log_z, o):
     """alpha-KL = (1 - alpha) KL(P_F || P*) + alpha KL(P* || P_F) on one forward batch (on-policy).
 
-    The reverse part is ``losses.alpha_kl`` with alpha = 0 (REINFORCE, ``--control-variate`` none /
+    The reverse part is ``losses.alpha_kl`` with alpha = 0 (REINFORCE, ``control_variate`` none /
     learned / loo (= loo_mean) / loo_logmeanexp), scaled by 1 - alpha. The forward part needs
     trajectories from P*; training has only forward samples, so it is estimated by self-normalized
     importance weights on the same batch (= ``forward_kl(normalized=True)``), biased O(1/B) but
@@ -141,54 +136,73 @@ def _reverse_wake_sleep(ev, traj, log_z, o):
     return div.wake_sleep(pf, pb, lr, log_pi=pi)
 
 
-OBJECTIVES: Dict[str, Callable[..., Any]] = {
-    "tb": _tb,
-    "db": _db,
-    "subtb": _subtb,
-    "logvar": _logvar,
-    "reverse_kl": _reverse_kl,
-    "forward_kl": _forward_kl,
-    "renyi": _renyi,
-    "tsallis": _tsallis,
-    "alpha_kl": _alpha_kl,
-    "wake_sleep": _wake_sleep,
-    "reverse_wake_sleep": _reverse_wake_sleep,
-    # flow matching needs the parents of each visited state, so GFlowNet.traj_loss computes it
-    # with the environment (GFlowNet.flow_matching_loss); it is listed here for the CLI.
-    "fm": None,
-}
+def _fm_placeholder(ev, traj, log_z, o):
+    raise ValueError("flow matching needs the environment's parents of each state: "
+                     "use GFlowNet.traj_loss / GFlowNet.loss")
+
 
 BALANCE = {"tb", "db", "subtb", "logvar", "fm"}
 DIVERGENCES = {"reverse_kl", "forward_kl", "renyi", "tsallis", "alpha_kl", "wake_sleep",
                "reverse_wake_sleep"}
-
 # Objectives whose samples must come from the current forward policy (no exploration allowed).
-# Balance losses tolerate any behaviour policy.
 ON_POLICY = {"renyi", "tsallis", "alpha_kl"}
-# Objectives that reweight the batch with sg(P_F / pi) (or use pi as the IS proposal); they
-# accept exploration.
+# Objectives that reweight the batch with sg(P_F / pi) (or use pi as the IS proposal).
 IMPORTANCE_WEIGHTED = {"reverse_kl", "forward_kl", "wake_sleep", "reverse_wake_sleep"}
 # Objectives whose P*-expectations are estimated by self-normalized IS on the forward batch.
 TARGET_VIA_IS = {"forward_kl", "alpha_kl", "wake_sleep", "reverse_wake_sleep"}
-
 BASELINES = tuple(div.REVERSE_KL_BASELINES)
 
 
-def control_variates(name: str) -> tuple:
-    """The ``--control-variate`` values an objective accepts (empty: it takes none)."""
-    if name in ("renyi", "tsallis"):
-        return tuple(div.POWER_CONTROL_VARIATES)
-    if name == "alpha_kl":
-        return ("loo",) + tuple(div.ALPHA_KL_CONTROL_VARIATES)
-    return ()
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A named objective with its options (hashable: a static part of a jitted update).
+
+    ``obj(ev, traj, log_z)`` is the loss; options read as attributes (``subtb(0.5).lam``).
+    coupled: its value couples the samples of a batch (batch means inside the formula, leave-one-out
+      baselines, batch-max rescaling), so data parallelism must see the global batch.
+    """
+
+    name: str
+    fn: Callable[..., Any] = dataclasses.field(repr=False)
+    options: Tuple[Tuple[str, Any], ...] = ()
+    on_policy: bool = False
+    coupled: bool = False
+
+    def __getattr__(self, item):
+        for k, v in object.__getattribute__(self, "options"):
+            if k == item:
+                return v
+        raise AttributeError(item)
+
+    def __call__(self, ev: Evaluation, traj: Trajectories, log_z) -> jnp.ndarray:
+        return self.fn(ev, traj, log_z, self)
+
+    @property
+    def needs_log_z(self) -> bool:
+        """Whether the value depends on the policy's log Z (a metric otherwise absent)."""
+        return self.name in ("tb", "subtb") or (self.name == "reverse_kl" and self.baseline == "global") \
+            or (self.name == "alpha_kl" and self.control_variate == "learned")
+
+    def check_sampling(self, explore=None, batch_size: Optional[int] = None) -> None:
+        """ValueError naming the setting if the behaviour policy or batch size does not fit."""
+        if self.on_policy and not _is_on_policy(explore):
+            raise ValueError(f"loss {self.name} needs on-policy samples; got temperature "
+                             f"{explore.temperature} epsilon {explore.epsilon}; allowed: "
+                             f"temperature 1 and epsilon 0")
+        if batch_size is not None and batch_size < 2 and self.name == "logvar":
+            raise ValueError(f"batch_size {batch_size} is too small for loss logvar (the batch mean "
+                             f"of delta replaces log Z); allowed: >= 2")
+        if batch_size is not None and batch_size < 2 and _loo(self):
+            raise ValueError(f"batch_size {batch_size} is too small for the leave-one-out control "
+                             f"variate of loss {self.name}; allowed: >= 2 (or baseline / "
+                             f"control_variate none)")
 
 
-def _loo(name: str, opts: ObjectiveOptions) -> bool:
-    """Whether this objective with these options uses a leave-one-out control variate."""
-    if name == "reverse_kl":
-        return opts.baseline == "loo"
-    if name in ("renyi", "tsallis", "alpha_kl"):
-        return opts.control_variate.startswith("loo")
+def _loo(o: Objective) -> bool:
+    if o.name == "reverse_kl":
+        return o.baseline == "loo"
+    if o.name in ("renyi", "tsallis", "alpha_kl"):
+        return o.control_variate.startswith("loo")
     return False
 
 
@@ -196,40 +210,120 @@ def _is_on_policy(explore) -> bool:
     return explore is None or (explore.temperature == 1.0 and explore.epsilon == 0.0)
 
 
-def check_options(name: str, opts: ObjectiveOptions, explore=None, batch_size=None) -> None:
-    """Raise ValueError naming the flag, its value and what is allowed."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown --loss {name!r}; allowed: {', '.join(sorted(OBJECTIVES))}")
-    if name == "subtb" and not opts.lam > 0:
-        raise ValueError(f"--lam must be > 0 for subtb, got {opts.lam}")
-    if opts.baseline not in BASELINES:
-        raise ValueError(f"--baseline {opts.baseline!r} is not allowed (used by --loss reverse_kl); "
-                         f"allowed: {', '.join(BASELINES)}")
-    cvs = control_variates(name)
-    if cvs and opts.control_variate not in cvs:
-        raise ValueError(f"--control-variate {opts.control_variate!r} is not allowed for --loss {name}; "
-                         f"allowed: {', '.join(cvs)}")
+def _make(name, fn, on_policy=False, coupled=False, **options) -> Objective:
+    return Objective(name, fn, tuple(sorted(options.items())), on_policy, coupled)
+
+
+def _check_alpha_power(name, alpha):
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0 and alpha != 1):
+        raise ValueError(f"alpha {alpha!r} is not allowed for loss {name}; allowed: a finite number "
+                         f"> 0 and != 1 (alpha = 1 is KL(P_F||P*): use loss reverse_kl)")
+
+
+def _check_choice(setting, value, allowed, name):
+    if value not in allowed:
+        raise ValueError(f"{setting} {value!r} is not allowed for loss {name}; allowed: "
+                         f"{', '.join(allowed)}")
+
+
+# -- the factories -------------------------------------------------------------------------------
+def tb() -> Objective:
+    """Trajectory balance (Malkin et al. 2022): mean_b (log Z + log P_F - log R - log P_B)^2."""
+    return _make("tb", _tb)
+
+
+def db() -> Objective:
+    """Detailed balance over the steps of each trajectory, F(terminal) = R."""
+    return _make("db", _db)
+
+
+def subtb(lam: float = 0.9) -> Objective:
+    """Sub-trajectory balance with weights lam^(j-i), F(s_0) = Z, F(terminal) = R."""
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam > 0):
+        raise ValueError(f"lam must be a finite number > 0 for loss subtb, got {lam}")
+    return _make("subtb", _subtb, lam=float(lam))
+
+
+def logvar() -> Objective:
+    """Log-variance (VarGrad): batch variance of delta; couples the batch."""
+    return _make("logvar", _logvar, coupled=True)
+
+
+def fm() -> Objective:
+    """Flow matching on the visited states (computed by ``GFlowNet`` with the environment)."""
+    return _make("fm", _fm_placeholder)
+
+
+def reverse_kl(baseline: str = "loo") -> Objective:
+    """REINFORCE estimator of KL(P_F || P*), importance-weighted by sg(P_F / pi)."""
+    _check_choice("baseline", baseline, BASELINES, "reverse_kl")
+    return _make("reverse_kl", _reverse_kl, coupled=baseline in ("mean", "loo"), baseline=baseline)
+
+
+def forward_kl(normalized: bool = True) -> Objective:
+    """KL(P* || P_F) by importance sampling (self-normalized: couples the batch)."""
+    return _make("forward_kl", _forward_kl, coupled=bool(normalized), normalized=bool(normalized))
+
+
+def renyi(alpha: float = 0.5, control_variate: str = "loo") -> Objective:
+    """Renyi-alpha divergence D_alpha(P_F || P*); on-policy; couples the batch (ratio of means)."""
+    _check_alpha_power("renyi", alpha)
+    _check_choice("control_variate", control_variate, tuple(div.POWER_CONTROL_VARIATES), "renyi")
+    return _make("renyi", _renyi, on_policy=True, coupled=True, alpha=float(alpha),
+                 control_variate=control_variate)
+
+
+def tsallis(alpha: float = 0.5, control_variate: str = "loo") -> Objective:
+    """Tsallis-alpha divergence; on-policy; couples the batch (batch-max rescaling)."""
+    _check_alpha_power("tsallis", alpha)
+    _check_choice("control_variate", control_variate, tuple(div.POWER_CONTROL_VARIATES), "tsallis")
+    return _make("tsallis", _tsallis, on_policy=True, coupled=True, alpha=float(alpha),
+                 control_variate=control_variate)
+
+
+def alpha_kl(alpha: float = 0.5, control_variate: str = "loo") -> Objective:
+    """(1 - alpha) KL(P_F || P*) + alpha KL(P* || P_F); on-policy; couples the batch."""
+    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+        raise ValueError(f"alpha {alpha!r} is not allowed for loss alpha_kl; allowed: 0 <= alpha <= 1")
+    _check_choice("control_variate", control_variate,
+                  ("loo",) + tuple(div.ALPHA_KL_CONTROL_VARIATES), "alpha_kl")
+    return _make("alpha_kl", _alpha_kl, on_policy=True, coupled=True, alpha=float(alpha),
+                 control_variate=control_variate)
+
+
+def wake_sleep() -> Objective:
+    """Reweighted wake-sleep (self-normalized weights: couples the batch)."""
+    return _make("wake_sleep", _wake_sleep, coupled=True)
+
+
+def reverse_wake_sleep() -> Objective:
+    """Reverse wake-sleep through forward samples (see ``_reverse_wake_sleep``)."""
+    return _make("reverse_wake_sleep", _reverse_wake_sleep, coupled=True)
+
+
+OBJECTIVES: Dict[str, Callable[..., Objective]] = {
+    "tb": tb, "db": db, "subtb": subtb, "logvar": logvar, "fm": fm,
+    "reverse_kl": reverse_kl, "forward_kl": forward_kl, "renyi": renyi, "tsallis": tsallis,
+    "alpha_kl": alpha_kl, "wake_sleep": wake_sleep, "reverse_wake_sleep": reverse_wake_sleep,
+}
+
+
+def control_variates(name: str) -> tuple:
+    """The control_variate values an objective accepts (empty: it takes none)."""
     if name in ("renyi", "tsallis"):
-        a = opts.alpha
-        if not (isinstance(a, (int, float)) and math.isfinite(a) and a > 0 and a != 1):
-            raise ValueError(f"--alpha {a!r} is not allowed for --loss {name}; allowed: a finite "
-                             f"number > 0 and != 1 (alpha = 1 is KL(P_F||P*): use --loss reverse_kl)")
-    if name == "alpha_kl" and not (isinstance(opts.alpha, (int, float)) and 0 <= opts.alpha <= 1):
-        raise ValueError(f"--alpha {opts.alpha!r} is not allowed for --loss alpha_kl; allowed: 0 <= alpha <= 1")
-    if name in ON_POLICY and not _is_on_policy(explore):
-        raise ValueError(f"--loss {name} needs on-policy samples; got --temperature {explore.temperature} "
-                         f"--epsilon {explore.epsilon}; allowed: --temperature 1 --epsilon 0")
-    if batch_size is not None and batch_size < 2 and name == "logvar":
-        raise ValueError(f"--batch-size {batch_size} is too small for --loss logvar (the batch mean of "
-                         f"delta replaces log Z); allowed: >= 2")
-    if batch_size is not None and batch_size < 2 and _loo(name, opts):
-        raise ValueError(f"--batch-size {batch_size} is too small for the leave-one-out control variate of "
-                         f"--loss {name}; allowed: >= 2 (or --baseline / --control-variate none)")
+        return tuple(div.POWER_CONTROL_VARIATES)
+    if name == "alpha_kl":
+        return ("loo",) + tuple(div.ALPHA_KL_CONTROL_VARIATES)
+    return ()
 
 
-def objective(name: str) -> Callable[..., Any]:
-    if name == "fm":
-        raise ValueError("flow matching needs the environment: use GFlowNet.traj_loss / loss")
+def get(name: str, **settings) -> Objective:
+    """The objective ``name`` built with the settings its factory takes (others are ignored).
+
+    ``get("subtb", lam=0.5, alpha=0.3)`` is ``subtb(lam=0.5)``. Unknown names raise ValueError.
+    """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(sorted(OBJECTIVES))}")
-    return OBJECTIVES[name]
+    factory = OBJECTIVES[name]
+    accepted = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in settings.items() if k in accepted})

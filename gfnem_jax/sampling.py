@@ -17,9 +17,12 @@ A ``Trajectories`` pytree (B trajectories, T = env.max_steps):
   lengths     int32[B] number of real steps.
   terminal    pytree, leaves [B, ...]: the final states.
   log_reward  float[B] log R of the final states.
-  cond        the conditions [B, ...] or None.
+  cond        the conditions (any pytree, leaves [B, ...]) or None.
 Rollout values carry no gradient; ``evaluate`` recomputes log_pf, log_pb and log_flow
 differentiably in one batched pass over all B*(T+1) states.
+
+The policy is any ``gfnem_jax.nets.policy.Policy``. Its ``encode_cond`` runs once per trajectory
+(vmapped over the batch), never once per state: each state's pass gets the encoded context.
 """
 from __future__ import annotations
 
@@ -29,8 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from gfnem_jax.envs.base import Environment, masked_log_softmax
+from gfnem_jax.nets.policy import Policy, encode_batch
 
-ApplyFn = Callable[[Any, jax.Array, Optional[jax.Array]], Any]  # (params, feats, cond) -> PolicyOutput
+ApplyFn = Callable[[Any, Any, Any], Any]  # (params, obs, ctx) -> PolicyOutput, one state
 LogRewardFn = Callable[[Any, Any, Any], jax.Array]  # (reward_params, cond, state) -> scalar
 
 
@@ -77,9 +81,9 @@ def _gather_time(tree, idx):
     return jax.tree.map(lambda a: a[idx], tree)
 
 
-def _forward_one(env: Environment, apply_fn, params, explore, key, s0, cond):
+def _forward_one(env: Environment, apply_fn, params, explore, key, s0, ctx):
     T = env.max_steps
-    out0 = apply_fn(params, env.features(s0), cond)
+    out0 = apply_fn(params, env.observe(s0), ctx)
 
     def body(carry, t):
         s, out = carry
@@ -90,7 +94,7 @@ def _forward_one(env: Environment, apply_fn, params, explore, key, s0, cond):
         a = jax.random.categorical(jax.random.fold_in(key, t), logpi).astype(jnp.int32)
         s_next = env.step(s, a)
         b = env.backward_action(s, a)
-        out_next = apply_fn(params, env.features(s_next), cond)
+        out_next = apply_fn(params, env.observe(s_next), ctx)
         logpb = masked_log_softmax(out_next.bwd_logits, env.backward_mask(s_next))[b]
         valid = ~done
         s_next = jax.tree.map(lambda n, o: jnp.where(valid, n, o), s_next, s)
@@ -108,36 +112,38 @@ def _forward_one(env: Environment, apply_fn, params, explore, key, s0, cond):
     return states, acts, bacts, mask, lpf, lpb, lpi, log_flow
 
 
-def forward_rollout(env: Environment, apply_fn: ApplyFn, params, key, batch_size: int,
+def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: int,
                     log_reward_fn: LogRewardFn, reward_params=None, cond=None,
                     explore: Exploration = Exploration(), index_offset=0,
-                    init_states=None) -> Trajectories:
+                    init_states=None, sampling_pass: bool = False) -> Trajectories:
     """Sample ``batch_size`` complete trajectories from s_0 with the behaviour policy.
 
     Args:
-      env: the environment (static).
-      apply_fn: (params, feats[F], cond) -> PolicyOutput for one state.
-      params: policy parameters (no gradient flows through the rollout).
-      key: PRNG key of this step.
+      env: the environment (static); policy: the ``Policy`` (static); params: its parameters
+        (no gradient flows through the rollout).
+      key: PRNG key of this step; per-sample keys are fold_in(key, index_offset + i).
       batch_size: B.
       log_reward_fn: (reward_params, cond, state) -> log R, for one terminal state.
-      cond: None, or conditions with leading axis B (one per trajectory).
+      cond: None, or conditions (any pytree) with leading axis B, encoded once per trajectory.
       explore: tempering / eps-uniform behaviour policy; log_pi records its log-probs.
       index_offset: global index of the first sample (for device-split batches).
       init_states: None (start at env.init(cond)), or a batch of start states [B, ...] (local
         search continues partial trajectories; log_pf etc. then cover only the steps taken).
+      sampling_pass: use ``policy.apply_forward`` (only the forward logits are meaningful:
+        log_pb and log_flow of the result are then not) -- the cheap pass before ``evaluate``.
     """
     params = jax.lax.stop_gradient(params)
     keys = sample_keys(key, batch_size, index_offset)
-    if cond is None:
+    apply_fn = policy.apply_forward if sampling_pass else policy.apply
+    ctx = encode_batch(policy, params, cond)
+    if init_states is not None:
+        s0 = init_states
+    elif cond is None:
         s0 = jax.vmap(lambda _: env.init(None))(jnp.arange(batch_size))
-        s0 = s0 if init_states is None else init_states
-        f = lambda k, s: _forward_one(env, apply_fn, params, explore, k, s, None)
-        parts = jax.vmap(f)(keys, s0)
     else:
-        s0 = jax.vmap(env.init)(cond) if init_states is None else init_states
-        f = lambda k, s, c: _forward_one(env, apply_fn, params, explore, k, s, c)
-        parts = jax.vmap(f)(keys, s0, cond)
+        s0 = jax.vmap(env.init)(cond)
+    f = lambda k, s, c: _forward_one(env, apply_fn, params, explore, k, s, c)
+    parts = jax.vmap(f)(keys, s0, ctx)
     states, acts, bacts, mask, lpf, lpb, lpi, log_flow = parts
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     terminal = jax.tree.map(lambda a: a[:, -1], states)
@@ -147,17 +153,15 @@ def forward_rollout(env: Environment, apply_fn: ApplyFn, params, key, batch_size
 
 
 def _log_rewards(log_reward_fn, reward_params, cond, terminal):
-    if cond is None:
-        return jax.vmap(lambda s: log_reward_fn(reward_params, None, s))(terminal)
     return jax.vmap(lambda c, s: log_reward_fn(reward_params, c, s))(cond, terminal)
 
 
-def _backward_one(env: Environment, apply_fn, params, key, x, cond):
+def _backward_one(env: Environment, apply_fn, params, key, x, ctx):
     T = env.max_steps
 
     def body(s, t):
         done = env.is_initial(s)
-        out = apply_fn(params, env.features(s), cond)
+        out = apply_fn(params, env.observe(s), ctx)
         bmask = env.backward_mask(s)
         logpb = masked_log_softmax(out.bwd_logits, bmask)
         b = jax.random.categorical(jax.random.fold_in(key, t), logpb).astype(jnp.int32)
@@ -184,7 +188,7 @@ def _backward_one(env: Environment, apply_fn, params, key, x, cond):
             jnp.where(fmask, lpb[k], 0.0), L)
 
 
-def backward_rollout(env: Environment, apply_fn: ApplyFn, params, key, terminal,
+def backward_rollout(env: Environment, policy: Policy, params, key, terminal,
                      log_reward_fn: Optional[LogRewardFn] = None, reward_params=None, cond=None,
                      index_offset=0) -> Trajectories:
     """Sample trajectories backwards from given terminal states with P_B, returned in forward order.
@@ -198,10 +202,8 @@ def backward_rollout(env: Environment, apply_fn: ApplyFn, params, key, terminal,
     params = jax.lax.stop_gradient(params)
     B = jax.tree.leaves(terminal)[0].shape[0]
     keys = sample_keys(key, B, index_offset)
-    if cond is None:
-        parts = jax.vmap(lambda k, x: _backward_one(env, apply_fn, params, k, x, None))(keys, terminal)
-    else:
-        parts = jax.vmap(lambda k, x, c: _backward_one(env, apply_fn, params, k, x, c))(keys, terminal, cond)
+    ctx = encode_batch(policy, params, cond)
+    parts = jax.vmap(lambda k, x, c: _backward_one(env, policy.apply, params, k, x, c))(keys, terminal, ctx)
     states, acts, bacts, mask, lpb, L = parts
     if log_reward_fn is None:
         log_reward = jnp.zeros((B,), jnp.float32)
@@ -210,7 +212,7 @@ def backward_rollout(env: Environment, apply_fn: ApplyFn, params, key, terminal,
     traj = Trajectories(states, acts, bacts, mask, jnp.zeros_like(lpb), lpb, lpb,
                         jnp.zeros(mask.shape[:1] + (mask.shape[1] + 1,), lpb.dtype), L,
                         terminal, log_reward, cond)
-    ev = evaluate(env, apply_fn, params, traj)
+    ev = evaluate(env, policy, params, traj)
     return traj._replace(log_pf=ev.log_pf, log_flow=ev.log_flow)
 
 
@@ -220,57 +222,64 @@ class Evaluation(NamedTuple):
     log_flow: jax.Array  # [B, T+1]
 
 
-def _apply_packed(apply_fn, params, feats, cond, lengths, T, buckets):
-    """The policy on the B*(T+1) states, skipping padded ones when they are many.
+def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
+    """The policy on the B*(T+1) states (obs leaves [B, T+1, ...]; ctx leaves [B, ...]).
 
-    States s_t with t > L_b (padding after termination) are never needed. With ``buckets``
-    (increasing fractions of B*(T+1), the last 1.0) the real states are packed, in order, into the
+    Without ``buckets``: one vmapped pass over every state, the context of trajectory b shared by
+    its T+1 states. With ``buckets`` (increasing fractions of B*(T+1), the last 1.0) the real
+    states (t <= L_b; the rest is padding after termination) are packed, in order, into the
     smallest bucket that holds them (``lax.switch``: every bucket is compiled, one runs), the
-    network runs on that many rows, and the outputs are scattered back (zeros at padding).
-    Static shapes throughout; the values at real states are those of the full pass.
+    network runs on that many rows with their trajectory's context gathered, and the outputs are
+    scattered back (zeros at padding). Outputs have leaves [B, T+1, ...] either way.
     """
+    per_traj = jax.vmap(lambda o, c: jax.vmap(lambda oo: policy.apply(params, oo, c))(o))
     if not buckets or len(buckets) == 1:
-        return apply_fn(params, feats, cond)
-    N = feats.shape[0]
+        return per_traj(obs, ctx)
+    B = lengths.shape[0]
+    N = B * (T + 1)
+    flat = jax.tree.map(lambda a: a.reshape((N,) + a.shape[2:]), obs)
     valid = (jnp.arange(T + 1)[None, :] <= lengths[:, None]).reshape(N)
     count = jnp.sum(valid)
     order = jnp.argsort(~valid, stable=True)  # real states first, in order
     sizes = [min(N, max(1, int(-(-f * N // 1)))) for f in buckets]
+    unflat = lambda out: jax.tree.map(lambda o: o.reshape((B, T + 1) + o.shape[1:]), out)
 
     def branch(k):
         def run(_):
             if k >= N:
-                return apply_fn(params, feats, cond)
+                return per_traj(obs, ctx)
             idx = order[:k]
-            out = apply_fn(params, feats[idx], None if cond is None else cond[idx])
-            return jax.tree.map(lambda o: jnp.zeros((N,) + o.shape[1:], o.dtype).at[idx].set(o), out)
+            rows = jax.tree.map(lambda a: a[idx], flat)
+            crow = jax.tree.map(lambda c: c[idx // (T + 1)], ctx)
+            out = jax.vmap(policy.apply, (None, 0, 0))(params, rows, crow)
+            return unflat(jax.tree.map(
+                lambda o: jnp.zeros((N,) + o.shape[1:], o.dtype).at[idx].set(o), out))
         return run
 
     which = jnp.searchsorted(jnp.asarray(sizes), count)
     return jax.lax.switch(jnp.minimum(which, len(sizes) - 1), [branch(k) for k in sizes], None)
 
 
-def evaluate(env: Environment, apply_fn: ApplyFn, params, traj: Trajectories,
+def evaluate(env: Environment, policy: Policy, params, traj: Trajectories,
              buckets=None) -> Evaluation:
     """Differentiable log P_F, log P_B per step and log F per state of given trajectories.
 
-    One batched network pass over the B*(T+1) states; padded entries are exactly 0.
+    One batched policy pass over the B*(T+1) states, the condition encoded once per trajectory;
+    padded entries are exactly 0.
     buckets: optional increasing fractions ending in 1.0 (e.g. (0.25, 0.5, 0.75, 1.0)): pack the
-      real (non-padding) states into the smallest bucket that holds them (see ``_apply_packed``).
+      real (non-padding) states into the smallest bucket that holds them (see ``_apply_all``).
     """
     B, T = traj.actions.shape
-    flat = jax.tree.map(lambda a: a.reshape((B * (T + 1),) + a.shape[2:]), traj.states)
-    feats = jax.vmap(env.features)(flat)
-    fmask = jax.vmap(env.forward_mask)(flat)
-    bmask = jax.vmap(env.backward_mask)(flat)
-    cond = None if traj.cond is None else jnp.repeat(traj.cond, T + 1, axis=0)
-    out = _apply_packed(apply_fn, params, feats, cond, traj.lengths, T, buckets)
-    logpf_all = masked_log_softmax(out.fwd_logits, fmask).reshape(B, T + 1, -1)
-    logpb_all = masked_log_softmax(out.bwd_logits, bmask).reshape(B, T + 1, -1)
-    log_flow = out.log_flow.reshape(B, T + 1)
+    obs = jax.vmap(jax.vmap(env.observe))(traj.states)
+    fmask = jax.vmap(jax.vmap(env.forward_mask))(traj.states)
+    bmask = jax.vmap(jax.vmap(env.backward_mask))(traj.states)
+    ctx = encode_batch(policy, params, traj.cond)
+    out = _apply_all(policy, params, obs, ctx, traj.lengths, T, buckets)
+    logpf_all = masked_log_softmax(out.fwd_logits, fmask)
+    logpb_all = masked_log_softmax(out.bwd_logits, bmask)
     lpf = jnp.take_along_axis(logpf_all[:, :-1], traj.actions[..., None], axis=-1)[..., 0]
     lpb = jnp.take_along_axis(logpb_all[:, 1:], traj.bwd_actions[..., None], axis=-1)[..., 0]
     m = traj.mask
     flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), m], axis=1)
     return Evaluation(jnp.where(m, lpf, 0.0), jnp.where(m, lpb, 0.0),
-                      jnp.where(flow_mask, log_flow, 0.0))
+                      jnp.where(flow_mask, out.log_flow, 0.0))

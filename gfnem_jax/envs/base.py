@@ -35,7 +35,7 @@ class Environment:
       n_actions: number of forward actions (including stop, if the task has one).
       n_bwd_actions: number of backward actions.
       max_steps: upper bound on the length of every complete trajectory.
-      feature_dim: length of ``features(state)``.
+      feature_dim: length of ``features(state)`` (flat environments only).
     """
 
     # -- static sizes -------------------------------------------------------------------------
@@ -93,7 +93,27 @@ class Environment:
         raise NotImplementedError
 
     def features(self, state: State) -> jax.Array:
-        """float32[feature_dim]: what the policy sees of a state."""
+        """float32[feature_dim]: a flat encoding of a state (flat environments)."""
+        raise NotImplementedError
+
+    def observe(self, state: State) -> Any:
+        """What the policy sees of a state: any pytree (a vector, a set of parts with a mask...).
+
+        Defaults to ``features(state)``; structured environments override it.
+        """
+        return self.features(state)
+
+    # -- rewards (not part of the dynamics) ---------------------------------------------------
+    def default_params(self) -> Any:
+        """The numbers that define an instance (reward weights, ...) as a pytree of arrays.
+
+        They are passed to ``log_reward`` rather than stored as static fields, so new values do
+        not recompile and can be vmapped or learned. None when an instance has no such numbers.
+        """
+        return None
+
+    def log_reward(self, params: Any, cond: Cond, state: State) -> jax.Array:
+        """float[]: log R of a terminal state, given the instance's ``params`` and condition."""
         raise NotImplementedError
 
     def terminal_value(self, state: State) -> jax.Array:

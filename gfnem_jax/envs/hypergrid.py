@@ -44,10 +44,10 @@ class HyperGrid(Environment):
             raise ValueError(f"HyperGrid: ndim must be >= 1, got {self.ndim}")
         if int(self.height) < 2:
             raise ValueError(f"HyperGrid: height must be >= 2, got {self.height}")
-        if not self.r0 > 0:
-            raise ValueError(f"HyperGrid: r0 must be > 0 (log-rewards must be finite), got {self.r0}")
-        if self.r1 < 0 or self.r2 < 0:
-            raise ValueError(f"HyperGrid: r1 and r2 must be >= 0, got r1={self.r1}, r2={self.r2}")
+        if not (self.r0 > 0 and math.isfinite(self.r0)):
+            raise ValueError(f"HyperGrid: r0 must be finite and > 0 (log-rewards must be finite), got {self.r0}")
+        if not (0 <= self.r1 < math.inf and 0 <= self.r2 < math.inf):
+            raise ValueError(f"HyperGrid: r1 and r2 must be finite and >= 0, got r1={self.r1}, r2={self.r2}")
 
     # sizes
     @property
@@ -109,15 +109,21 @@ class HyperGrid(Environment):
         return s.pos
 
     # reward (not part of the dynamics)
-    def log_reward(self, params, cond, s: GridState) -> jax.Array:
-        """log R(x) of the standard HyperGrid reward; ``params`` and ``cond`` are unused."""
-        return jnp.log(self.reward_of_pos(s.pos))
+    def default_params(self) -> dict:
+        """The reward weights {"r0", "r1", "r2"} as float32 scalars (from the fields)."""
+        return {k: jnp.asarray(getattr(self, k), jnp.float32) for k in ("r0", "r1", "r2")}
 
-    def reward_of_pos(self, pos: jax.Array) -> jax.Array:
+    def log_reward(self, params, cond, s: GridState) -> jax.Array:
+        """log R(x) of the standard HyperGrid reward with weights ``params`` (None = the
+        fields' values); ``cond`` is unused."""
+        return jnp.log(self.reward_of_pos(s.pos, params))
+
+    def reward_of_pos(self, pos: jax.Array, params=None) -> jax.Array:
+        p = self.default_params() if params is None else params
         ax = jnp.abs(pos.astype(jnp.float32) / (self.height - 1) - 0.5)
         band1 = jnp.all(ax > 0.25, axis=-1)
         band2 = jnp.all((ax > 0.3) & (ax < 0.4), axis=-1)
-        return self.r0 + self.r1 * band1 + self.r2 * band2
+        return p["r0"] + p["r1"] * band1 + p["r2"] * band2
 
     def mode_mask(self) -> jax.Array:
         """bool[H^d]: the grid points with the maximal reward (the r2 band), in flat order."""

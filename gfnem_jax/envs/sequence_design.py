@@ -46,14 +46,21 @@ class SequenceDesign(Sequence):
         """(a float32[L, V], b float32[V, V])."""
         return jnp.asarray(self._a, jnp.float32), jnp.asarray(self._b, jnp.float32)
 
-    def score(self, tokens: jax.Array) -> jax.Array:
-        """s(x) for complete int32[L] token arrays (entries must be in [0, V))."""
+    def default_params(self) -> dict:
+        """{"a": float32[L, V], "b": float32[V, V], "temperature": float32[]} from the fields."""
         a, b = self.weights()
+        return {"a": a, "b": b, "temperature": jnp.asarray(self.temperature, jnp.float32)}
+
+    def score(self, tokens: jax.Array, params=None) -> jax.Array:
+        """s(x) for complete int32[L] token arrays (entries must be in [0, V))."""
+        p = self.default_params() if params is None else params
+        a, b = p["a"], p["b"]
         t = jnp.clip(tokens, 0, self.vocab - 1)
         unary = jnp.sum(a[jnp.arange(self.length), t])
         pair = jnp.sum(b[t[:-1], t[1:]]) if self.length > 1 else 0.0
         return unary + pair
 
     def log_reward(self, params, cond, s: SeqState) -> jax.Array:
-        """log R(x) = s(x) / temperature; ``params`` and ``cond`` are unused."""
-        return self.score(s.tokens) / self.temperature
+        """log R(x) = s(x) / temperature with weights ``params`` (None = from the fields)."""
+        p = self.default_params() if params is None else params
+        return self.score(s.tokens, p) / p["temperature"]

@@ -145,15 +145,21 @@ class SetGeneration(Environment):
         """(u float32[N], W float32[N, N]) of the reward (W symmetric, zero diagonal, already / sqrt(k))."""
         return jnp.asarray(self._u, jnp.float32), jnp.asarray(self._w, jnp.float32)
 
-    def score(self, members: jax.Array) -> jax.Array:
-        """s(x) = sum_i u_i x_i + sum_{i<j} W_ij x_i x_j for bool[..., N] memberships."""
+    def default_params(self) -> dict:
+        """{"u": float32[N], "w": float32[N, N], "temperature": float32[]} from the fields."""
         u, w = self.weights()
+        return {"u": u, "w": w, "temperature": jnp.asarray(self.temperature, jnp.float32)}
+
+    def score(self, members: jax.Array, params=None) -> jax.Array:
+        """s(x) = sum_i u_i x_i + sum_{i<j} W_ij x_i x_j for bool[..., N] memberships."""
+        p = self.default_params() if params is None else params
         x = members.astype(jnp.float32)
-        return x @ u + 0.5 * jnp.einsum("...i,ij,...j->...", x, w, x)
+        return x @ p["u"] + 0.5 * jnp.einsum("...i,ij,...j->...", x, p["w"], x)
 
     def log_reward(self, params, cond, s: SetState) -> jax.Array:
-        """log R(x) = s(x) / temperature; ``params`` and ``cond`` are unused."""
-        return self.score(s.members) / self.temperature
+        """log R(x) = s(x) / temperature with weights ``params`` (None = from the fields)."""
+        p = self.default_params() if params is None else params
+        return self.score(s.members, p) / p["temperature"]
 
     # enumeration
     def _offsets(self):

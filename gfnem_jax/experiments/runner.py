@@ -1,28 +1,35 @@
-"""Train a GFlowNet on an enumerable task and write a run directory.
+"""Train a GFlowNet on an enumerable task (hypergrid, sets, sequences) and write a run directory.
 
 A run directory holds config.json (everything needed to rebuild the run), metrics.jsonl (one JSON
 object per logged step) and checkpoint/step_N (orbax). ``gfnem sample`` rebuilds the sampler
-from it. Tasks are thin modules in ``gfnem_jax.experiments`` (add_args, env_config, validate,
-build_env, mode_indices).
+from it. A task is a thin module of ``gfnem_jax.experiments`` declaring its ``SETTINGS`` (a
+``config.Settings`` dataclass), ``build_env`` and ``mode_indices``; the training settings shared
+by every task are ``TrainSettings``. The run is the one alternating loop of ``gfnem_jax.loop`` with
+a sampler update only; the environment's reward parameters ride in the loop state's model slot
+(not trained), so they are arguments of the compiled step, not constants.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
+import time
 from typing import Any, Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import checkpoint, metrics, objectives
-from gfnem_jax.gflownet import GFlowNet
+from gfnem_jax import checkpoint, loop, metrics, objectives
+from gfnem_jax.config import Settings, setting
+from gfnem_jax.gflownet import GFlowNet, sampler_update
 from gfnem_jax.nets.mlp import MLPPolicy
+from gfnem_jax.optim import OptimConfig, policy_optimizer
 from gfnem_jax.sampling import Exploration
-from gfnem_jax.train import OptimConfig, init_state, make_chunk, make_update, pick_chunk, train_loop
 
 TASKS = ("hypergrid", "sets", "sequences")
+PARAMS_TAG = 0x7FFFFFFF  # policy parameters come from fold_in(run_key, PARAMS_TAG)
 
 
 def task_module(name: str):
@@ -31,88 +38,144 @@ def task_module(name: str):
     return importlib.import_module(f"gfnem_jax.experiments.{name}")
 
 
-DEFAULTS: Dict[str, Any] = dict(
-    loss="tb", lam=0.9, baseline="loo", alpha=0.5, control_variate="loo", normalized=True,
-    steps=2000, batch_size=64, lr=5e-4, lr_logz=0.05, grad_clip=0.0, hidden=256, n_layers=2,
-    uniform_pb=False, shared_torso=True, temperature=1.0, epsilon=0.0, seed=0, log_every=100,
-    checkpoint_every=0, devices=1)
+@dataclasses.dataclass(frozen=True)
+class TrainSettings(Settings):
+    """The settings of GFlowNet training shared by every enumerable task."""
+
+    loss: str = setting("tb", "training objective", choices=tuple(sorted(objectives.OBJECTIVES)))
+    lam: float = setting(0.9, "SubTB lambda", gt=0)
+    baseline: str = setting("loo", "reverse_kl baseline: none, mean, loo (leave-one-out) or global "
+                            "(learned log Z)", choices=objectives.BASELINES)
+    alpha: float = setting(0.5, "alpha of renyi / tsallis / alpha_kl")
+    control_variate: str = setting("loo", "control variate of renyi / tsallis / alpha_kl (see the loss's docs)")
+    normalized: bool = setting(True, "forward_kl: unnormalized importance weights (unbiased up to "
+                               "1/Z) instead of self-normalized", flag="--unnormalized")
+    steps: int = setting(2000, "number of gradient steps", min=1)
+    batch_size: int = setting(64, "trajectories per step (global, over all devices)", min=1)
+    lr: float = setting(5e-4, "Adam learning rate of the policy", gt=0)
+    lr_logz: float = setting(0.05, "Adam learning rate of log Z", gt=0)
+    grad_clip: float = setting(0.0, "global-norm gradient clipping, 0 = off", min=0)
+    hidden: int = setting(256, "MLP width", min=1)
+    n_layers: int = setting(2, "MLP hidden layers", min=1)
+    uniform_pb: bool = setting(False, "fixed uniform backward policy instead of a learned one")
+    shared_torso: bool = setting(True, "give P_B and the flow head their own MLP torso (torchgfn's "
+                                 "default) instead of sharing one", flag="--separate-torso")
+    temperature: float = setting(1.0, "exploration: sample from softmax(logits / T)", gt=0)
+    epsilon: float = setting(0.0, "exploration: mix eps of uniform over legal actions", min=0, lt=1)
+    seed: int = setting(0, "random seed; the same seed gives identical results", min=0, max=2 ** 32 - 1)
+    devices: int = setting(1, "split each batch over this many devices (shard_map data parallelism)", min=1)
+    log_every: int = setting(100, "steps between logged rows (exact metrics computed there)", min=1)
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
+
+    def check(self):
+        n = jax.device_count()
+        if self.devices > n:
+            raise ValueError(f"devices {self.devices} is more than the {n} visible devices (on CPU, "
+                             f"set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices})")
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")
+        self.objective().check_sampling(self.explore(), batch_size=self.batch_size)
+
+    def objective(self) -> objectives.Objective:
+        return objectives.get(self.loss, lam=self.lam, baseline=self.baseline, alpha=self.alpha,
+                              control_variate=self.control_variate, normalized=self.normalized)
+
+    def explore(self) -> Exploration:
+        return Exploration(self.temperature, self.epsilon)
+
+
+RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+
+
+def settings_of(cfg: Dict[str, Any]):
+    """(task module, env settings, train settings) of a run config dict (validated)."""
+    mod = task_module(cfg.get("task", ""))
+    env_s = mod.SETTINGS.from_dict(cfg.get("env", {}))
+    train_s = TrainSettings.from_dict({k: v for k, v in cfg.items() if k not in ("task", "env")})
+    env_s.validate()
+    train_s.validate()
+    return mod, env_s, train_s
+
+
+def config_dict(task: str, env_s: Settings, train_s: Settings) -> Dict[str, Any]:
+    return {"task": task, "env": env_s.to_dict(), **train_s.to_dict()}
 
 
 def validate_run(cfg: Dict[str, Any]) -> None:
     """Raise ValueError naming the setting, the value and what is allowed."""
-    task_module(cfg["task"]).validate(cfg["env"])
-    if cfg["steps"] < 1:
-        raise ValueError(f"--steps must be >= 1, got {cfg['steps']}")
-    if cfg["batch_size"] < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {cfg['batch_size']}")
-    if cfg["loss"] not in objectives.OBJECTIVES:
-        raise ValueError(f"unknown --loss {cfg['loss']!r}; allowed: {', '.join(sorted(objectives.OBJECTIVES))}")
-    if not cfg["lr"] > 0 or not cfg["lr_logz"] > 0:
-        raise ValueError(f"--lr and --lr-logz must be > 0, got {cfg['lr']} and {cfg['lr_logz']}")
-    if cfg["hidden"] < 1 or cfg["n_layers"] < 1:
-        raise ValueError(f"--hidden and --n-layers must be >= 1, got {cfg['hidden']} and {cfg['n_layers']}")
-    if not cfg["temperature"] > 0:
-        raise ValueError(f"--temperature must be > 0, got {cfg['temperature']}")
-    if not 0 <= cfg["epsilon"] < 1:
-        raise ValueError(f"--epsilon must be in [0, 1), got {cfg['epsilon']}")
-    if cfg["devices"] < 1 or cfg["devices"] > jax.device_count():
-        raise ValueError(f"--devices must be between 1 and the {jax.device_count()} visible devices, "
-                         f"got {cfg['devices']}")
-    if cfg["batch_size"] % cfg["devices"]:
-        raise ValueError(f"--batch-size {cfg['batch_size']} must be divisible by --devices {cfg['devices']}")
-    if cfg["log_every"] < 1:
-        raise ValueError(f"--log-every must be >= 1, got {cfg['log_every']}")
-    objectives.check_options(cfg["loss"], _opts(cfg), _explore(cfg), batch_size=cfg["batch_size"])
-
-
-def _opts(cfg) -> objectives.ObjectiveOptions:
-    return objectives.ObjectiveOptions(lam=cfg["lam"], baseline=cfg["baseline"], alpha=cfg["alpha"],
-                                       control_variate=cfg["control_variate"],
-                                       normalized=cfg["normalized"])
-
-
-def _explore(cfg) -> Exploration:
-    return Exploration(cfg["temperature"], cfg["epsilon"])
+    settings_of(cfg)
 
 
 def build(cfg: Dict[str, Any]):
     """(env, gfn, optim) from a run config."""
-    env = task_module(cfg["task"]).build_env(cfg["env"])
-    module = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=cfg["hidden"],
-                       n_layers=cfg["n_layers"], uniform_pb=cfg["uniform_pb"],
-                       shared_torso=cfg["shared_torso"])
-    gfn = GFlowNet(env, module, cfg["loss"], _opts(cfg), _explore(cfg))
-    optim = OptimConfig(cfg["lr"], cfg["lr_logz"], cfg["grad_clip"])
-    return env, gfn, optim
+    mod, env_s, s = settings_of(cfg)
+    env = mod.build_env(env_s)
+    policy = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=s.hidden, n_layers=s.n_layers,
+                       uniform_pb=s.uniform_pb, shared_torso=s.shared_torso)
+    gfn = GFlowNet(env, policy, s.objective(), s.explore())
+    return env, gfn, OptimConfig(s.lr, s.lr_logz, s.grad_clip)
+
+
+def init_state(gfn: GFlowNet, optim: OptimConfig, key):
+    """(LoopState at step 0, optimizer): policy parameters from fold_in(key, PARAMS_TAG); the
+    environment's reward parameters in the model slot."""
+    key = jax.random.PRNGKey(key) if isinstance(key, int) else key
+    params = gfn.init(jax.random.fold_in(key, PARAMS_TAG))
+    tx = policy_optimizer(gfn, optim, params)
+    return loop.init_state(params, tx, gfn.env.default_params(), None, key), tx
+
+
+def make_step(gfn: GFlowNet, tx, batch_size: int, devices: int = 1, state_index=True):
+    """The plain-training step: ``loop.make_step`` with the GFlowNet's sampler update only."""
+    env = gfn.env
+    upd = sampler_update(gfn, tx, batch_size, env.log_reward,
+                         state_index=env.state_index if state_index else None)
+    return loop.make_step(upd, None, loop.Schedule("sampler"), mesh=loop.make_mesh(devices))
 
 
 def make_evaluator(env, gfn):
-    """A jitted params -> {l1, jsd} against the exact target, plus the table it uses."""
+    """A jitted params -> ({l1, jsd}, p) against the exact target, plus the table it uses."""
     table = metrics.transition_table(env)
     target = metrics.target_distribution(env, env.log_reward, None, table)
 
     @jax.jit
     def exact(params):
-        p = metrics.terminal_distribution(env, gfn.apply, params, table)
+        p = metrics.terminal_distribution(env, gfn.policy, params, table)
         return {"l1": metrics.l1(p, target), "jsd": metrics.jsd(p, target)}, p
 
     return exact, table, target
 
 
-RESUMABLE_CHANGES = ("steps", "checkpoint_every")
+def make_train(cfg: Dict[str, Any]):
+    """``train(key) -> (state, metrics[steps], final_l1)``: a whole run as one function.
+
+    Compiles the entire run (init, every step, the final exact L1) so that several seeds can run
+    in one ``jax.vmap`` (``benchmarks/seeds_vmap.py``). Single device.
+    """
+    env, gfn, optim = build(cfg)
+    s = TrainSettings.from_dict({k: v for k, v in cfg.items() if k not in ("task", "env")})
+    _, tx = init_state(gfn, optim, jax.random.PRNGKey(0))
+    step = make_step(gfn, tx, s.batch_size, state_index=False)
+    table = metrics.transition_table(env)
+    target = metrics.target_distribution(env, env.log_reward, None, table)
+
+    def final(st, data):
+        return metrics.l1(metrics.terminal_distribution(env, gfn.policy, st.sampler, table), target)
+
+    return loop.make_train(lambda k: init_state(gfn, optim, k)[0], step, s.steps, final_fn=final)
 
 
 def check_resume(cfg: Dict[str, Any], out: str) -> Dict[str, Any]:
     """The saved config of OUT if ``cfg`` may resume it; ValueError naming what differs."""
     path = os.path.join(out, "config.json")
     if not os.path.isfile(path) or checkpoint.latest(out) is None:
-        raise ValueError(f"--resume: {out!r} holds no run with a checkpoint to resume")
+        raise ValueError(f"resume: {out!r} holds no run with a checkpoint to resume")
     with open(path) as f:
-        saved = {**DEFAULTS, **json.load(f)}
+        saved = json.load(f)
     diff = sorted(k for k in set(saved) | set(cfg)
                   if k not in RESUMABLE_CHANGES and saved.get(k) != cfg.get(k))
     if diff:
-        raise ValueError(f"--resume: settings differ from the saved run in {', '.join(diff)} "
+        raise ValueError(f"resume: settings differ from the saved run in {', '.join(diff)} "
                          f"(only {', '.join(RESUMABLE_CHANGES)} may change)")
     return saved
 
@@ -120,65 +183,67 @@ def check_resume(cfg: Dict[str, Any], out: str) -> Dict[str, Any]:
 def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
     """Train as configured, writing OUT/config.json, OUT/metrics.jsonl and a checkpoint.
 
-    resume: continue the run in OUT from its latest checkpoint up to ``cfg['steps']``; the
-    result is identical to a run that was never stopped (keys depend only on seed and step).
+    resume: continue the run in OUT from its latest checkpoint up to ``steps``; the result is
+    identical to a run that was never stopped (keys depend only on seed and step).
     """
-    cfg = {**DEFAULTS, **cfg}
-    validate_run(cfg)
+    mod, env_s, s = settings_of(cfg)
+    cfg = config_dict(mod.NAME, env_s, s)
     if resume:
         check_resume(cfg, out)
     env, gfn, optim = build(cfg)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-    state, tx = init_state(gfn, optim, cfg["seed"])
-    exact, table, _ = make_evaluator(env, gfn)
-    mode_idx = np.asarray(task_module(cfg["task"]).mode_indices(env))
+    state, tx = init_state(gfn, optim, s.seed)
+    exact, _, _ = make_evaluator(env, gfn)
+    mode_idx = np.asarray(mod.mode_indices(env))
     seen = np.zeros(env.num_states(), bool)
     old_rows = []
     if resume:
         ck = checkpoint.latest(out)
         state = checkpoint.restore(ck, state)
-        seen_path = ck + ".seen.npy"
-        if os.path.isfile(seen_path):
-            seen = np.load(seen_path)
+        if os.path.isfile(ck + ".seen.npy"):
+            seen = np.load(ck + ".seen.npy")
         with open(os.path.join(out, "metrics.jsonl")) as f:
             old_rows = [l for l in f if l.strip() and json.loads(l)["step"] <= int(state.step)]
     done = int(state.step)
-    if done >= cfg["steps"]:
-        raise ValueError(f"--steps {cfg['steps']}: the run in {out!r} already has {done} steps")
-    update = make_update(gfn, tx, cfg["batch_size"], env.log_reward,
-                         state_index=env.state_index, n_devices=cfg["devices"])
-    chunk = pick_chunk(cfg["steps"] - done, cfg["log_every"])
-    run_chunk = make_chunk(update, chunk)
+    if done >= s.steps:
+        raise ValueError(f"steps {s.steps}: the run in {out!r} already has {done} steps")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+    step = make_step(gfn, tx, s.batch_size, s.devices)
+    chunk = loop.pick_chunk(s.steps - done, s.log_every)
+    run_chunk = loop.make_chunk(step, chunk)
 
     def save(st):
         path = checkpoint.save(out, st)
         np.save(path + ".seen.npy", seen)
 
-    def chunk_stats(m):
+    def summarize(m):
         seen[np.asarray(m["visited"]).reshape(-1)] = True
-        return {"modes_found": int(seen[mode_idx].sum()), "n_modes": int(len(mode_idx))}
+        row = {"modes_found": int(seen[mode_idx].sum()), "n_modes": int(len(mode_idx))}
+        if "log_z" in m:
+            row["log_z"] = float(np.asarray(m["log_z"])[-1])
+        return row
 
-    def evaluate_fn(st):
-        vals, _ = exact(st.params)
+    def evaluate(st):
+        vals, _ = exact(st.sampler)
         return {k: float(v) for k, v in vals.items()}
 
-    log_path = os.path.join(out, "metrics.jsonl")
     rows = []
-    with open(log_path, "w") as f:
+    t0 = time.perf_counter()
+    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
         f.writelines(old_rows)
 
         def on_log(row):
+            row["wall_s"] = round(time.perf_counter() - t0, 4)
             rows.append(row)
             f.write(json.dumps(row) + "\n")
             f.flush()
 
-        ck_every = cfg["checkpoint_every"]
-        state = train_loop(state, run_chunk, cfg["steps"] - done, chunk, evaluate_fn=evaluate_fn,
-                           on_log=on_log, on_checkpoint=save,
-                           checkpoint_every=ck_every, progress=progress,
-                           desc=f"{cfg['task']}/{cfg['loss']}", chunk_stats=chunk_stats)
+        state = loop.host_loop(state, run_chunk, s.steps - done, chunk, summarize=summarize,
+                               evaluate=evaluate, on_log=on_log, on_checkpoint=save,
+                               checkpoint_every=s.checkpoint_every,
+                               last_checkpoint=done if resume else None, progress=progress,
+                               desc=f"{mod.NAME}/{s.loss}")
     save(state)
     return {"final": rows[-1], "state": state}
 
@@ -187,16 +252,19 @@ def load_run(run_dir: str):
     """(cfg, env, gfn, params) of a finished run directory."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
-        raise ValueError(f"--run {run_dir!r} holds no config.json (not a gfnem run directory)")
+        raise ValueError(f"run {run_dir!r} holds no config.json (not a gfnem run directory)")
     with open(path) as f:
         cfg = json.load(f)
+    if cfg.get("task") not in TASKS:
+        raise ValueError(f"run {run_dir!r} is a {cfg.get('task', 'different')!r} run; sampling "
+                         f"from it is not supported here")
     env, gfn, optim = build(cfg)
     ck = checkpoint.latest(run_dir)
     if ck is None:
-        raise ValueError(f"--run {run_dir!r} holds no checkpoint")
+        raise ValueError(f"run {run_dir!r} holds no checkpoint")
     like, _ = init_state(gfn, optim, cfg["seed"])
     state = checkpoint.restore(ck, like)
-    return cfg, env, gfn, state.params
+    return cfg, env, gfn, state.sampler
 
 
 def sample_terminals(env, gfn, params, n: int, seed: int, chunk: int = 8192) -> np.ndarray:

@@ -1,47 +1,42 @@
-"""Sequence-design task (DIV): CLI flags, validation and environment construction."""
+"""Sequence-design task (DIV), declared once: settings, environment, modes."""
 from __future__ import annotations
 
+import dataclasses
+
+from gfnem_jax.config import Settings, setting
 from gfnem_jax.envs.sequence_design import SequenceDesign
 
 NAME = "sequences"
-HELP = "sequence design: length-L strings over V tokens, reward from seeded position + neighbour weights (da Silva et al. 2024)"
-
+HELP = ("sequence design: length-L strings over V tokens, reward from seeded position + neighbour "
+        "weights (da Silva et al. 2024)")
 MAX_STATES = 400_000
 N_MODES = 10
-
-
-def add_args(p):
-    p.add_argument("--length", type=int, default=6, help="sequence length L (>= 1; default 6)")
-    p.add_argument("--vocab", type=int, default=4, help="alphabet size V (>= 2; default 4; DIV uses 8)")
-    p.add_argument("--reward-seed", type=int, default=0, help="seed of the random reward weights (default 0)")
-    p.add_argument("--reward-temperature", type=float, default=1.0,
-                   help="log R = score / temperature (> 0; default 1; lower = sharper modes)")
-
-
-def env_config(args) -> dict:
-    return {"length": args.length, "vocab": args.vocab, "seed": args.reward_seed,
-            "temperature": args.reward_temperature}
 
 
 def num_states(length: int, vocab: int) -> int:
     return sum(vocab ** n for n in range(length + 1))
 
 
-def validate(cfg: dict) -> None:
-    if cfg["length"] < 1:
-        raise ValueError(f"--length must be >= 1, got {cfg['length']}")
-    if cfg["vocab"] < 2:
-        raise ValueError(f"--vocab must be >= 2, got {cfg['vocab']}")
-    if not cfg["temperature"] > 0:
-        raise ValueError(f"--reward-temperature must be > 0, got {cfg['temperature']}")
-    n = num_states(cfg["length"], cfg["vocab"])
-    if n > MAX_STATES:
-        raise ValueError(f"--length {cfg['length']} with --vocab {cfg['vocab']} has {n} states; exact "
-                         f"metrics allow at most {MAX_STATES} (e.g. --length 6 --vocab 8)")
+@dataclasses.dataclass(frozen=True)
+class SequencesSettings(Settings):
+    length: int = setting(6, "sequence length L", min=1)
+    vocab: int = setting(4, "alphabet size V (DIV uses 8)", min=2)
+    reward_seed: int = setting(0, "seed of the random reward weights", min=0, max=2 ** 31 - 1)
+    reward_temperature: float = setting(1.0, "log R = score / temperature (lower = sharper modes)", gt=0)
+
+    def check(self):
+        n = num_states(self.length, self.vocab)
+        if n > MAX_STATES:
+            raise ValueError(f"length {self.length} with vocab {self.vocab} has {n} states; exact "
+                             f"metrics allow at most {MAX_STATES} (e.g. length 6 and vocab 8)")
 
 
-def build_env(cfg: dict) -> SequenceDesign:
-    return SequenceDesign(**cfg)
+SETTINGS = SequencesSettings
+
+
+def build_env(s: SequencesSettings) -> SequenceDesign:
+    return SequenceDesign(length=s.length, vocab=s.vocab, seed=s.reward_seed,
+                          temperature=s.reward_temperature)
 
 
 def mode_indices(env: SequenceDesign):

@@ -1,49 +1,44 @@
-"""Set-generation task (DIV): CLI flags, validation and environment construction."""
+"""Set-generation task (DIV), declared once: settings, environment, modes."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
+from gfnem_jax.config import Settings, setting
 from gfnem_jax.envs.sets import SetGeneration
 
 NAME = "sets"
-HELP = "set generation: pick k of N elements, reward from seeded random unary + pairwise weights (da Silva et al. 2024)"
-
+HELP = ("set generation: pick k of N elements, reward from seeded random unary + pairwise weights "
+        "(da Silva et al. 2024)")
 MAX_STATES = 100_000
 N_MODES = 10
-
-
-def add_args(p):
-    p.add_argument("--set-size", type=int, default=12, help="size N of the ground set (>= 2; default 12; DIV uses 32)")
-    p.add_argument("--k", type=int, default=6, help="number of elements to choose (1 <= k <= N; default 6; DIV uses 16)")
-    p.add_argument("--reward-seed", type=int, default=0, help="seed of the random reward weights (default 0)")
-    p.add_argument("--reward-temperature", type=float, default=1.0,
-                   help="log R = score / temperature (> 0; default 1; lower = sharper modes)")
-
-
-def env_config(args) -> dict:
-    return {"size": args.set_size, "k": args.k, "seed": args.reward_seed,
-            "temperature": args.reward_temperature}
 
 
 def num_states(size: int, k: int) -> int:
     return sum(math.comb(size, j) for j in range(k + 1))
 
 
-def validate(cfg: dict) -> None:
-    if cfg["size"] < 2:
-        raise ValueError(f"--set-size must be >= 2, got {cfg['size']}")
-    if not 1 <= cfg["k"] <= cfg["size"]:
-        raise ValueError(f"--k must be in [1, --set-size={cfg['size']}], got {cfg['k']}")
-    if not cfg["temperature"] > 0:
-        raise ValueError(f"--reward-temperature must be > 0, got {cfg['temperature']}")
-    n = num_states(cfg["size"], cfg["k"])
-    if n > MAX_STATES:
-        raise ValueError(f"--set-size {cfg['size']} with --k {cfg['k']} has {n} states; exact metrics "
-                         f"allow at most {MAX_STATES} (e.g. --set-size 12 --k 6 or --set-size 16 --k 4)")
+@dataclasses.dataclass(frozen=True)
+class SetsSettings(Settings):
+    set_size: int = setting(12, "size N of the ground set (DIV uses 32)", min=2)
+    k: int = setting(6, "number of elements to choose, 1 <= k <= N (DIV uses 16)", min=1)
+    reward_seed: int = setting(0, "seed of the random reward weights", min=0, max=2 ** 31 - 1)
+    reward_temperature: float = setting(1.0, "log R = score / temperature (lower = sharper modes)", gt=0)
+
+    def check(self):
+        if self.k > self.set_size:
+            raise ValueError(f"k must be in [1, set_size={self.set_size}], got {self.k}")
+        n = num_states(self.set_size, self.k)
+        if n > MAX_STATES:
+            raise ValueError(f"set_size {self.set_size} with k {self.k} has {n} states; exact metrics "
+                             f"allow at most {MAX_STATES} (e.g. set_size 12 and k 6, or 16 and 4)")
 
 
-def build_env(cfg: dict) -> SetGeneration:
-    return SetGeneration(**cfg)
+SETTINGS = SetsSettings
+
+
+def build_env(s: SetsSettings) -> SetGeneration:
+    return SetGeneration(size=s.set_size, k=s.k, seed=s.reward_seed, temperature=s.reward_temperature)
 
 
 def mode_indices(env: SetGeneration):

@@ -525,11 +525,21 @@ def flow_matching(
     else:
         chex.assert_shape(state_mask, (n_states,))
         chex.assert_type(state_mask, bool)
+    sq = flow_matching_residuals(log_in_flows, in_mask, log_out_flows, out_mask, log_reward,
+                                 state_mask)
+    return jnp.sum(sq) / jnp.maximum(jnp.sum(state_mask), 1)
+
+
+def flow_matching_residuals(log_in_flows, in_mask, log_out_flows, out_mask, log_reward,
+                            state_mask=None) -> chex.Array:
+    """``[S]`` squared flow-matching residuals ℓ(s') (0 outside ``state_mask``); their masked
+    mean is ``flow_matching``. Same arguments as ``flow_matching``."""
+    if state_mask is None:
+        state_mask = jnp.any(in_mask, axis=1)
     keep = state_mask[:, None]
     li = jnp.where(keep, jnp.where(in_mask, log_in_flows, -jnp.inf), 0.0)
     lo = jnp.where(keep, jnp.where(out_mask, log_out_flows, -jnp.inf), 0.0)
     lr = jnp.where(state_mask, log_reward, 0.0)
     log_inflow = jax.nn.logsumexp(li, axis=1)
     log_outflow = jax.nn.logsumexp(jnp.concatenate([lr[:, None], lo], axis=1), axis=1)
-    sq = jnp.where(state_mask, (log_inflow - log_outflow) ** 2, 0.0)
-    return jnp.sum(sq) / jnp.maximum(jnp.sum(state_mask), 1)
+    return jnp.where(state_mask, (log_inflow - log_outflow) ** 2, 0.0)

@@ -1,4 +1,5 @@
-"""Flax policies: forward logits, backward logits, state flows and log Z."""
-from gfnem_jax.nets.mlp import MLPPolicy, PolicyOutput, init_policy, policy_flops
+"""Policies as pure functions: the ``Policy`` contract and its implementations."""
+from gfnem_jax.nets.mlp import MLPPolicy
+from gfnem_jax.nets.policy import FunctionalPolicy, Policy, PolicyOutput, encode_batch
 
-__all__ = ["MLPPolicy", "PolicyOutput", "init_policy", "policy_flops"]
+__all__ = ["Policy", "PolicyOutput", "FunctionalPolicy", "MLPPolicy", "encode_batch"]

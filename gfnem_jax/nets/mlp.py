@@ -1,24 +1,22 @@
-"""MLP policy with forward-logit, backward-logit, state-flow and log Z heads.
+"""MLP policy: forward-logit, backward-logit, state-flow and log Z heads on a flat observation.
 
-``MLPPolicy`` maps one state's features (and optionally a condition x) to a ``PolicyOutput``:
-  fwd_logits float[n_actions], bwd_logits float[n_bwd_actions], log_flow float[].
-Leading batch dimensions are allowed everywhere (Dense layers act on the last axis).
-``log_z(cond)`` is a learned scalar (unconditional) or an MLP of the condition (conditional GFlowNets,
-e.g. the posterior q(z | x) in GFlowNet-EM).
+``MLPPolicy`` implements ``gfnem_jax.nets.policy.Policy`` for environments whose observation is a
+vector ``float32[feature_dim]``. A condition (any pytree) is flattened to a vector and
+concatenated to the observation; log Z is a learned scalar (unconditional) or an MLP of the
+condition (conditional GFlowNets, e.g. the posterior q(z | x) of GFlowNet-EM).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import dataclasses
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gfnem_jax.nets.policy import Policy, PolicyOutput, flatten_cond
 
-class PolicyOutput(NamedTuple):
-    fwd_logits: jax.Array
-    bwd_logits: jax.Array
-    log_flow: jax.Array
+LOGZ_NAMES = ("log_z", "logz_net", "logz_head")
 
 
 class _Torso(nn.Module):
@@ -32,18 +30,8 @@ class _Torso(nn.Module):
         return h
 
 
-class MLPPolicy(nn.Module):
-    """Policy network.
-
-    Attributes:
-      n_actions, n_bwd_actions: sizes of the forward / backward action spaces.
-      hidden, n_layers: width and depth of the torso (n_layers hidden layers of ``hidden`` units).
-      uniform_pb: if True the backward logits are constant zeros (uniform P_B over legal actions)
-        and no backward head exists.
-      shared_torso: if False, P_B (and the flow head) get their own torso, as in torchgfn's
-        default; if True one torso feeds every head, as in gfnx.
-      conditional: if True, __call__ and log_z take a condition vector ``cond``.
-    """
+class MLPNet(nn.Module):
+    """The flax network behind ``MLPPolicy`` (leading batch dimensions allowed)."""
 
     n_actions: int
     n_bwd_actions: int
@@ -70,12 +58,12 @@ class MLPPolicy(nn.Module):
     def _input(self, feats, cond):
         if self.conditional:
             if cond is None:
-                raise ValueError("MLPPolicy(conditional=True) needs a condition `cond`")
+                raise ValueError("MLPPolicy(conditional=True) needs a condition")
             cond = jnp.broadcast_to(cond, feats.shape[:-1] + cond.shape[-1:])
             return jnp.concatenate([feats, cond.astype(feats.dtype)], axis=-1)
         return feats
 
-    def __call__(self, feats: jax.Array, cond: Optional[jax.Array] = None) -> PolicyOutput:
+    def __call__(self, feats, cond=None) -> PolicyOutput:
         h_in = self._input(feats, cond)
         h = self.torso(h_in)
         hb = h if self.shared_torso else self.torso_b(h_in)
@@ -84,53 +72,81 @@ class MLPPolicy(nn.Module):
             bwd = jnp.zeros(feats.shape[:-1] + (self.n_bwd_actions,), fwd.dtype)
         else:
             bwd = self.bwd_head(hb)
-        flow = self.flow_head(hb)[..., 0]
-        return PolicyOutput(fwd, bwd, flow)
+        return PolicyOutput(fwd, bwd, self.flow_head(hb)[..., 0])
 
-    def forward_only(self, feats: jax.Array, cond: Optional[jax.Array] = None) -> PolicyOutput:
-        """Only the forward logits (what sampling needs): skips P_B's torso when it has its own.
-
-        bwd_logits and log_flow are zeros: use ``__call__`` where they matter.
-        """
+    def forward_only(self, feats, cond=None) -> PolicyOutput:
+        """Forward logits only (skips P_B's torso); bwd_logits and log_flow are zeros."""
         fwd = self.fwd_head(self.torso(self._input(feats, cond)))
         return PolicyOutput(fwd, jnp.zeros(feats.shape[:-1] + (self.n_bwd_actions,), fwd.dtype),
                             jnp.zeros(feats.shape[:-1], fwd.dtype))
 
-    def log_z(self, cond: Optional[jax.Array] = None) -> jax.Array:
+    def log_z(self, cond=None):
         if self.conditional:
-            if cond is None:
-                raise ValueError("MLPPolicy(conditional=True).log_z needs a condition `cond`")
             return self.logz_head(self.logz_net(cond))[..., 0]
         return self.logz_param
 
     def _init_all(self, feats, cond=None):
-        out = self(feats, cond)
-        return out, self.log_z(cond)
+        return self(feats, cond), self.log_z(cond)
 
 
-def init_policy(module: MLPPolicy, key: jax.Array, feature_dim: int, cond_dim: Optional[int] = None):
-    """Initialise every head (including log Z) of ``module``; returns the params pytree."""
-    feats = jnp.zeros((1, feature_dim), jnp.float32)
-    cond = jnp.zeros((1, cond_dim), jnp.float32) if module.conditional else None
-    return module.init(key, feats, cond, method=MLPPolicy._init_all)
+@dataclasses.dataclass(frozen=True)
+class MLPPolicy(Policy):
+    """MLP policy.
 
-
-def policy_flops(module: MLPPolicy, feature_dim: int, cond_dim: int = 0,
-                 forward_only: bool = False) -> int:
-    """FLOPs (2 per multiply-add) of one forward pass of the policy on one state.
-
-    forward_only: count ``MLPPolicy.forward_only`` (the sampling pass) instead of ``__call__``.
+    Attributes:
+      n_actions, n_bwd_actions: sizes of the forward / backward action spaces.
+      hidden, n_layers: width and depth of the torso.
+      uniform_pb: constant zero backward logits (uniform P_B over legal actions), no P_B head.
+      shared_torso: False gives P_B and the flow head their own torso (torchgfn's default).
+      conditional: the policy and log Z take the condition (flattened to a vector).
     """
-    d_in = feature_dim + (cond_dim if module.conditional else 0)
-    h, L = module.hidden, module.n_layers
 
-    def torso(d):
-        return 2 * (d * h + (L - 1) * h * h)
+    n_actions: int
+    n_bwd_actions: int
+    hidden: int = 256
+    n_layers: int = 2
+    uniform_pb: bool = False
+    shared_torso: bool = True
+    conditional: bool = False
 
-    if forward_only:
-        return int(torso(d_in) + 2 * h * module.n_actions)
-    f = torso(d_in) * (1 if module.shared_torso else 2)
-    f += 2 * h * module.n_actions + 2 * h * 1
-    if not module.uniform_pb:
-        f += 2 * h * module.n_bwd_actions
-    return int(f)
+    @property
+    def net(self) -> MLPNet:
+        return MLPNet(self.n_actions, self.n_bwd_actions, self.hidden, self.n_layers,
+                      self.uniform_pb, self.shared_torso, self.conditional)
+
+    def init(self, key, obs, cond=None):
+        ctx = self.encode_cond(None, cond) if self.conditional else None
+        c = None if ctx is None else ctx[None]
+        return self.net.init(key, jnp.asarray(obs, jnp.float32)[None], c, method=MLPNet._init_all)
+
+    def encode_cond(self, params, cond):
+        return flatten_cond(cond) if self.conditional else None
+
+    def apply(self, params, obs, ctx):
+        return self.net.apply(params, obs, ctx)
+
+    def apply_forward(self, params, obs, ctx):
+        return self.net.apply(params, obs, ctx, method=MLPNet.forward_only)
+
+    def log_z(self, params, ctx):
+        return self.net.apply(params, ctx, method=MLPNet.log_z)
+
+    def log_z_mask(self, params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: any(getattr(k, "key", None) in LOGZ_NAMES for k in path), params)
+
+    def flops(self, feature_dim: int, cond_dim: int = 0, forward_only: bool = False) -> int:
+        """FLOPs (2 per multiply-add) of one pass on one state (``forward_only``: the sampling pass)."""
+        d_in = feature_dim + (cond_dim if self.conditional else 0)
+        h, L = self.hidden, self.n_layers
+
+        def torso(d):
+            return 2 * (d * h + (L - 1) * h * h)
+
+        if forward_only:
+            return int(torso(d_in) + 2 * h * self.n_actions)
+        f = torso(d_in) * (1 if self.shared_torso else 2)
+        f += 2 * h * self.n_actions + 2 * h * 1
+        if not self.uniform_pb:
+            f += 2 * h * self.n_bwd_actions
+        return int(f)

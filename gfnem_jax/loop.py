@@ -1,0 +1,406 @@
+"""The one alternating loop: sampler update + model update, chunks, the host loop, the mesh.
+
+Every kind of run (plain GFlowNet training, GFlowNet-EM, a decoder's or an energy's training) is
+
+    step(state, batch, key) -> (state, metrics)          one jitted step (``make_step``)
+    run_chunk(state, data) -> (state, metrics[n])        n steps in one lax.scan (``make_chunk``)
+    host_loop(...)                                       logging, progress, checkpoints, NaN stop
+    make_train(...)(key, data) -> (state, metrics)       a whole run as one function (vmap seeds)
+
+A step does a *sampler* update (a GFlowNet objective whose reward may depend on the model
+parameters held in the state) and/or a *model* update (EM's expected NLL, a decoder's NLL, an
+energy's contrastive loss), under a ``Schedule``. Each side is an ``Update`` of three pure pieces:
+
+    prepare(own, other, batch, key, shard) -> aux     sampling, no gradient (rollouts, MCMC)
+    terms(own, other, aux) -> q                       per-sample differentiable terms [b, ...]
+    reduce(q, aux) -> (loss, metrics)                 the loss of the whole (global) batch
+
+Data parallelism (``shard_step``, given a ``jax.sharding.Mesh``) shards ``batch`` along its
+leading axis; ``prepare`` and ``terms`` run on a device's shard, ``q`` and ``aux`` are gathered so
+that ``reduce`` sees the *global* batch (leave-one-out baselines, log-variance, self-normalized
+weights are global statistics), and the gradient is pulled back through each shard's ``terms``
+and summed over devices. 1 and N devices therefore give the same gradients to float tolerance; the
+single-device path is the same code with a trivial shard.
+
+Keys: step t uses ``fold_in(run_key, t)``; a step's batch is drawn with ``fold_in(step_key,
+BATCH_TAG)``; per-sample keys inside ``prepare`` use the sample's global index
+(``shard.offset(b)``), so the samples do not depend on how the batch is split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+AXIS = "batch"
+BATCH_TAG = 0x62617463  # "batc"
+SCHEDULES = ("sampler", "model", "both", "fixed", "adaptive")
+
+
+class LoopState(NamedTuple):
+    """sampler / model: parameters (either may be None); *_opt: their optimizer states;
+    ema: float[] EMA of the sampler loss (adaptive schedule); step: int32[]; key: the run key;
+    extra: any state a run carries between steps (persistent chains, ...)."""
+
+    sampler: Any
+    sampler_opt: Any
+    model: Any
+    model_opt: Any
+    ema: jax.Array
+    step: jax.Array
+    key: jax.Array
+    extra: Any = None
+
+
+class Shard(NamedTuple):
+    """Where a step runs: ``index`` of this device on the batch axis (int32[]), ``count`` devices,
+    ``axis`` the mesh axis name (None on one device)."""
+
+    index: Any = 0
+    count: int = 1
+    axis: Optional[str] = None
+
+    def offset(self, local_size: int):
+        """Global index of this shard's first sample for a local batch of ``local_size``."""
+        return self.index * local_size
+
+    def gather(self, tree):
+        """Concatenate every device's shard along the leading axis (identity on one device)."""
+        if self.axis is None:
+            return tree
+        return jax.tree.map(lambda a: jax.lax.all_gather(a, self.axis, tiled=True), tree)
+
+    def local(self, tree):
+        """This device's rows of a gathered (global) pytree."""
+        if self.axis is None:
+            return tree
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(
+            a, self.index * (a.shape[0] // self.count), a.shape[0] // self.count), tree)
+
+    def sum(self, tree):
+        return tree if self.axis is None else jax.lax.psum(tree, self.axis)
+
+    def mean(self, tree):
+        return tree if self.axis is None else jax.lax.pmean(tree, self.axis)
+
+
+class Update(NamedTuple):
+    """One side of the alternating step (see the module docstring)."""
+
+    prepare: Callable[..., Any]
+    terms: Callable[..., Any]
+    reduce: Callable[..., Any]
+    tx: optax.GradientTransformation
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """When each side updates.
+
+    kind: "sampler" (every step a sampler update, no model), "model" (model only), "both" (every
+      step a sampler then a model update), "fixed" (step t is a sampler step if
+      t mod (e_steps + m_steps) < e_steps, else a model step), "adaptive" (every step a sampler
+      step; a model step follows when ema_t < threshold(t), ema_t = d ema_{t-1} + (1 - d) loss_t,
+      ema_0 = loss_0, d = ema_decay, threshold linear from thr_start at step 0 to thr_end at
+      step thr_steps).
+    """
+
+    kind: str = "sampler"
+    e_steps: int = 1
+    m_steps: int = 1
+    ema_decay: float = 0.9
+    thr_start: float = 1.0
+    thr_end: float = 0.05
+    thr_steps: int = 1000
+
+    def validate(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.kind!r}")
+        if self.e_steps < 1 or self.m_steps < 1:
+            raise ValueError(f"e_steps and m_steps must be >= 1, got {self.e_steps} and {self.m_steps}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.thr_start >= self.thr_end >= 0:
+            raise ValueError(f"thresholds must satisfy threshold_start >= threshold_end >= 0, got "
+                             f"{self.thr_start} and {self.thr_end}")
+        if self.thr_steps < 0:
+            raise ValueError(f"threshold_steps must be >= 0, got {self.thr_steps}")
+
+    def threshold(self, step) -> jax.Array:
+        frac = jnp.clip(step / max(self.thr_steps, 1), 0.0, 1.0)
+        return self.thr_start + (self.thr_end - self.thr_start) * frac
+
+
+def global_grad(update: Update, own, other, aux, shard: Shard):
+    """(loss, metrics, grads) of ``update`` on the global batch; grads summed over devices."""
+    q, pull = jax.vjp(lambda p: update.terms(p, other, aux), own)
+    q_all, aux_all = shard.gather((q, aux))
+    (loss, metrics), dq_all = jax.value_and_grad(update.reduce, has_aux=True)(q_all, aux_all)
+    (g,) = pull(shard.local(dq_all))
+    return loss, metrics, shard.sum(g)
+
+
+def apply_update(update: Update, own, opt, other, batch, key, shard: Shard):
+    """prepare -> global gradient -> one optimizer step. Returns (own, opt, loss, metrics)."""
+    aux = update.prepare(own, other, batch, key, shard)
+    loss, metrics, g = global_grad(update, own, other, aux, shard)
+    upd, opt = update.tx.update(g, opt, own)
+    return optax.apply_updates(own, upd), opt, loss, metrics
+
+
+def _skip_like(fn, *args):
+    """Zeros with the output structure of ``fn(*args)`` (the branch not taken in a lax.cond)."""
+    shapes = jax.eval_shape(fn, *args)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def make_step(sampler: Optional[Update] = None, model: Optional[Update] = None,
+              schedule: Schedule = Schedule(), after_sampler: Optional[Callable] = None,
+              mesh=None):
+    """``step(state, batch, key) -> (state, metrics)``: the one alternating step.
+
+    Args:
+      sampler, model: the two sides (either may be None, as the schedule allows).
+      schedule: when each side runs (``Schedule``).
+      after_sampler: optional ``(state, batch, key, shard) -> (state, metrics)`` run after each
+        sampler update (e.g. EM's sleep phase); its metrics must not depend on whether it ran.
+      mesh: a ``jax.sharding.Mesh`` with axis "batch": the step is sharded over it
+        (``shard_step``); None = one device, the same code.
+    Metrics: "loss" (the sampler loss, 0 on steps without one), "m_loss", "e_step", "m_step",
+    "ema", "threshold" (schedules that use them), and the reduce functions' own metrics.
+    """
+    schedule.validate()
+    kind = schedule.kind
+    if sampler is None and kind != "model":
+        raise ValueError(f"schedule {kind!r} needs a sampler update")
+    if model is None and kind not in ("sampler",):
+        raise ValueError(f"schedule {kind!r} needs a model update")
+
+    def sampler_side(st: LoopState, batch, key, shard):
+        params, opt, loss, m = apply_update(sampler, st.sampler, st.sampler_opt, st.model, batch,
+                                            key, shard)
+        st = st._replace(sampler=params, sampler_opt=opt)
+        if after_sampler is not None:
+            st, m2 = after_sampler(st, batch, jax.random.fold_in(key, 1), shard)
+            m = {**m, **m2}
+        return st, loss, m
+
+    def model_side(st: LoopState, batch, key, shard):
+        params, opt, loss, m = apply_update(model, st.model, st.model_opt, st.sampler, batch,
+                                            key, shard)
+        return st._replace(model=params, model_opt=opt), loss, m
+
+    def conditional(pred, side, st, batch, key, shard):
+        def run(s):
+            return side(s, batch, key, shard)
+
+        def skip(s):
+            _, loss, m = _skip_like(run, s)
+            return s, loss, m
+        return jax.lax.cond(pred, run, skip, st)
+
+    def inner(st: LoopState, batch, key, shard: Shard):
+        ke, km = jax.random.split(key)
+        t = st.step
+        metrics: Dict[str, Any] = {}
+        if kind in ("sampler", "both", "adaptive"):
+            do_e = jnp.ones((), bool)
+            st, e_loss, me = sampler_side(st, batch, ke, shard)
+        elif kind == "fixed":
+            do_e = (t % (schedule.e_steps + schedule.m_steps)) < schedule.e_steps
+            st, e_loss, me = conditional(do_e, sampler_side, st, batch, ke, shard)
+        else:
+            do_e, e_loss, me = jnp.zeros((), bool), jnp.zeros((), jnp.float32), {}
+        metrics.update(me)
+        if kind == "adaptive":
+            d = schedule.ema_decay
+            ema = jnp.where(t == 0, e_loss, d * st.ema + (1 - d) * e_loss)
+            thr = schedule.threshold(t)
+            st = st._replace(ema=ema)
+            metrics.update(ema=ema, threshold=thr)
+            do_m = ema < thr
+        elif kind == "fixed":
+            do_m = ~do_e
+        else:
+            do_m = jnp.asarray(kind in ("model", "both"))
+        if kind in ("model", "both"):
+            st, m_loss, mm = model_side(st, batch, km, shard)
+        elif kind in ("fixed", "adaptive"):
+            st, m_loss, mm = conditional(do_m, model_side, st, batch, km, shard)
+        else:
+            m_loss, mm = None, {}
+        metrics.update(mm)
+        metrics["loss"] = e_loss
+        if m_loss is not None:
+            metrics.update(m_loss=m_loss, e_step=do_e, m_step=do_m)
+        return st._replace(step=st.step + 1), metrics
+
+    return shard_step(inner, mesh)
+
+
+def shard_step(inner, mesh=None):
+    """The one data-parallel wrapper: ``inner(state, batch, key, shard)`` over ``mesh``.
+
+    The state and key are replicated, ``batch`` (any pytree, leaves with a leading batch axis) is
+    split along the mesh axis "batch"; outputs are replicated (every statistic is global). With
+    ``mesh=None`` the step runs on one device with a trivial ``Shard``: the same code.
+    """
+    if mesh is None:
+        return lambda st, batch, key: inner(st, batch, key, Shard())
+    from jax.sharding import PartitionSpec as P
+    n = mesh.shape[AXIS]
+
+    def body(st, batch, key):
+        return inner(st, batch, key, Shard(jax.lax.axis_index(AXIS), n, AXIS))
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()),
+                         check_vma=False)
+
+
+def make_mesh(n_devices: int, devices=None):
+    """A 1-D mesh with axis "batch" over the first ``n_devices`` devices (None for 1)."""
+    if n_devices <= 1 and devices is None:
+        return None
+    devs = list(devices if devices is not None else jax.devices())[:n_devices]
+    return jax.sharding.Mesh(np.asarray(devs), (AXIS,))
+
+
+def _body(step, batch_fn, eval_fn, data):
+    def body(st, i):
+        key = jax.random.fold_in(st.key, st.step)
+        batch = None if batch_fn is None else batch_fn(data, jax.random.fold_in(key, BATCH_TAG), i)
+        st, m = step(st, batch, key)
+        if eval_fn is not None:
+            m = {**m, **eval_fn(st, data)}
+        return st, m
+    return body
+
+
+def make_chunk(step, n: int, batch_fn: Optional[Callable] = None,
+               eval_fn: Optional[Callable] = None):
+    """Jitted ``run_chunk(state, data=None) -> (state, metrics[n])``: n steps in one lax.scan.
+
+    batch_fn(data, key, i) -> the batch of the chunk's i-th step: draw it from a device-resident
+      data set (``data`` is an argument, never a compile-time constant), or pick row i of
+      host-fed per-step batches (``data`` leaves [n, ...]). None: steps take no batch.
+    eval_fn(state, data) -> dict of scalars evaluated after every step (e.g. a log-likelihood).
+    """
+    @jax.jit
+    def run_chunk(state, data=None):
+        return jax.lax.scan(_body(step, batch_fn, eval_fn, data), state, jnp.arange(n))
+
+    return run_chunk
+
+
+def make_train(init_fn: Callable, step, steps: int, batch_fn: Optional[Callable] = None,
+               eval_fn: Optional[Callable] = None, final_fn: Optional[Callable] = None):
+    """A whole run as one function (purejaxrl style): ``train(key, data=None)``.
+
+    init_fn(key) -> LoopState; the run is one lax.scan of ``steps`` steps; returns
+    (state, metrics[steps]) or, with ``final_fn(state, data) -> pytree``, (state, metrics, final).
+    Jit it, or vmap it over keys to train several seeds in one call.
+    """
+    def train(key, data=None):
+        state = init_fn(key)
+        state, metrics = jax.lax.scan(_body(step, batch_fn, eval_fn, data), state,
+                                      jnp.arange(steps))
+        if final_fn is None:
+            return state, metrics
+        return state, metrics, final_fn(state, data)
+
+    return train
+
+
+def init_state(sampler, sampler_tx, model=None, model_tx=None, key=None, extra=None) -> LoopState:
+    """LoopState at step 0: optimizer states from the transformations (a side without one, e.g.
+    fixed reward parameters in the model slot, gets None)."""
+    return LoopState(sampler, None if sampler_tx is None else sampler_tx.init(sampler), model,
+                     None if model_tx is None else model_tx.init(model), jnp.zeros((), jnp.float32),
+                     jnp.zeros((), jnp.int32), key, extra)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def pick_chunk(steps: int, log_every: int) -> int:
+    """The largest divisor of ``steps`` not above ``log_every`` (at least 1)."""
+    log_every = max(1, min(log_every, steps))
+    for c in range(log_every, 0, -1):
+        if steps % c == 0:
+            return c
+    return 1
+
+
+def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callable] = None,
+              summarize: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, Any]]] = None,
+              evaluate: Optional[Callable[[Any], Dict[str, Any]]] = None,
+              on_log: Optional[Callable[[Dict[str, Any]], None]] = None,
+              on_checkpoint: Optional[Callable[[Any], None]] = None,
+              checkpoint_every: int = 0, last_checkpoint: Optional[int] = None,
+              progress: bool = True, desc: str = "train",
+              postfix: tuple = ("loss", "l1", "log_z", "nll")):
+    """Run ``steps`` steps in chunks of ``chunk`` (a divisor); log and checkpoint between chunks.
+
+    data_fn(chunk_index) -> the ``data`` argument of each chunk (host-fed batches); None = none.
+    A logged row is {"step", "loss" (mean over the chunk's sampler steps), "loss_last"} plus
+    ``summarize(metrics of the chunk)`` and ``evaluate(state)``; "wall_s" is added by on_log's
+    owner. A non-finite loss raises NonFiniteLoss naming the 1-based step and the last good
+    checkpoint (or that there is none). No host sync inside a chunk.
+    """
+    from tqdm.auto import tqdm
+    bar = tqdm(total=steps, desc=desc, disable=not progress, file=sys.stderr, mininterval=0.5,
+               dynamic_ncols=True)
+    last_ck = last_checkpoint
+    try:
+        for c in range(steps // chunk):
+            data = None if data_fn is None else data_fn(c)
+            state, m = run_chunk(state, data)
+            m = jax.device_get(m)
+            step = int(state.step)
+            bad = _first_non_finite(m, step - chunk)
+            if bad is not None:
+                where = (f"the last good checkpoint (step {last_ck}) is kept" if last_ck is not None
+                         else "no checkpoint had been written yet")
+                raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]}; {where}")
+            row: Dict[str, Any] = {"step": step}
+            loss = np.asarray(m["loss"])
+            sel = np.asarray(m["e_step"], bool) if "e_step" in m else np.ones(loss.shape, bool)
+            if sel.any():
+                row["loss"] = float(loss[sel].mean())
+                row["loss_last"] = float(loss[sel][-1])
+            if summarize is not None:
+                row.update(summarize(m))
+            if evaluate is not None:
+                row.update(evaluate(state))
+            if on_log is not None:
+                on_log(row)
+            bar.update(chunk)
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix if k in row}, refresh=False)
+            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+                on_checkpoint(state)
+                last_ck = step
+    finally:
+        bar.close()
+    return state
+
+
+def _first_non_finite(m: Dict[str, np.ndarray], start: int):
+    """(1-based step, metric name) of the first non-finite float metric of a chunk, or None."""
+    first = None
+    for k, v in m.items():
+        v = np.asarray(v)
+        if v.dtype.kind != "f" or v.ndim != 1:
+            continue
+        bad = ~np.isfinite(v)
+        if bad.any():
+            i = int(np.argmax(bad))
+            if first is None or i < first[0]:
+                first = (i, k)
+    return None if first is None else (start + first[0] + 1, first[1])

@@ -1,0 +1,33 @@
+"""Optimizers: Adam for a policy, with log Z on its own learning rate (as is usual for TB).
+
+The log Z leaves are those the policy declares (``Policy.log_z_mask``), never found by name.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4
+    lr_logz: float = 0.05
+    grad_clip: float = 0.0  # global-norm clipping; 0 = off
+
+
+def make_optimizer(cfg: OptimConfig, logz_mask) -> optax.GradientTransformation:
+    """Adam at ``cfg.lr`` on the policy and at ``cfg.lr_logz`` on the leaves where ``logz_mask``
+    (a pytree of bool like the parameters) is True; optional global-norm clipping first."""
+    labels = jax.tree.map(lambda m: "logz" if m else "policy", logz_mask)
+    tx = optax.multi_transform({"policy": optax.adam(cfg.lr), "logz": optax.adam(cfg.lr_logz)},
+                               labels)
+    if cfg.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+    return tx
+
+
+def policy_optimizer(gfn, cfg: OptimConfig, params) -> optax.GradientTransformation:
+    """``make_optimizer`` with the log Z leaves declared by ``gfn.policy``."""
+    return make_optimizer(cfg, gfn.policy.log_z_mask(params))
