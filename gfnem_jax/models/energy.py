@@ -42,7 +42,7 @@ class _EnergyNet(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class EnergyModel:
-    """MLP energy E_phi: {0,1}^d -> R. Inputs are cast to float32 (unset/relaxed values allowed)."""
+    """MLP energy E_phi: {0,1}^d -> R. Integer inputs are cast to float32 (relaxed values allowed)."""
 
     d: int
     hidden: int = 256
@@ -63,12 +63,15 @@ class EnergyModel:
 
     def energy(self, params, x) -> jax.Array:
         """float[]: E_phi(x) for one x float[d] (also works on leading batch axes)."""
-        return self.net.apply(params, jnp.asarray(x, jnp.float32))
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(jnp.float32)
+        return self.net.apply(params, x)
 
 
 def energies(model: EnergyModel, params, x) -> jax.Array:
     """float[B]: E_phi of each row of x[B, d]."""
-    return jax.vmap(lambda v: model.energy(params, v))(jnp.asarray(x, jnp.float32))
+    return jax.vmap(lambda v: model.energy(params, v))(jnp.asarray(x))
 
 
 def cd_loss(model: EnergyModel, params, x_data, x_neg) -> jax.Array:
@@ -76,7 +79,7 @@ def cd_loss(model: EnergyModel, params, x_data, x_neg) -> jax.Array:
 
     Its gradient is the (contrastive-divergence / maximum-likelihood) estimate of grad NLL.
     """
-    x_neg = jax.lax.stop_gradient(jnp.asarray(x_neg, jnp.float32))
+    x_neg = jax.lax.stop_gradient(jnp.asarray(x_neg))
     return jnp.mean(energies(model, params, x_data)) - jnp.mean(energies(model, params, x_neg))
 
 
@@ -86,7 +89,7 @@ def _check_exact(d: int):
 
 
 def all_energies(model: EnergyModel, params, chunk_log2: int = 14) -> jax.Array:
-    """float32[2^d]: E_phi of every {0,1}^d vector, index = bits as binary (first bit MSB).
+    """float[2^d] (float32 unless params are float64): E_phi of every {0,1}^d vector, index = bits as binary (first bit MSB).
 
     Computed in chunks of 2^min(chunk_log2, d) vectors under ``lax.map`` (bounded memory).
     """
@@ -101,7 +104,7 @@ def all_energies(model: EnergyModel, params, chunk_log2: int = 14) -> jax.Array:
         x = jnp.concatenate([jnp.broadcast_to(hi, (low.shape[0], d - c)), low], axis=1)
         return energies(model, params, x)
 
-    return jax.lax.map(one, high).reshape(-1).astype(jnp.float32) if n_chunks > 1 else one(high[0])
+    return jax.lax.map(one, high).reshape(-1) if n_chunks > 1 else one(high[0])
 
 
 def log_partition(model: EnergyModel, params, chunk_log2: int = 14) -> jax.Array:
