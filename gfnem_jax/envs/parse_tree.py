@@ -1,0 +1,276 @@
+"""Bottom-up parse trees over a sentence: the latent space of GFlowNet-EM for grammar induction.
+
+A sentence of n words is padded to ``max_len`` = L; the condition is
+``{"tokens": int32[L], "length": int32[]}``. The state is the ordered list of the current roots
+(a forest covering words 0..n-1 left to right). At s_0 every word is a root; a forward action
+merges two adjacent roots under a nonterminal label; after n-1 merges one root is left and the
+state is terminal. Sentences of every length share the same static shapes (masks do the rest).
+
+State (``ParseState``, one sentence; slot q < r is the q-th root from the left, slots >= r are
+padding with every field -1):
+  start, end  int32[L]    inclusive word span of each root
+  label       int32[L]    nonterminal of the root, -1 for a single word
+  split       int32[L]    gap index of the root's top node (-1 for a word); gap g lies between
+                          words g and g+1
+  node_label  int32[L-1]  per gap g: label of the internal node whose children meet at gap g
+  node_start, node_end    int32[L-1]  that node's span (-1: not built)
+  node_left, node_right   int32[L-1]  gap of its left / right child (-1: the child is a word)
+  n, r        int32[]     sentence length, number of roots
+Every binary tree over n leaves has exactly one internal node per gap, so the per-gap arrays hold
+the whole tree at the terminal state (``tree``), and any partial forest on the way.
+
+Actions: forward a = p * NT + A (p < L-1, A < NT) merges roots p and p+1 under label A; legal iff
+p < r - 1. Backward b = p < L splits root p (legal iff p < r and root p is not a word) into its
+two children, read back from the per-gap arrays. ``backward_action(s, a) = a // NT``,
+``forward_action(s', b) = b * NT + label[b]``.
+
+Enumeration (tiny sentences): the reachable states of one sentence are found by breadth-first
+search with ``step`` and ordered by an integer key of the per-gap arrays (a mixed-radix code of
+(start, end, label) per gap, a bijection on the forests of one sentence); ``state_index`` is a
+``searchsorted`` into the sorted keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gfnem_jax.envs.base import Environment
+
+
+class ParseState(NamedTuple):
+    start: jax.Array
+    end: jax.Array
+    label: jax.Array
+    split: jax.Array
+    node_label: jax.Array
+    node_start: jax.Array
+    node_end: jax.Array
+    node_left: jax.Array
+    node_right: jax.Array
+    n: jax.Array
+    r: jax.Array
+
+
+class Tree(NamedTuple):
+    """A labelled binary tree as its n-1 internal nodes, one per gap g (g < n-1; -1 beyond).
+
+    start, end int32[L-1] inclusive word span; label int32[L-1] nonterminal; left, right
+    int32[L-1] gap of the left / right child (-1 for a word); n int32[] sentence length.
+    """
+
+    start: jax.Array
+    end: jax.Array
+    label: jax.Array
+    left: jax.Array
+    right: jax.Array
+    n: jax.Array
+
+
+def make_cond(tokens, max_len: int) -> dict:
+    """A condition from one sentence (a list of token ids), padded with 0 to ``max_len``."""
+    toks = list(tokens)
+    if not 0 <= len(toks) <= max_len:
+        raise ValueError(f"sentence length must be in 0..max_len={max_len}, got {len(toks)}")
+    pad = np.zeros((max_len,), np.int32)
+    pad[: len(toks)] = toks
+    return {"tokens": jnp.asarray(pad), "length": jnp.asarray(len(toks), jnp.int32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParseTree(Environment):
+    """Bottom-up labelled binary parse trees over a sentence of at most ``max_len`` words."""
+
+    max_len: int = 20
+    n_nt: int = 30
+
+    def __post_init__(self):
+        if int(self.max_len) < 2:
+            raise ValueError(f"ParseTree: max_len must be >= 2, got {self.max_len}")
+        if int(self.n_nt) < 1:
+            raise ValueError(f"ParseTree: n_nt must be >= 1, got {self.n_nt}")
+
+    # -- sizes --------------------------------------------------------------------------------
+    @property
+    def n_actions(self) -> int:
+        return (self.max_len - 1) * self.n_nt
+
+    @property
+    def n_bwd_actions(self) -> int:
+        return self.max_len
+
+    @property
+    def max_steps(self) -> int:
+        return self.max_len - 1
+
+    # -- dynamics -----------------------------------------------------------------------------
+    def init(self, cond=None) -> ParseState:
+        L = self.max_len
+        if cond is None:
+            raise ValueError("ParseTree.init needs a condition {'tokens', 'length'} (a sentence)")
+        n = jnp.clip(jnp.asarray(cond["length"], jnp.int32), 0, L)
+        q = jnp.arange(L, dtype=jnp.int32)
+        word = jnp.where(q < n, q, -1)
+        neg = jnp.full((L,), -1, jnp.int32)
+        gneg = jnp.full((L - 1,), -1, jnp.int32)
+        return ParseState(word, word, neg, neg, gneg, gneg, gneg, gneg, gneg, n, n)
+
+    def forward_mask(self, s):
+        p = jnp.arange(self.max_len - 1)
+        return jnp.repeat(p < s.r - 1, self.n_nt)
+
+    def backward_mask(self, s):
+        q = jnp.arange(self.max_len)
+        return (q < s.r) & (s.split >= 0)
+
+    def step(self, s: ParseState, action) -> ParseState:
+        L = self.max_len
+        a = jnp.asarray(action, jnp.int32)
+        p = jnp.clip(a // self.n_nt, 0, L - 2)
+        lab = a % self.n_nt
+        ok = (a >= 0) & (a < self.n_actions) & (p < s.r - 1)
+        g = jnp.clip(s.end[p], 0, L - 2)
+        q = jnp.arange(L)
+
+        def merge(x, new):  # slot p <- new, slots > p shift left by one, last slot padding
+            shifted = jnp.concatenate([x[1:], jnp.full((1,), -1, x.dtype)])
+            return jnp.where(q < p, x, jnp.where(q == p, new, shifted))
+
+        t = ParseState(
+            merge(s.start, s.start[p]), merge(s.end, s.end[p + 1]), merge(s.label, lab),
+            merge(s.split, g),
+            s.node_label.at[g].set(lab), s.node_start.at[g].set(s.start[p]),
+            s.node_end.at[g].set(s.end[p + 1]), s.node_left.at[g].set(s.split[p]),
+            s.node_right.at[g].set(s.split[p + 1]), s.n, s.r - 1)
+        return jax.tree.map(lambda new, old: jnp.where(ok, new, old), t, s)
+
+    def backward_step(self, s: ParseState, bwd_action) -> ParseState:
+        L = self.max_len
+        b = jnp.asarray(bwd_action, jnp.int32)
+        p = jnp.clip(b, 0, L - 2)
+        g = jnp.clip(s.split[p], 0, L - 2)
+        ok = (b >= 0) & (b < s.r) & (b < L - 1) & (s.split[p] >= 0)
+        lg, rg = s.node_left[g], s.node_right[g]
+        child_label = lambda c: jnp.where(c >= 0, s.node_label[jnp.maximum(c, 0)], -1)
+        q = jnp.arange(L)
+
+        def unmerge(x, left, right):  # slot p -> (left, right), slots > p shift right by one
+            shifted = jnp.concatenate([x[:1], x[:-1]])
+            return jnp.where(q < p, x, jnp.where(q == p, left, jnp.where(q == p + 1, right, shifted)))
+
+        clear = lambda x: x.at[g].set(-1)
+        t = ParseState(
+            unmerge(s.start, s.start[p], g + 1), unmerge(s.end, g, s.end[p]),
+            unmerge(s.label, child_label(lg), child_label(rg)), unmerge(s.split, lg, rg),
+            clear(s.node_label), clear(s.node_start), clear(s.node_end), clear(s.node_left),
+            clear(s.node_right), s.n, s.r + 1)
+        return jax.tree.map(lambda new, old: jnp.where(ok, new, old), t, s)
+
+    def backward_action(self, s, action):
+        return jnp.clip(jnp.asarray(action, jnp.int32) // self.n_nt, 0, self.max_len - 2)
+
+    def forward_action(self, s, bwd_action):
+        p = jnp.clip(jnp.asarray(bwd_action, jnp.int32), 0, self.max_len - 2)
+        return p * self.n_nt + jnp.maximum(s.label[p], 0)
+
+    def is_terminal(self, s):
+        return s.r <= 1
+
+    def is_initial(self, s):
+        return s.r == s.n
+
+    # -- what the policy sees -----------------------------------------------------------------
+    def observe(self, s: ParseState) -> dict:
+        """Root slots: start, end, label int32[L] (-1 at padding) and mask bool[L] (q < r)."""
+        return {"start": s.start, "end": s.end, "label": s.label,
+                "mask": jnp.arange(self.max_len) < s.r}
+
+    def features(self, s):
+        raise ValueError("ParseTree has a structured observation: use observe(state)")
+
+    def tree(self, s: ParseState) -> Tree:
+        """The internal nodes built so far (the whole tree at a terminal state)."""
+        return Tree(s.node_start, s.node_end, s.node_label, s.node_left, s.node_right, s.n)
+
+    def terminal_value(self, s):
+        return jnp.stack([s.node_start, s.node_end, s.node_label])
+
+    # -- rewards: log p(x, z) from a grammar, wired by the task -------------------------------
+    def log_reward(self, params, cond, state):
+        raise ValueError("ParseTree.log_reward: pass the grammar's log_joint as log_reward_fn "
+                         "(see gfnem_jax.models.parse_policy for the wiring)")
+
+    # -- enumeration (tiny sentences) ---------------------------------------------------------
+    def _radix(self) -> np.ndarray:
+        L, K = self.max_len, self.n_nt
+        digits = [1 + K * (g + 1) * (L - 1 - g) for g in range(L - 1)]
+        if float(np.prod(np.asarray(digits, np.float64))) >= 2.0 ** 31:
+            raise ValueError(f"ParseTree enumeration: max_len={L}, n_nt={K} is too large to index "
+                             "(keep max_len * n_nt tiny, e.g. max_len <= 6)")
+        return np.concatenate([[1], np.cumprod(digits[:-1])]).astype(np.int64)
+
+    def state_key(self, s: ParseState) -> jax.Array:
+        """int32 code of the per-gap arrays: digit_g = 0 if gap g is not built, else
+        1 + label + NT * ((start) * (L-1-g) + (end - g - 1))."""
+        L, K = self.max_len, self.n_nt
+        g = jnp.arange(L - 1)
+        inner = jnp.maximum(s.node_start, 0) * (L - 1 - g) + jnp.maximum(s.node_end - g - 1, 0)
+        digit = jnp.where(s.node_label >= 0, 1 + s.node_label + K * inner, 0)
+        mult = jnp.asarray(self._radix(), jnp.int32)
+        return jnp.sum(digit * mult).astype(jnp.int32)
+
+    def num_states(self, cond=None) -> int:
+        return int(_enumerate(self, _length(self, cond))[1].shape[0])
+
+    def all_states(self, cond=None) -> ParseState:
+        states, _ = _enumerate(self, _length(self, cond))
+        return jax.tree.map(jnp.asarray, states)
+
+    def state_index(self, s, cond=None):
+        keys = jnp.asarray(_enumerate(self, _length(self, cond))[1])
+        return jnp.searchsorted(keys, self.state_key(s)).astype(jnp.int32)
+
+    def terminal_indices(self, cond=None) -> jax.Array:
+        states, _ = _enumerate(self, _length(self, cond))
+        return jnp.asarray(np.nonzero(states.r <= 1)[0])
+
+
+def _length(env: ParseTree, cond) -> int:
+    if cond is None:
+        raise ValueError("ParseTree enumeration needs the sentence (cond)")
+    n = int(np.asarray(cond["length"]))
+    if not 0 <= n <= env.max_len:
+        raise ValueError(f"sentence length must be in 0..max_len={env.max_len}, got {n}")
+    return n
+
+
+@functools.lru_cache(maxsize=64)
+def _enumerate(env: ParseTree, n: int):
+    """(all states as a host ParseState of numpy arrays sorted by key, sorted int64 keys)."""
+    env._radix()
+    cond = {"tokens": jnp.zeros((env.max_len,), jnp.int32), "length": jnp.asarray(n, jnp.int32)}
+    acts = jnp.arange(env.n_actions)
+    expand = jax.jit(jax.vmap(lambda s: (jax.vmap(lambda a: env.step(s, a))(acts),
+                                         env.forward_mask(s))))
+    keyf = jax.jit(jax.vmap(env.state_key))
+    frontier = jax.tree.map(lambda a: a[None], env.init(cond))
+    levels = [jax.tree.map(np.asarray, frontier)]
+    for _ in range(max(n - 1, 0)):
+        kids, mask = expand(frontier)
+        flat = jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[2:]), kids)
+        keep = np.nonzero(np.asarray(mask).reshape(-1))[0]
+        flat = jax.tree.map(lambda a: a[keep], flat)
+        _, first = np.unique(np.asarray(keyf(flat)), return_index=True)
+        frontier = jax.tree.map(lambda a: a[first], flat)
+        levels.append(jax.tree.map(np.asarray, frontier))
+    allst = jax.tree.map(lambda *xs: np.concatenate(xs), *levels)
+    keys = np.asarray(keyf(allst)).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    if np.unique(keys).shape[0] != keys.shape[0]:
+        raise AssertionError("ParseTree: state keys collide")
+    return jax.tree.map(lambda a: a[order], allst), keys[order]
+
