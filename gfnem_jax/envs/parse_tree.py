@@ -17,7 +17,8 @@ padding with every field -1):
   node_left, node_right   int32[L-1]  gap of its left / right child (-1: the child is a word)
   n, r        int32[]     sentence length, number of roots
 Every binary tree over n leaves has exactly one internal node per gap, so the per-gap arrays hold
-the whole tree at the terminal state (``tree``), and any partial forest on the way.
+the whole tree at the terminal state (``tree``, in ``gfnem_jax.models.grammar.Tree`` form;
+``from_tree`` goes back), and any partial forest on the way.
 
 Actions: forward a = p * NT + A (p < L-1, A < NT) merges roots p and p+1 under label A; legal iff
 p < r - 1. Backward b = p < L splits root p (legal iff p < r and root p is not a word) into its
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfnem_jax.envs.base import Environment
+from gfnem_jax.models import grammar as gm
 
 
 class ParseState(NamedTuple):
@@ -54,21 +56,6 @@ class ParseState(NamedTuple):
     node_right: jax.Array
     n: jax.Array
     r: jax.Array
-
-
-class Tree(NamedTuple):
-    """A labelled binary tree as its n-1 internal nodes, one per gap g (g < n-1; -1 beyond).
-
-    start, end int32[L-1] inclusive word span; label int32[L-1] nonterminal; left, right
-    int32[L-1] gap of the left / right child (-1 for a word); n int32[] sentence length.
-    """
-
-    start: jax.Array
-    end: jax.Array
-    label: jax.Array
-    left: jax.Array
-    right: jax.Array
-    n: jax.Array
 
 
 def make_cond(tokens, max_len: int) -> dict:
@@ -192,17 +179,85 @@ class ParseTree(Environment):
     def features(self, s):
         raise ValueError("ParseTree has a structured observation: use observe(state)")
 
-    def tree(self, s: ParseState) -> Tree:
-        """The internal nodes built so far (the whole tree at a terminal state)."""
-        return Tree(s.node_start, s.node_end, s.node_label, s.node_left, s.node_right, s.n)
+    def tree(self, s: ParseState) -> gm.Tree:
+        """The internal nodes built so far as a ``gfnem_jax.models.grammar.Tree`` (node slot g =
+        the node splitting at gap g: left = start, split = g + 1, right = end + 1, half-open;
+        zeros where gap g is not built). The whole tree at a terminal state."""
+        built = s.node_label >= 0
+        g = jnp.arange(self.max_len - 1, dtype=jnp.int32)
+        z = lambda x: jnp.where(built, x, 0).astype(jnp.int32)
+        return gm.Tree(z(s.node_start), z(g + 1), z(s.node_end + 1), z(s.node_label), s.n)
+
+    def from_tree(self, tree: gm.Tree) -> ParseState:
+        """The terminal state of a complete ``grammar.Tree`` (any node order; sleep phase, data)."""
+        L = self.max_len
+        n = jnp.asarray(tree.length, jnp.int32)
+        valid = jnp.arange(L - 1) < n - 1
+        gap = jnp.where(valid, tree.split - 1, L - 1)  # out of range -> dropped by the scatter
+
+        def child_gap(lo, hi):  # gap of the node with span [lo, hi) (-1 if a word or none)
+            hit = valid[None, :] & (tree.left[None, :] == lo[:, None]) & (tree.right[None, :] == hi[:, None])
+            return jnp.where(hit.any(1) & (hi - lo > 1), tree.split[jnp.argmax(hit, 1)] - 1, -1)
+
+        put = lambda x: jnp.full((L - 1,), -1, jnp.int32).at[gap].set(x.astype(jnp.int32), mode="drop")
+        nl, ns, ne = put(tree.label), put(tree.left), put(tree.right - 1)
+        left, right = put(child_gap(tree.left, tree.split)), put(child_gap(tree.split, tree.right))
+        is_root = valid & (tree.left == 0) & (tree.right == n)
+        rt = jnp.argmax(is_root)
+        one = lambda v: jnp.full((L,), -1, jnp.int32).at[0].set(v)
+        return ParseState(one(0), one(n - 1), one(tree.label[rt]), one(tree.split[rt] - 1),
+                          nl, ns, ne, left, right, n, jnp.ones((), jnp.int32))
 
     def terminal_value(self, s):
+        """int32[3, L-1]: per gap, the built node's (start, end inclusive, label); -1 if none."""
         return jnp.stack([s.node_start, s.node_end, s.node_label])
 
-    # -- rewards: log p(x, z) from a grammar, wired by the task -------------------------------
+    # -- rewards: log p(x, z) under a grammar (params = the grammar's log-prob pytree) ---------
     def log_reward(self, params, cond, state):
-        raise ValueError("ParseTree.log_reward: pass the grammar's log_joint as log_reward_fn "
-                         "(see gfnem_jax.models.parse_policy for the wiring)")
+        """log p_theta(x, z) = grammar.log_joint(params, cond["tokens"], tree(state)) (terminal
+        states of sentences of >= 2 words)."""
+        return gm.log_joint(params, cond["tokens"], self.tree(state))
+
+    def partial_log_reward(self, params, cond, s: ParseState) -> jax.Array:
+        """g(s): log-probabilities of the rules already fixed by the forest (forward-looking flow).
+
+        A node's rule score is that of ``grammar.log_joint`` (preterminals of word children summed
+        out). PCFG: every built node counts, its children being fixed when it is built. NCFG (rules
+        conditioned on the parent's label): a built node counts once its parent is built (or it
+        is the root of a terminal state). The root rule log p(S -> A) counts at terminal states,
+        so g(s_0) = 0 and g(terminal) = log p(x, z) exactly.
+        """
+        g_ = params
+        nt = g_["root"].shape[-1]
+        L = self.max_len
+        built = s.node_label >= 0
+        lab = jnp.maximum(s.node_label, 0)
+        words = cond["tokens"]
+        gaps = jnp.arange(L - 1)
+        is_kid = built[None, :] & ((s.node_left[None, :] == gaps[:, None]) |
+                                   (s.node_right[None, :] == gaps[:, None]))  # [child, parent]
+        has_par = is_kid.any(1)
+        par = jnp.argmax(is_kid, 1)
+        rule = g_["binary"]
+        if rule.ndim == 4:
+            rule = rule[jnp.where(has_par, lab[par], nt), lab]
+            counts = built & (has_par | ((s.node_start == 0) & (s.node_end == s.n - 1)))
+        else:
+            rule = rule[lab]
+            counts = built
+        e_l = g_["emit"][:, words[jnp.maximum(s.node_start, 0)]].T  # [L-1, PT]
+        e_r = g_["emit"][:, words[jnp.maximum(s.node_end, 0)]].T
+        B = lab[jnp.maximum(s.node_left, 0)]
+        C = lab[jnp.maximum(s.node_right, 0)]
+        m = jnp.arange(L - 1)
+        nn_ = rule[m, B, C]
+        ln = jax.nn.logsumexp(rule[m, nt:, C] + e_l, axis=-1)
+        nl = jax.nn.logsumexp(rule[m, B, nt:] + e_r, axis=-1)
+        ll = jax.nn.logsumexp(rule[:, nt:, nt:] + e_l[:, :, None] + e_r[:, None, :], axis=(-2, -1))
+        leaf_l, leaf_r = s.node_left < 0, s.node_right < 0
+        score = jnp.where(leaf_l, jnp.where(leaf_r, ll, ln), jnp.where(leaf_r, nl, nn_))
+        root = jnp.where(self.is_terminal(s) & (s.n >= 2), g_["root"][lab[jnp.clip(s.split[0], 0, L - 2)]], 0.0)
+        return root + jnp.sum(jnp.where(counts, score, 0.0))
 
     # -- enumeration (tiny sentences) ---------------------------------------------------------
     def _radix(self) -> np.ndarray:
