@@ -1,0 +1,263 @@
+"""Energy-based GFlowNets (EB-GFN, Zhang et al. 2022): an energy model and its sampler, trained jointly.
+
+p_phi(x) ∝ exp(-E_phi(x)) on x in {0,1}^d (``gfnem_jax.models.energy``), the GFlowNet on the
+``Bits`` environment with R(x) = exp(-E_phi(x) / T). One step of ``make_step`` (pure, jittable):
+
+  sampler  (gfn, gfn-cd) trajectory balance on B_f = B - B_b forward trajectories from P_F and
+           B_b = round(back_ratio * B) backward trajectories from data x ~ P_B(. | x), with the
+           current phi (no gradient into phi):  L = mean_b (log Z + log P_F - log R - log P_B)^2.
+  energy   one Adam step on cd_loss = mean E(data batch) - mean E(negatives), negatives:
+             gfn     the forward batch's terminals (x' ~ P_F, before this step's sampler update);
+             gfn-cd  one back-and-forth MH step from each data point, k steps back
+                     (``gfnem_jax.mcmc.back_and_forth``; k grows 1 -> d over k_warmup steps if > 0);
+             pcd     persistent chains, mcmc_steps random-scan Gibbs steps per update;
+             gwg     persistent chains, mcmc_steps Gibbs-with-gradients steps per update.
+The step key is fold_in(run_key, step). ``run`` writes config.json, metrics.jsonl, energies.npy
+(float32[2^d], index = bits as binary, first bit most significant; d <= 20), test.npy
+(uint8[n, d]), summary.json (test_nll exact for d <= 20, sampler_tv) and heatmaps.png (2-D data).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gfnem_jax import mcmc
+from gfnem_jax.config import Settings, setting
+from gfnem_jax.data import toy2d
+from gfnem_jax.envs.bits import Bits, BitsState
+from gfnem_jax.models import energy as em
+from gfnem_jax.nets.mlp import MLPPolicy
+from gfnem_jax.sampling import Exploration, backward_rollout, evaluate, forward_rollout
+
+METHODS = ("gfn", "gfn-cd", "pcd", "gwg")
+
+
+@dataclasses.dataclass(frozen=True)
+class EBMSettings(Settings):
+    data: str = setting("2spirals", f"a 2-D density ({', '.join(toy2d.NAMES)}) or a .npy of {{0,1}} vectors")
+    bits: int = setting(8, "bits per coordinate for 2-D densities (d = 2 bits)", min=1, max=16)
+    n_train: int = setting(50000, "training points drawn from a 2-D density", min=1)
+    n_test: int = setting(10000, "held-out points drawn from a 2-D density", min=1)
+    test_fraction: float = setting(0.1, "held-out fraction of a .npy data set", gt=0, lt=1)
+    method: str = setting("gfn", "how negatives are drawn", choices=METHODS)
+    steps: int = setting(5000, "training steps", min=1)
+    seed: int = setting(0, "random seed (data, initialisation, sampling)", min=0)
+    batch_size: int = setting(128, "data points (and negatives) per step", min=2)
+    lr: float = setting(1e-3, "Adam learning rate of the energy model", gt=0)
+    lr_gfn: float = setting(1e-3, "Adam learning rate of the GFlowNet policy", gt=0)
+    lr_logz: float = setting(1.0, "Adam learning rate of log Z (EB-GFN uses 1)", gt=0)
+    back_ratio: float = setting(0.5, "fraction of the sampler batch that are backward trajectories from data", min=0, max=1)
+    k: int = setting(4, "gfn-cd: steps back in the back-and-forth MH move (capped at d)", min=1)
+    k_warmup: int = setting(0, "gfn-cd: if > 0, k grows linearly from 1 to d over this many steps", min=0)
+    temperature: float = setting(1.0, "reward temperature T: R = exp(-E / T)", gt=0)
+    mcmc_steps: int = setting(20, "pcd / gwg: sampler steps per update on the persistent chains", min=1)
+    energy_hidden: int = setting(256, "width of the energy MLP", min=1)
+    energy_layers: int = setting(3, "hidden layers of the energy MLP", min=1)
+    gfn_hidden: int = setting(256, "width of the GFlowNet MLP", min=1)
+    gfn_layers: int = setting(2, "hidden layers of the GFlowNet MLP", min=1)
+    log_every: int = setting(500, "steps between logged rows (exact test NLL for d <= 20)", min=1)
+
+    def check(self):
+        if self.back_ratio == 1.0 and self.method == "gfn":
+            raise ValueError("back_ratio must be < 1 with method gfn (its negatives are the forward batch)")
+
+
+class EBMState(NamedTuple):
+    gfn_params: Any
+    gfn_opt: Any
+    phi: Any
+    phi_opt: Any
+    chains: jax.Array  # float32[B, d] persistent chains (pcd, gwg)
+    step: jax.Array  # int32[]
+    key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EBM:
+    """The static parts: environment (with its energy model), policy, optimizers' settings."""
+
+    env: Bits
+    model: em.EnergyModel
+    policy: MLPPolicy
+    settings: EBMSettings
+
+    @property
+    def d(self) -> int:
+        return self.env.d
+
+    def gfn_tx(self, params):
+        mask = self.policy.log_z_mask(params)
+        labels = jax.tree.map(lambda m: "logz" if m else "policy", mask)
+        s = self.settings
+        return optax.multi_transform({"policy": optax.adam(s.lr_gfn), "logz": optax.adam(s.lr_logz)}, labels)
+
+    def phi_tx(self):
+        return optax.adam(self.settings.lr)
+
+
+def build(settings: EBMSettings, d: int) -> EBM:
+    model = em.EnergyModel(d, settings.energy_hidden, settings.energy_layers)
+    env = Bits(d, energy=model, temperature=settings.temperature)
+    policy = MLPPolicy(env.n_actions, env.n_bwd_actions, settings.gfn_hidden, settings.gfn_layers)
+    return EBM(env, model, policy, settings)
+
+
+def init_state(ebm: EBM, seed: int) -> EBMState:
+    key = jax.random.PRNGKey(seed)
+    kg, ke, kc = jax.random.split(jax.random.fold_in(key, 0x7FFFFFFF), 3)
+    env = ebm.env
+    gp = ebm.policy.init(kg, env.observe(env.init()))
+    phi = ebm.model.init(ke)
+    chains = jax.random.bernoulli(kc, 0.5, (ebm.settings.batch_size, env.d)).astype(jnp.float32)
+    return EBMState(gp, ebm.gfn_tx(gp).init(gp), phi, ebm.phi_tx().init(phi), chains,
+                    jnp.zeros((), jnp.int32), key)
+
+
+def tb_loss(ebm: EBM, params, traj) -> jax.Array:
+    """Trajectory balance on given trajectories (log R = traj.log_reward), differentiable in params."""
+    ev = evaluate(ebm.env, ebm.policy, params, traj)
+    log_z = ebm.policy.log_z(params, None)
+    r = log_z + jnp.sum(ev.log_pf, 1) - traj.log_reward - jnp.sum(ev.log_pb, 1)
+    return jnp.mean(r ** 2)
+
+
+def current_k(ebm: EBM, step) -> jax.Array:
+    s, d = ebm.settings, ebm.d
+    if s.k_warmup > 0:
+        return jnp.clip(1 + (d - 1) * step // s.k_warmup, 1, d).astype(jnp.int32)
+    return jnp.asarray(min(s.k, d), jnp.int32)
+
+
+def make_step(ebm: EBM, train: jax.Array):
+    """``step(state, key) -> (state, metrics)`` for ``ebm.settings.method`` (pure, jittable).
+
+    train: float32[N, d] training vectors (closed over). Metrics: gfn_loss (0 for pcd/gwg),
+    e_loss (cd_loss before the step), accept (MH / GwG acceptance, 0 otherwise), log_z.
+    """
+    s, env, model = ebm.settings, ebm.env, ebm.model
+    B, N = s.batch_size, train.shape[0]
+    gfn_based = s.method in ("gfn", "gfn-cd")
+    B_b = int(round(s.back_ratio * B)) if gfn_based else 0
+    B_f = B - B_b
+    gtx = ebm.gfn_tx(ebm.policy.init(jax.random.PRNGKey(0), env.observe(env.init())))
+    ptx = ebm.phi_tx()
+
+    def step(st: EBMState, key):
+        kd, kf, kb, kn = jax.random.split(key, 4)
+        x = train[jax.random.randint(kd, (B,), 0, N)]
+        phi_sg = jax.lax.stop_gradient(st.phi)
+        zero = jnp.zeros((), jnp.float32)
+        gp, gopt, gl, acc, chains = st.gfn_params, st.gfn_opt, zero, zero, st.chains
+        if gfn_based:
+            trajs = []
+            if B_f:
+                trajs.append(forward_rollout(env, ebm.policy, gp, kf, B_f, env.log_reward, phi_sg,
+                                             None, Exploration(), sampling_pass=True))
+            if B_b:
+                trajs.append(backward_rollout(env, ebm.policy, gp, kb, BitsState(x[:B_b].astype(jnp.int32)),
+                                              env.log_reward, phi_sg))
+
+            def loss_fn(p):
+                return sum(tb_loss(ebm, p, t) * t.lengths.shape[0] for t in trajs) / B
+
+            gl, g = jax.value_and_grad(loss_fn)(gp)
+            upd, gopt = gtx.update(g, gopt, gp)
+            gp = optax.apply_updates(gp, upd)
+            if s.method == "gfn":
+                neg = trajs[0].terminal.bits.astype(jnp.float32)
+            else:
+                xn, a, _ = mcmc.back_and_forth(env, ebm.policy, gp, kn, BitsState(x.astype(jnp.int32)),
+                                               current_k(ebm, st.step), env.log_reward, phi_sg)
+                neg, acc = xn.bits.astype(jnp.float32), jnp.mean(a.astype(jnp.float32))
+        elif s.method == "pcd":
+            chains = mcmc.gibbs(model.energy, phi_sg, kn, st.chains, s.mcmc_steps)
+            neg = chains
+        else:
+            chains, acc = mcmc.gwg(model.energy, phi_sg, kn, st.chains, s.mcmc_steps)
+            neg = chains
+        el, g = jax.value_and_grad(lambda p: em.cd_loss(model, p, x, neg))(st.phi)
+        upd, popt = ptx.update(g, st.phi_opt, st.phi)
+        phi = optax.apply_updates(st.phi, upd)
+        metrics = {"gfn_loss": gl, "e_loss": el, "accept": acc, "log_z": ebm.policy.log_z(gp, None)}
+        return EBMState(gp, gopt, phi, popt, chains, st.step + 1, st.key), metrics
+
+    return step
+
+
+def make_chunk(step, n: int):
+    """Jitted state -> (state, metrics[n]): n steps in one lax.scan, step key fold_in(key, step)."""
+
+    @jax.jit
+    def run_chunk(st):
+        return jax.lax.scan(lambda c, _: step(c, jax.random.fold_in(c.key, c.step)), st, None, length=n)
+
+    return run_chunk
+
+
+def load_data(s: EBMSettings):
+    """(train uint8[N, d], test uint8[n, d], is_2d). Keys of the data: seed s.seed."""
+    if s.data.endswith(".npy"):
+        x = toy2d.load_npy(s.data)
+        tr, te = toy2d.split(x, s.test_fraction, np.random.default_rng([s.seed, 1]))
+        return tr, te, False
+    if s.data not in toy2d.NAMES:
+        raise ValueError(f"data must be one of {', '.join(toy2d.NAMES)} or a path ending in .npy, got {s.data!r}")
+    rng = np.random.default_rng([s.seed, 0])
+    return (toy2d.make_data(s.data, s.bits, s.n_train, rng),
+            toy2d.make_data(s.data, s.bits, s.n_test, rng), True)
+
+
+def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = False) -> dict:
+    """Train and write the run files into ``out`` (see the module docstring). Returns the summary.
+
+    resume is accepted for the CLI's signature; checkpoints are not written yet (the lead's loop).
+    """
+    from gfnem_jax.experiments import ebm_eval
+
+    settings.validate()
+    os.makedirs(out, exist_ok=True)
+    train, test, is_2d = load_data(settings)
+    d = train.shape[1]
+    ebm = build(settings, d)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump({"task": "ebm", "d": d, **settings.to_dict()}, f, indent=2)
+    np.save(os.path.join(out, "test.npy"), test.astype(np.uint8))
+    st = init_state(ebm, settings.seed)
+    chunk = max(c for c in range(1, min(settings.log_every, settings.steps) + 1) if settings.steps % c == 0)
+    run_chunk = make_chunk(make_step(ebm, jnp.asarray(train, jnp.float32)), chunk)
+    exact = d <= em.MAX_EXACT_D
+    t0 = time.perf_counter()
+    with open(os.path.join(out, "metrics.jsonl"), "w") as log:
+        for _ in range(settings.steps // chunk):
+            st, m = run_chunk(st)
+            m = jax.device_get(m)
+            if not np.all(np.isfinite(m["e_loss"])):
+                raise FloatingPointError(f"non-finite energy loss before step {int(st.step)}")
+            row = {"step": int(st.step), **{k: float(np.mean(v)) for k, v in m.items()}}
+            if exact:
+                row["test_nll"] = float(em.exact_nll(ebm.model, st.phi, test))
+            row["wall_s"] = round(time.perf_counter() - t0, 3)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            if progress:
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                      flush=True)
+    summary = ebm_eval.summarize(ebm, st.gfn_params, st.phi, test, jax.random.fold_in(st.key, -2 & 0x7FFFFFFF),
+                                 gfn_based=settings.method in ("gfn", "gfn-cd"))
+    summary["train_s"] = round(time.perf_counter() - t0, 3)
+    if exact:
+        np.save(os.path.join(out, "energies.npy"), np.asarray(em.all_energies(ebm.model, st.phi), np.float32))
+    if is_2d and d <= 20:
+        ebm_eval.heatmaps(ebm, st.gfn_params, st.phi, train, jax.random.fold_in(st.key, 3),
+                          os.path.join(out, "heatmaps.png"), gfn_based=settings.method in ("gfn", "gfn-cd"))
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
