@@ -1,0 +1,324 @@
+"""The speed race: gfnem_jax against torchgfn and gfnx, side by side in one run on one machine.
+
+Creates once (cached in --cache, default ~/.cache/gfnem_jax/race) a virtual environment per peer
+from the package registry: torchgfn 2.4.1 with torch 2.13.0, and gfnx 0.0.1 on the same JAX as
+ours (gfnx pins numpy 1.26.4, which JAX 0.10 cannot use, so gfnx goes in with --no-deps and its
+dependencies are listed here). Then, for 2D and 4D HyperGrid of height 8 at batch 16 and 1024:
+
+  * torchgfn: the equivalent of its hypergrid tutorial on its public API (separate P_F / P_B
+    MLPs, a replay buffer of 1000 whose samples are trained on, Adam lr 1e-3, log Z lr 0.1, TB);
+  * gfnx: its TB hypergrid baseline on its public API (one MLP shared by P_F and P_B, on-policy);
+  * ours (``runner.run``, what ``gfnem train hypergrid`` does) at each peer's settings,
+
+all with MLPs of 2 hidden layers of 256 (3 Linear layers: each library's default), R0 = 0.1,
+R1 = 0.5, R2 = 2. Runs alternate ours / peer / ours / peer so that machine load hits both alike;
+each is its own process, whose peak RSS the parent reads (``os.wait4``).
+
+Measured per run: iterations/s in steady state (first step and evaluations excluded), the time
+from launch to the first finished step (imports + compilation), and the time from launch to an
+exact L1 < 0.05 (evaluation time excluded). Every library is scored by the same exact dynamic
+programme on the grid: peers export P_F(a | x) at every grid point at each evaluation, and
+
+    P(0) = 1,  P(x + e_i) += P(x) P_F(+e_i | x),  P_T(x) = P(x) P_F(stop | x),
+    L1 = sum_x |P_T(x) - R(x) / Z|
+
+(no sampling, so no sampling floor); ours reports the same L1 from ``gfnem_jax.metrics``.
+
+    python benchmarks/race.py --quick --out bench_out/race    # < 15 min on 2 CPU cores, installs included
+    python benchmarks/race.py --out bench_out/race            # longer runs, two repeats
+    python benchmarks/race.py --losses --out bench_out/losses # TB / DB / SubTB / log-variance vs torchgfn
+    python benchmarks/race.py --device gpu ...                # CUDA torch and jax[cuda12] for the peers
+
+Writes OUT/race.json (a list of rows: peer, config, ours_its, peer_its, ratio, ours_l1, peer_l1,
+time-to-L1, peak RSS, time-to-first-step cold / warm), OUT/race_meta.json and OUT/race.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEERS_DIR = os.path.join(HERE, "race_peers")
+L1_TARGET = 0.05
+TORCH = "2.13.0"
+TORCHGFN = "2.4.1"
+GFNX = "0.0.1"
+GFNX_DEPS = ["equinox", "optax", "chex", "flashbax", "jax-tqdm", "jaxtyping", "networkx",
+             "omegaconf", "matplotlib"]
+
+
+# ----------------------------------------------------------------------------- environments
+
+def _venv_python(path):
+    return os.path.join(path, "bin", "python")
+
+
+def _pip(py, *pkgs, no_deps=False):
+    cmd = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    cmd += ["--no-deps"] if no_deps else []
+    subprocess.run(cmd + list(pkgs), check=True, stdout=subprocess.DEVNULL)
+
+
+def ensure_env(cache: str, peer: str, device: str) -> str:
+    """The python of PEER's side environment under CACHE, created on first use."""
+    import jax
+    path = os.path.join(cache, f"{peer}-{device}")
+    py = _venv_python(path)
+    if os.path.isfile(os.path.join(path, "READY")):
+        return py
+    t0 = time.time()
+    print(f"# creating the {peer} environment in {path} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", path], check=True)
+    if peer == "torchgfn":
+        _pip(py, f"torch=={TORCH}", f"torchgfn=={TORCHGFN}")
+    elif peer == "gfnx":
+        jx = jax.__version__
+        _pip(py, f"jax[cuda12]=={jx}" if device == "gpu" else f"jax=={jx}", *GFNX_DEPS)
+        _pip(py, f"gfnx=={GFNX}", no_deps=True)
+    else:
+        raise ValueError(f"peer must be torchgfn or gfnx, got {peer!r}")
+    with open(os.path.join(path, "READY"), "w") as f:
+        f.write(f"{time.time() - t0:.1f} s\n")
+    print(f"# {peer} environment ready in {time.time() - t0:.0f} s", flush=True)
+    return py
+
+
+# ----------------------------------------------------------------------------- exact scoring
+
+def hypergrid_target(ndim, height, r0=0.1, r1=0.5, r2=2.0) -> np.ndarray:
+    """R(x)/Z on the grid, shape [H]*d (the reward of gfnem_jax.envs.hypergrid.HyperGrid)."""
+    g = np.stack(np.meshgrid(*[np.arange(height)] * ndim, indexing="ij"), -1)
+    ax = np.abs(g / (height - 1) - 0.5)
+    r = r0 + r1 * np.all(ax > 0.25, -1) + r2 * np.all((ax > 0.3) & (ax < 0.4), -1)
+    return r / r.sum()
+
+
+def terminal_distribution(pf: np.ndarray, ndim: int, height: int) -> np.ndarray:
+    """Exact terminal distribution [H]*d of a forward policy pf[H^d, d+1] (row-major grid points;
+    columns +e_0 .. +e_{d-1}, stop): P(x + e_i) += P(x) pf(+e_i | x) over d*(H-1) sweeps."""
+    pf = np.asarray(pf, np.float64).reshape((height,) * ndim + (ndim + 1,))
+    e0 = np.zeros((height,) * ndim)
+    e0[(0,) * ndim] = 1.0
+    P = e0
+    for _ in range(ndim * (height - 1)):
+        new = e0.copy()
+        for i in range(ndim):
+            flow = P * pf[..., i]
+            src = [slice(None)] * ndim
+            dst = [slice(None)] * ndim
+            src[i], dst[i] = slice(0, height - 1), slice(1, height)
+            new[tuple(dst)] += flow[tuple(src)]
+        P = new
+    return P * pf[..., ndim]
+
+
+def score_tables(npz_path, ndim, height, r0) -> list:
+    target = hypergrid_target(ndim, height, r0)
+    with np.load(npz_path) as z:
+        return [float(np.abs(terminal_distribution(z[k], ndim, height) - target).sum())
+                for k in sorted(z.files, key=lambda s: int(s.split("_")[1]))]
+
+
+# ----------------------------------------------------------------------------- running
+
+def launch(py, script, flags, env_extra=None, pythonpath=None):
+    """Run one worker; returns its JSON plus peak_rss_mib and wall_s (parent-measured)."""
+    fd, out = tempfile.mkstemp(suffix=".json", prefix="race_")
+    os.close(fd)
+    env = dict(os.environ, **(env_extra or {}))
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    t0 = time.time()
+    env["RACE_T0"] = repr(t0)
+    proc = subprocess.Popen([py, os.path.join(PEERS_DIR, script), *flags, "--out", out], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # read output while waiting, then reap with wait4 for this child's own rusage
+    log = proc.stdout.read().decode(errors="replace")
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(flags)} failed ({proc.returncode}):\n{log[-3000:]}")
+    with open(out) as f:
+        res = json.load(f)
+    res["peak_rss_mib"] = round(ru.ru_maxrss / 1024, 1)
+    res["wall_s"] = round(wall, 2)
+    if os.path.isfile(out + ".npz"):
+        res["npz"] = out + ".npz"
+    os.remove(out)
+    return res
+
+
+def time_to_l1(res):
+    for ev, l1 in zip(res["evals"], res["l1"]):
+        if l1 is not None and l1 < L1_TARGET:
+            return ev["t_s"]
+    return None
+
+
+def worker_flags(ndim, batch, steps, eval_every, max_s, peer, device, loss="tb", replay=None):
+    shared = peer == "gfnx"
+    fl = ["--ndim", str(ndim), "--height", "8", "--batch", str(batch), "--steps", str(steps),
+          "--eval-every", str(eval_every), "--max-seconds", str(max_s), "--r0", "0.1",
+          "--lr", "1e-3", "--lr-logz", "0.1", "--hidden", "256", "--n-hidden", "2",
+          "--loss", loss, "--device", device]
+    if shared:
+        fl.append("--shared")
+    return fl
+
+
+PLANS = {  # (steps, eval_every, peer max seconds) by batch size
+    "quick": {16: (2000, 100, 30.0), 1024: (50, 10, 15.0)},
+    "full": {16: (5000, 100, 120.0), 1024: (300, 20, 120.0)},
+}
+
+
+def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, loss="tb"):
+    """Alternate ours / peer `repeats` times at PEER's settings; one summary row."""
+    steps, every, max_s = plan[batch]
+    fl = worker_flags(ndim, batch, steps, every, max_s, peer, args.device, loss)
+    cfg = f"{ndim}d-h8-b{batch}-{loss}"
+    cache_dir = tempfile.mkdtemp(prefix="jaxcache_", dir=cache_root)  # cold for this config
+    peer_extra = ["--replay", "1000"] if (peer == "torchgfn" and not args.losses) else []
+    ours_runs, peer_runs = [], []
+    for rep in range(repeats):
+        o = launch(sys.executable, "ours_hypergrid.py", fl + ["--compile-cache", cache_dir],
+                   pythonpath=args.pythonpath)
+        ours_runs.append(o)
+        print(f"  ours     {cfg:16s} rep {rep}: {o['its']:8.1f} it/s  l1 {o['l1'][-1]:.4f}  "
+              f"first step {o['t_first_step_s']:.1f} s  rss {o['peak_rss_mib']:.0f} MiB", flush=True)
+        p = launch(peer_py, f"{peer}_hypergrid.py", fl + peer_extra)
+        p["l1"] = score_tables(p.pop("npz"), ndim, 8, 0.1)
+        peer_runs.append(p)
+        print(f"  {peer:8s} {cfg:16s} rep {rep}: {p['its']:8.1f} it/s  l1 {p['l1'][-1]:.4f}  "
+              f"first step {p['t_first_step_s']:.1f} s  rss {p['peak_rss_mib']:.0f} MiB "
+              f"({p['steps'] + 1} steps)", flush=True)
+    if repeats == 1 and batch == min(plan):
+        # a warm start: the same program again, now in the persistent compilation cache
+        o = launch(sys.executable, "ours_hypergrid.py",
+                   worker_flags(ndim, batch, every, every, max_s, peer, args.device, loss)
+                   + ["--compile-cache", cache_dir], pythonpath=args.pythonpath)
+        ours_warm = o["t_first_step_s"]
+    else:
+        ours_warm = ours_runs[1]["t_first_step_s"] if repeats > 1 else None
+
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return float(np.median(xs)) if xs else None
+
+    o_its, p_its = med([r["its"] for r in ours_runs]), med([r["its"] for r in peer_runs])
+    o_t = med([time_to_l1(r) for r in ours_runs])
+    p_t = med([time_to_l1(r) for r in peer_runs])
+    row = dict(
+        peer=peer, config=cfg, ours_its=round(o_its, 2), peer_its=round(p_its, 2),
+        ratio=round(o_its / p_its, 2),
+        ours_l1=round(ours_runs[-1]["l1"][-1], 4), peer_l1=round(peer_runs[-1]["l1"][-1], 4),
+        ours_steps=ours_runs[-1]["evals"][-1]["step"], peer_steps=peer_runs[-1]["steps"] + 1,
+        ours_t_l1=o_t, peer_t_l1=p_t,
+        t_l1_ratio=round(p_t / o_t, 2) if (o_t and p_t) else None,
+        peer_t_total=round(peer_runs[-1]["evals"][-1]["t_s"], 2),
+        ours_rss_mib=med([r["peak_rss_mib"] for r in ours_runs]),
+        peer_rss_mib=med([r["peak_rss_mib"] for r in peer_runs]),
+        ours_ttfs_cold=ours_runs[0]["t_first_step_s"], ours_ttfs_warm=ours_warm,
+        peer_ttfs=med([r["t_first_step_s"] for r in peer_runs]),
+        ours_import_s=ours_runs[0]["t_import_s"], peer_import_s=peer_runs[0]["t_import_s"],
+        peer_settings=("separate P_F/P_B MLPs, replay buffer 1000" if peer_extra else
+                       "separate P_F/P_B MLPs, on-policy" if peer == "torchgfn" else
+                       "one shared MLP, on-policy"),
+        repeats=repeats,
+        ours_l1_curve=[[e["step"], e["t_s"], l] for e, l in zip(ours_runs[-1]["evals"], ours_runs[-1]["l1"])],
+        peer_l1_curve=[[e["step"], e["t_s"], round(l, 5)] for e, l in zip(peer_runs[-1]["evals"], peer_runs[-1]["l1"])],
+    )
+    return row
+
+
+def fmt(x, nd=1):
+    return "—" if x is None else f"{x:.{nd}f}"
+
+
+def markdown(rows, meta) -> str:
+    lines = [f"Race on {meta['machine']} ({meta['device']}); {meta['when']}. Ratios are ours / peer "
+             f"(iterations/s) and peer / ours (time to exact L1 < {L1_TARGET}); '—': not reached "
+             f"within the run (the peer's run length is in the last column).", "",
+             "| peer | config | ours it/s | peer it/s | ratio | ours L1 | peer L1 | ours t(L1<0.05) s "
+             "| peer t(L1<0.05) s | t ratio | ours RSS MiB | peer RSS MiB | ours 1st step cold / warm s "
+             "| peer 1st step s | peer steps / s run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['peer']} | {r['config']} | {r['ours_its']:.1f} | {r['peer_its']:.1f} | "
+            f"**{r['ratio']:.2f}** | {r['ours_l1']:.3f} | {r['peer_l1']:.3f} | {fmt(r['ours_t_l1'])} | "
+            f"{fmt(r['peer_t_l1'])} | {fmt(r['t_l1_ratio'], 2)} | {r['ours_rss_mib']:.0f} | "
+            f"{r['peer_rss_mib']:.0f} | {fmt(r['ours_ttfs_cold'])} / {fmt(r['ours_ttfs_warm'])} | "
+            f"{fmt(r['peer_ttfs'])} | {r['peer_steps']} / {r['peer_t_total']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench_out/race")
+    p.add_argument("--cache", default=os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "gfnem_jax", "race"))
+    p.add_argument("--quick", action="store_true", help="one repeat, short runs (< 15 min)")
+    p.add_argument("--losses", action="store_true",
+                   help="TB / DB / SubTB / log-variance against torchgfn (2D H=8 batch 16, on-policy)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--peers", nargs="+", default=["torchgfn", "gfnx"])
+    p.add_argument("--ndims", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 1024])
+    p.add_argument("--pythonpath", default=None,
+                   help="PYTHONPATH for our worker (e.g. a snapshot of gfnem_jax to race)")
+    args = p.parse_args(argv)
+    t_start = time.time()
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.cache, exist_ok=True)
+    import jax
+    if args.device == "gpu" and jax.devices()[0].platform != "gpu":
+        print("# warning: --device gpu but this JAX sees no GPU (install jax[cuda12])", flush=True)
+    plan = PLANS["quick" if args.quick else "full"]
+    repeats = 1 if args.quick else 2
+    peers = ["torchgfn"] if args.losses else args.peers
+    pys = {peer: ensure_env(args.cache, peer, args.device) for peer in peers}
+    t_install = time.time() - t_start
+    rows = []
+    if args.losses:
+        for loss in ("tb", "db", "subtb", "logvar"):
+            rows.append(race_config("torchgfn", pys["torchgfn"], 2, 16, plan, repeats, args,
+                                    args.cache, loss))
+    else:
+        for ndim in args.ndims:
+            for batch in args.batches:
+                for peer in peers:
+                    rows.append(race_config(peer, pys[peer], ndim, batch, plan, repeats, args,
+                                            args.cache))
+    dev = jax.devices()[0]
+    meta = dict(machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}".strip(", "),
+                device=f"{dev.platform} ({dev.device_kind})", jax=jax.__version__,
+                ours=args.pythonpath or "installed gfnem_jax", torch=TORCH, torchgfn=TORCHGFN, gfnx=GFNX, quick=args.quick, losses=args.losses,
+                when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                load_avg_at_end=os.getloadavg(), install_s=round(t_install, 1),
+                total_s=round(time.time() - t_start, 1), plan={str(k): v for k, v in plan.items()},
+                settings="HyperGrid H=8, R0=0.1 R1=0.5 R2=2, MLPs of 2 hidden layers x 256, "
+                         "Adam lr 1e-3, log Z lr 0.1, seed 0")
+    with open(os.path.join(args.out, "race.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(args.out, "race_meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    md = markdown(rows, meta)
+    with open(os.path.join(args.out, "race.md"), "w") as f:
+        f.write(md)
+    print("\n" + md)
+    print(f"wrote {args.out}/race.json, race.md ({meta['total_s']:.0f} s, installs {t_install:.0f} s)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""gfnem_jax worker for benchmarks/race.py: the same HyperGrid run through ``runner.run``.
+
+Trains exactly as ``gfnem train hypergrid`` does (one chunk of ``--eval-every`` updates per
+``lax.scan``, our exact L1 after every chunk), with the peer's settings: network width and depth,
+separate or shared torso, learning rates, batch size, R0. On-policy (no replay buffer). With
+``--compile-cache DIR`` JAX's persistent compilation cache is used (gfnem_jax.startup).
+"""
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common_cli import now, parser, write  # noqa: E402
+
+p = parser(__doc__.split("\n")[0])
+p.add_argument("--compile-cache", default=None, help="persistent compilation cache dir")
+args = p.parse_args()
+if args.device == "cpu":
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+from gfnem_jax.experiments import runner  # noqa: E402
+
+if args.compile_cache:
+    from gfnem_jax.startup import enable_compilation_cache
+    enable_compilation_cache(args.compile_cache)
+t_import = now()
+cfg = dict(task="hypergrid", env=dict(ndim=args.ndim, height=args.height, r0=args.r0, r1=args.r1,
+                                      r2=args.r2),
+           loss=args.loss, steps=args.steps, batch_size=args.batch, lr=args.lr,
+           lr_logz=args.lr_logz, hidden=args.hidden, n_layers=args.n_hidden,
+           shared_torso=args.shared, seed=args.seed, log_every=args.eval_every)
+with tempfile.TemporaryDirectory() as out:
+    t_run = now()
+    runner.run(cfg, out, progress=False)
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+first, last = rows[0], rows[-1]
+chunk = first["step"]
+if len(rows) > 1:
+    its = (last["step"] - first["step"]) / max(last["wall_s"] - first["wall_s"], 1e-9)
+else:
+    its = chunk / first["wall_s"]
+# the first logged row comes after compile + one chunk: take off the chunk's other steps
+t_first = t_run + first["wall_s"] - (chunk - 1) / its
+write(args.out, {"lib": "gfnem_jax", "jax": jax.__version__, "device": str(jax.devices()[0]),
+                 "t_import_s": round(t_import, 3), "t_first_step_s": round(t_first, 3),
+                 "compile_cache": args.compile_cache, "steps": last["step"] - first["step"],
+                 "train_s": round(last["wall_s"] - first["wall_s"], 4), "its": round(its, 3),
+                 "evals": [{"step": r["step"], "t_s": round(t_run + r["wall_s"], 4)} for r in rows],
+                 "l1": [r.get("l1") for r in rows]})

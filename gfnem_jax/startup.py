@@ -1,0 +1,51 @@
+"""Start-up cost: JAX's persistent compilation cache, on by default in the user's cache directory.
+
+A training run compiles the same few XLA programs every time it starts (the chunk of updates, the
+exact evaluator). With the persistent cache the second and later runs load them from disk instead
+of compiling (on this 2-core CPU: ~1.5 s saved per program). Call once, before the first jit::
+
+    from gfnem_jax.startup import enable_compilation_cache
+    enable_compilation_cache(default_cache_dir())   # ~/.cache/gfnem_jax/jax_cache
+    enable_compilation_cache(None)                   # off (e.g. a --no-compile-cache flag)
+
+The thresholds are lowered so that small programs (a HyperGrid update compiles in ~1 s) are
+cached too; JAX's defaults skip programs compiling in under 1 s.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+
+def default_cache_dir() -> str:
+    """$XDG_CACHE_HOME/gfnem_jax/jax_cache, or ~/.cache/gfnem_jax/jax_cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "gfnem_jax", "jax_cache")
+
+
+def enable_compilation_cache(cache_dir: Optional[str] = "default") -> Optional[str]:
+    """Turn JAX's persistent compilation cache on in ``cache_dir`` (created if missing).
+
+    cache_dir: a directory; ``"default"`` for ``default_cache_dir()``; None turns the cache off
+      (and leaves JAX's settings as they were if it was never on). Returns the directory used,
+      or None. Raises ValueError if ``cache_dir`` exists and is not a directory.
+    Every program is cached: minimum compile time 0 s and minimum entry size 0 bytes.
+    """
+    import jax
+
+    if cache_dir is None:
+        if jax.config.jax_compilation_cache_dir:
+            jax.config.update("jax_compilation_cache_dir", None)
+            jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
+    cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise ValueError(f"cache_dir must be a directory, got the file {cache_dir!r}")
+    os.makedirs(cache_dir, exist_ok=True)
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return cache_dir
