@@ -1,0 +1,212 @@
+"""Exact inference for PCFGs with preterminals summed out: inside, E-step, posterior sampling, Viterbi.
+
+Batched over sentences padded to N = max_len (words int32[B, N], lengths int32[B], 2 <= n <= N),
+in log space, vectorised over spans: one ``lax.scan`` over the span width w = 3..N; every start i
+and split d of that width is computed at once (no Python loop over sentences or splits).
+
+Chart (``Chart``): beta[b, w, i, A] = log sum over trees z of the span [i, i+w) rooted at A of
+p(words of the span, z | A), for w >= 2 (rows w < 2 unused). Leaves are preterminals, summed out:
+  ql[b, p, A, C] = log sum_T p(A -> T C) p(T -> x_p)      (left child is the word p)
+  qr[b, p, A, B] = log sum_T p(A -> B T) p(T -> x_p)      (right child is the word p)
+  pp[b, p, A]    = log sum_{T,U} p(A -> T U) p(T -> x_p) p(U -> x_{p+1}) = beta[b, 2, p, A]
+Recursion for w >= 3 (sum or max over the split d and the child labels):
+  beta[w, i, A] = (+) { (+)_{d=2..w-2, B, C} log p(A -> B C) + beta[d, i, B] + beta[w-d, i+d, C],
+                        (+)_C ql[i, A, C] + beta[w-1, i+1, C],  (+)_B qr[i+w-1, A, B] + beta[w-1, i, B] }
+  log p(x) = logsumexp_A log p(S -> A) + beta[n, 0, A].
+Sum mode computes the nonterminal-nonterminal part as matmuls in probability space with per-span
+shifts (the shifts are under stop_gradient; the value is exact up to float rounding, and terms
+below exp(-87) relative to the largest are lost in float32). Max mode (Viterbi) enumerates the
+(start, split) pairs of each width from a static table.
+The gradient of sum_b log p(x_b) with respect to the log-probabilities is the expected rule counts
+(``expected_counts``). Trees are decoded top-down from a chart: exact posterior samples (sum
+chart) or the most likely tree (max chart), in the ``Tree`` layout of ``models.grammar``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gfnem_jax.models.grammar import Tree
+
+NEG = -jnp.inf
+
+
+class Chart(NamedTuple):
+    beta: jax.Array  # float[B, N+1, N, NT]
+    ql: jax.Array  # float[B, N, NT, NT]
+    qr: jax.Array  # float[B, N, NT, NT]
+    pp: jax.Array  # float[B, N, NT]
+    root: jax.Array  # float[B, NT]  log p(S -> A) + beta[n, 0, A]
+    logz: jax.Array  # float[B]  log p(x) (sum mode) or the Viterbi score (max mode)
+
+
+def _shift(x, axis):
+    """exp(x - m), m = max over axis (stop-gradient; 0 where all entries are -inf)."""
+    m = jax.lax.stop_gradient(jnp.max(x, axis=axis, keepdims=True))
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    return jnp.exp(x - m), m
+
+
+def _log(x):
+    pos = x > 0
+    return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), NEG)
+
+
+def _leaf_tables(grammar, words):
+    nt = grammar["root"].shape[-1]
+    P = jnp.exp(grammar["binary"])
+    term = jnp.moveaxis(grammar["emit"][:, words], 0, -1)  # [B, N, PT]
+    et, mt = _shift(term, -1)
+    ql = _log(jnp.einsum("bpt,atc->bpac", et, P[:, nt:, :nt])) + mt[..., None]
+    qr = _log(jnp.einsum("zpt,act->zpac", et, P[:, :nt, nt:])) + mt[..., None]
+    et1, mt1 = jnp.roll(et, -1, axis=1), jnp.roll(mt, -1, axis=1)
+    tmp = jnp.einsum("bpu,atu->bpat", et1, P[:, nt:, nt:])
+    pp = _log(jnp.einsum("bpt,bpat->bpa", et, tmp)) + mt + mt1
+    return ql, qr, pp
+
+
+def _pair_table(N: int):
+    """For each width w: the (start, split) pairs with i + w <= N and 2 <= d <= w - 2, padded."""
+    pairs = [[(i, d) for i in range(N - w + 1) for d in range(2, w - 1)] for w in range(N + 1)]
+    P = max(1, max(len(p) for p in pairs))
+    pi = np.zeros((N + 1, P), np.int32)
+    pd = np.full((N + 1, P), 2, np.int32)
+    pv = np.zeros((N + 1, P), bool)
+    for w, ps in enumerate(pairs):
+        for k, (i, d) in enumerate(ps):
+            pi[w, k], pd[w, k], pv[w, k] = i, d, True
+    return pi, pd, pv
+
+
+def chart(grammar, words: jax.Array, lengths: jax.Array, mode: str = "sum") -> Chart:
+    """The inside chart of a batch (mode "sum": inside; "max": Viterbi scores). See module doc."""
+    if mode not in ("sum", "max"):
+        raise ValueError(f"mode must be sum or max, got {mode!r}")
+    nt = grammar["root"].shape[-1]
+    Bsz, N = words.shape
+    ql, qr, pp = _leaf_tables(grammar, words)
+    red = jax.nn.logsumexp if mode == "sum" else jnp.max
+    beta0 = jnp.zeros((Bsz, N + 1, N, nt), pp.dtype).at[:, 2].set(pp)
+    ii = jnp.arange(N)[:, None]
+    dd = jnp.arange(N)[None, :]
+    rule_nn = grammar["binary"][:, :nt, :nt]
+    P_nn = jnp.exp(rule_nn)
+    if mode == "max":
+        pi, pd, pv = (jnp.asarray(a) for a in _pair_table(N))
+
+    def width(beta, w):
+        # boundary splits: a one-word child on the left (d = 1) or on the right (d = w - 1)
+        r1 = beta[:, w - 1, jnp.minimum(jnp.arange(N) + 1, N - 1)]  # [B, N, NT]
+        lp = red(ql + r1[:, :, None, :], axis=-1)
+        l1 = beta[:, w - 1]
+        q_r = qr[:, jnp.minimum(jnp.arange(N) + w - 1, N - 1)]
+        rp = red(q_r + l1[:, :, None, :], axis=-1)
+        if mode == "sum":
+            ok = (dd >= 2) & (dd <= w - 2) & (ii + w <= N)  # [N(i), N(d)]
+            left = beta[:, dd, ii]  # [B, N, N, NT]  span [i, i+d)
+            right = beta[:, jnp.clip(w - dd, 0, N), jnp.minimum(ii + dd, N - 1)]
+            L, ml = _shift(left, -1)
+            R, mr = _shift(right, -1)
+            s = jnp.where(ok[None, :, :, None], ml + mr, NEG)
+            S, M = _shift(s, 2)
+            X = jnp.einsum("bidB,bidC->biBC", L, R * S)
+            nn = _log(jnp.einsum("biBC,ABC->biA", X, P_nn)) + M[:, :, 0]
+        else:
+            i, d, v = pi[w], pd[w], pv[w]
+            left = beta[:, d, i]  # [B, P, NT]
+            right = beta[:, jnp.clip(w - d, 0, N), jnp.minimum(i + d, N - 1)]
+            t = jnp.max(rule_nn[None, None] + left[:, :, None, :, None] + right[:, :, None, None, :],
+                        axis=(-2, -1))  # [B, P, A]
+            seg = (i[None, :] == jnp.arange(N)[:, None]) & v[None, :]  # [N, P]
+            nn = jnp.max(jnp.where(seg[None, :, :, None], t[:, None], NEG), axis=2)
+        new = red(jnp.stack([nn, lp, rp]), axis=0)
+        return jax.lax.dynamic_update_index_in_dim(beta, new, w, axis=1), None
+
+    beta, _ = jax.lax.scan(width, beta0, jnp.arange(3, N + 1)) if N >= 3 else (beta0, None)
+    top = beta[jnp.arange(Bsz), lengths, 0]  # [B, NT]
+    root = grammar["root"][None] + top
+    return Chart(beta, ql, qr, pp, root, red(root, axis=-1))
+
+
+def log_marginal(grammar, words: jax.Array, lengths: jax.Array) -> jax.Array:
+    """float[B]: log p(x) of each sentence by the inside algorithm."""
+    return chart(grammar, words, lengths, "sum").logz
+
+
+def expected_counts(grammar, words: jax.Array, lengths: jax.Array):
+    """Expected rule counts sum_b E_{z ~ p(z|x_b)}[#rule] as the gradient of sum_b log p(x_b)
+    with respect to the log-probability tables (pytree like ``grammar``; preterminal rules
+    included, with the preterminal of each word marginalised)."""
+    return jax.grad(lambda g: jnp.sum(log_marginal(g, words, lengths)))(grammar)
+
+
+def _decode_one(grammar, ch: Chart, b, n, key, sample: bool) -> Tree:
+    """Top-down decoding of one sentence (row b of the chart); depth-first, pre-order."""
+    nt = grammar["root"].shape[-1]
+    N = ch.beta.shape[2]
+    M = N - 1
+    beta, ql, qr, pp = ch.beta[b], ch.ql[b], ch.qr[b], ch.pp[b]
+    rule_nn = grammar["binary"][:, :nt, :nt]
+    dd = jnp.arange(N)
+    k_root, k_loop = jax.random.split(key)
+    pick = (lambda k, s: jax.random.categorical(k, s)) if sample else (lambda k, s: jnp.argmax(s))
+    A0 = pick(k_root, ch.root[b]).astype(jnp.int32)
+    stack = jnp.zeros((M + 1, 3), jnp.int32).at[0].set(jnp.stack([0, n, A0]))
+    tree = Tree(*(jnp.zeros((M,), jnp.int32) for _ in range(4)), n)
+
+    def body(t, carry):
+        stack, top, tree = carry
+        i, w, A = stack[top - 1]
+        top = top - 1
+        lft = jnp.where((dd >= 2)[:, None], beta[dd, i], NEG)  # [N(d), NT]
+        lft = jnp.concatenate([lft, jnp.where(dd == 1, 0.0, NEG)[:, None]], 1)
+        wr = jnp.clip(w - dd, 0, N)
+        rgt = jnp.where((wr >= 2)[:, None], beta[wr, jnp.minimum(i + dd, N - 1)], NEG)
+        rgt = jnp.concatenate([rgt, jnp.where(wr == 1, 0.0, NEG)[:, None]], 1)
+        rule = jnp.concatenate([
+            jnp.concatenate([rule_nn[A], qr[jnp.minimum(i + w - 1, N - 1), A][:, None]], 1),
+            jnp.concatenate([ql[i, A], pp[i, A][None]])[None]], 0)  # [NT+1, NT+1]
+        ok = (dd >= 1) & (dd <= w - 1)
+        s = jnp.where(ok[:, None, None], rule[None] + lft[:, :, None] + rgt[:, None, :], NEG)
+        idx = pick(jax.random.fold_in(k_loop, t), s.reshape(-1))
+        idx = idx.astype(jnp.int32)
+        d, B, C = idx // ((nt + 1) ** 2), (idx // (nt + 1)) % (nt + 1), idx % (nt + 1)
+        live = t < n - 1
+        slot = jnp.where(live, n - 2 - t, M - 1)
+
+        def put(a, v):
+            return a.at[slot].set(jnp.where(live, v, a[slot]))
+
+        tree = Tree(put(tree.left, i), put(tree.split, i + d), put(tree.right, i + w),
+                    put(tree.label, A), tree.length)
+        push_r = live & (C < nt)
+        stack = stack.at[top].set(jnp.where(push_r, jnp.stack([i + d, w - d, C]), stack[top]))
+        top = top + push_r
+        push_l = live & (B < nt)
+        stack = stack.at[top].set(jnp.where(push_l, jnp.stack([i, d, B]), stack[top]))
+        top = top + push_l
+        return stack, jnp.maximum(top, 1), tree
+
+    _, _, tree = jax.lax.fori_loop(0, M, body, (stack, jnp.ones((), jnp.int32), tree))
+    return tree
+
+
+def sample(grammar, key, words: jax.Array, lengths: jax.Array) -> Tree:
+    """Exact posterior samples z_b ~ p(z | x_b), one per sentence (Tree with leaves [B, ...]).
+    Sentence b uses the key fold_in(key, b)."""
+    ch = chart(grammar, words, lengths, "sum")
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(words.shape[0]))
+    return jax.vmap(lambda b, n, k: _decode_one(grammar, ch, b, n, k, True))(
+        jnp.arange(words.shape[0]), lengths.astype(jnp.int32), keys)
+
+
+def viterbi(grammar, words: jax.Array, lengths: jax.Array):
+    """(Tree [B, ...], float[B]): the most likely tree argmax_z log p(x, z) and its score."""
+    ch = chart(grammar, words, lengths, "max")
+    key = jax.random.PRNGKey(0)
+    tree = jax.vmap(lambda b, n: _decode_one(grammar, ch, b, n, key, False))(
+        jnp.arange(words.shape[0]), lengths.astype(jnp.int32))
+    return tree, ch.logz
