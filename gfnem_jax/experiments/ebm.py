@@ -63,6 +63,7 @@ class EBMSettings(Settings):
     energy_layers: int = setting(3, "hidden layers of the energy MLP", min=1)
     gfn_hidden: int = setting(256, "width of the GFlowNet MLP", min=1)
     gfn_layers: int = setting(2, "hidden layers of the GFlowNet MLP", min=1)
+    n_eval_samples: int = setting(20000, "samples drawn for the heat maps (and at most this many for MMD)", min=2)
     log_every: int = setting(500, "steps between logged rows (exact test NLL for d <= 20)", min=1)
 
     def check(self):
@@ -251,13 +252,15 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
     summary = ebm_eval.summarize(ebm, st.gfn_params, st.phi, test, jax.random.fold_in(st.key, -2 & 0x7FFFFFFF),
-                                 gfn_based=settings.method in ("gfn", "gfn-cd"))
+                                 gfn_based=settings.method in ("gfn", "gfn-cd"),
+                                 n_mmd=min(2000, settings.n_eval_samples))
     summary["train_s"] = round(time.perf_counter() - t0, 3)
     if exact:
         np.save(os.path.join(out, "energies.npy"), np.asarray(em.all_energies(ebm.model, st.phi), np.float32))
     if is_2d and d <= 20:
         ebm_eval.heatmaps(ebm, st.gfn_params, st.phi, train, jax.random.fold_in(st.key, 3),
-                          os.path.join(out, "heatmaps.png"), gfn_based=settings.method in ("gfn", "gfn-cd"))
+                          os.path.join(out, "heatmaps.png"), gfn_based=settings.method in ("gfn", "gfn-cd"),
+                          n=settings.n_eval_samples)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ from gfnem_jax.models import energy as em
 from gfnem_jax.sampling import Exploration, backward_rollout, forward_rollout
 
 
+@partial(jax.jit, static_argnums=(0, 1))
 def exact_sampler_probs(env, policy, params) -> jax.Array:
     """float[2^d]: P_F's exact terminal distribution, in terminal (binary) index order (d <= 10)."""
     if env.d > MAX_ENUM_D:
@@ -38,6 +40,7 @@ def exact_sampler_probs(env, policy, params) -> jax.Array:
     return P[env.terminal_state_indices()]
 
 
+@partial(jax.jit, static_argnums=(0, 1, 4, 5))
 def is_sampler_log_probs(env, policy, params, key, n_paths: int = 1, chunk: int = 4096) -> jax.Array:
     """float[2^d]: log of the IS estimate of P_F(x) (``n_paths`` backward paths per x), d <= 20."""
     term = env.all_terminals()
@@ -70,15 +73,19 @@ def sampler_tv(ebm, gfn_params, phi, key, n_paths: int = 1):
     return float(0.5 * jnp.sum(jnp.abs(q - p))), how
 
 
+@partial(jax.jit, static_argnums=(0, 4))
+def _sample_chunk(ebm, gfn_params, phi, key, b):
+    tr = forward_rollout(ebm.env, ebm.policy, gfn_params, key, b, ebm.env.log_reward, phi, None,
+                         Exploration(), sampling_pass=True)
+    return tr.terminal.bits.astype(jnp.uint8)
+
+
 def sample_gfn(ebm, gfn_params, phi, key, n: int, chunk: int = 4096) -> np.ndarray:
-    """uint8[n, d]: terminal states drawn from P_F (no exploration)."""
-    outs = []
-    for i in range(0, n, chunk):
-        b = min(chunk, n - i)
-        tr = forward_rollout(ebm.env, ebm.policy, gfn_params, jax.random.fold_in(key, i), b,
-                             ebm.env.log_reward, phi, None, Exploration(), sampling_pass=True)
-        outs.append(np.asarray(tr.terminal.bits, np.uint8))
-    return np.concatenate(outs)
+    """uint8[n, d]: terminal states drawn from P_F (no exploration), in jitted chunks."""
+    b = min(chunk, n)
+    outs = [np.asarray(_sample_chunk(ebm, gfn_params, phi, jax.random.fold_in(key, i), b))
+            for i in range(0, n, b)]
+    return np.concatenate(outs)[:n]
 
 
 def sample_exact(model, phi, key, n: int) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""EB-GFN evaluation against exact answers, and a tiny end-to-end run writing the run files."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gfnem_jax.envs.bits import Bits, all_binary
+from gfnem_jax.experiments import ebm, ebm_eval
+from gfnem_jax.models import energy as em
+from gfnem_jax.nets.mlp import MLPPolicy
+
+
+def _policy(d, seed=0, scale=3.0):
+    env = Bits(d)
+    pol = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=16, n_layers=1)
+    p = pol.init(jax.random.PRNGKey(seed), env.observe(env.init()))
+    return env, pol, jax.tree.map(lambda a: scale * a, p)
+
+
+def test_exact_sampler_probs_normalised_and_is_estimate_agrees():
+    # a moderately random policy (IS with P_B as proposal is high-variance when P_B and P_F disagree)
+    env, pol, p = _policy(3, scale=0.7)
+    q = np.asarray(ebm_eval.exact_sampler_probs(env, pol, p))
+    assert q.shape == (8,) and abs(q.sum() - 1) < 1e-5 and np.all(q > 0)
+    lq = np.asarray(ebm_eval.is_sampler_log_probs(env, pol, p, jax.random.PRNGKey(1), n_paths=200, chunk=8))
+    np.testing.assert_allclose(np.exp(lq), q, rtol=0.15, atol=5e-3)
+
+
+def test_uniform_policy_gives_uniform_terminals():
+    env = Bits(4)
+    pol = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=8, n_layers=1)
+    p = jax.tree.map(jnp.zeros_like, pol.init(jax.random.PRNGKey(0), env.observe(env.init())))
+    q = np.asarray(ebm_eval.exact_sampler_probs(env, pol, p))
+    np.testing.assert_allclose(q, 1 / 16, rtol=1e-5)
+    lq = np.asarray(ebm_eval.is_sampler_log_probs(env, pol, p, jax.random.PRNGKey(0)))
+    np.testing.assert_allclose(lq, -math.log(16), atol=1e-5)  # ratio constant over paths: exact
+
+
+def test_ais_log_z_matches_enumeration():
+    model = em.EnergyModel(6, hidden=16, n_layers=2)
+    phi = jax.tree.map(lambda a: 2.0 * a, model.init(jax.random.PRNGKey(0)))
+    exact = float(em.log_partition(model, phi))
+    lz, se = ebm_eval.ais_log_z(model.energy, phi, jax.random.PRNGKey(1), 6, n_chains=128, n_temps=200)
+    assert abs(lz - exact) < 4 * se + 0.03, (lz, exact, se)
+    x = all_binary(6)[:5]
+    nll, _ = ebm_eval.ais_nll(model, phi, x, jax.random.PRNGKey(1), 128, 200)
+    assert abs(nll - float(em.exact_nll(model, phi, x))) < 4 * se + 0.03
+
+
+def test_mmd_matches_bruteforce_and_separates():
+    r = np.random.default_rng(0)
+    x = (r.random((30, 8)) < 0.3).astype(np.uint8)
+    y = (r.random((40, 8)) < 0.7).astype(np.uint8)
+    K = lambda a, b: np.exp(-np.abs(a[:, None].astype(int) - b[None]).sum(-1) / (8 * 0.1))
+    kxx, kyy = K(x, x), K(y, y)
+    ref = ((kxx.sum() - np.trace(kxx)) / (30 * 29) + (kyy.sum() - np.trace(kyy)) / (40 * 39)
+           - 2 * K(x, y).mean())
+    np.testing.assert_allclose(ebm_eval.mmd(x, y), ref, rtol=1e-5)
+    x2 = (r.random((30, 8)) < 0.3).astype(np.uint8)
+    assert abs(ebm_eval.mmd(x, x2)) < 0.2 * ebm_eval.mmd(x, y)
+
+
+def test_sampler_tv_exact_for_small_d():
+    s = ebm.EBMSettings(bits=2, energy_hidden=8, gfn_hidden=8)
+    model_ebm = ebm.build(s, 4)
+    st = ebm.init_state(model_ebm, 0)
+    tv, how = ebm_eval.sampler_tv(model_ebm, st.gfn_params, st.phi, jax.random.PRNGKey(0))
+    q = np.asarray(ebm_eval.exact_sampler_probs(model_ebm.env, model_ebm.policy, st.gfn_params))
+    p = np.exp(np.asarray(em.log_probs(model_ebm.model, st.phi)))
+    assert how == "exact" and abs(tv - 0.5 * np.abs(q - p).sum()) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["gfn-cd", "gwg"])
+def test_run_writes_files(tmp_path, method):
+    s = ebm.EBMSettings(data="moons", bits=2, n_train=500, n_test=50, method=method, steps=4,
+                        log_every=2, batch_size=8, energy_hidden=8, gfn_hidden=8, mcmc_steps=2, k=2,
+                        n_eval_samples=64)
+    out = str(tmp_path / method)
+    summary = ebm.run(s, out, progress=False)
+    e = np.load(os.path.join(out, "energies.npy"))
+    t = np.load(os.path.join(out, "test.npy"))
+    assert e.dtype == np.float32 and e.shape == (16,)
+    assert t.dtype == np.uint8 and t.shape == (50, 4)
+    saved = json.load(open(os.path.join(out, "summary.json")))
+    lp = -e - np.logaddexp.reduce(-e.astype(np.float64))
+    np.testing.assert_allclose(saved["test_nll"], -lp[(t.astype(int) * [8, 4, 2, 1]).sum(1)].mean(), rtol=1e-4)
+    assert (saved["sampler_tv"] is None) == (method == "gwg")
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["test_nll"]) for r in rows)
+    assert json.load(open(os.path.join(out, "config.json")))["method"] == method
+    assert os.path.exists(os.path.join(out, "heatmaps.png")) and summary["test_nll"] == saved["test_nll"]
+
+
+def test_settings_errors_name_the_setting():
+    with pytest.raises(ValueError, match="method must be one of"):
+        ebm.EBMSettings(method="vae").validate()
+    with pytest.raises(ValueError, match="back_ratio must be"):
+        ebm.EBMSettings(back_ratio=1.0).validate()
+    with pytest.raises(ValueError, match="data must be one of"):
+        ebm.load_data(ebm.EBMSettings(data="banana"))
