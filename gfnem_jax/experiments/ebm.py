@@ -137,23 +137,24 @@ def current_k(ebm: EBM, step) -> jax.Array:
     return jnp.asarray(min(s.k, d), jnp.int32)
 
 
-def make_step(ebm: EBM, train: jax.Array):
+def make_step(ebm: EBM, train=None):
     """``step(state, key) -> (state, metrics)`` for ``ebm.settings.method`` (pure, jittable).
 
-    train: float32[N, d] training vectors (closed over). Metrics: gfn_loss (0 for pcd/gwg),
-    e_loss (cd_loss before the step), accept (MH / GwG acceptance, 0 otherwise), log_z.
+    train: float32[N, d] training vectors, closed over; None gives ``step(state, key, train)``
+    instead (one compilation for every data set of the same shape). Metrics: gfn_loss (0 for
+    pcd/gwg), e_loss (cd_loss before the step), accept (MH / GwG acceptance, else 0), log_z.
     """
     s, env, model = ebm.settings, ebm.env, ebm.model
-    B, N = s.batch_size, train.shape[0]
+    B = s.batch_size
     gfn_based = s.method in ("gfn", "gfn-cd")
     B_b = int(round(s.back_ratio * B)) if gfn_based else 0
     B_f = B - B_b
     gtx = ebm.gfn_tx(ebm.policy.init(jax.random.PRNGKey(0), env.observe(env.init())))
     ptx = ebm.phi_tx()
 
-    def step(st: EBMState, key):
+    def step_data(st: EBMState, key, train):
         kd, kf, kb, kn = jax.random.split(key, 4)
-        x = train[jax.random.randint(kd, (B,), 0, N)]
+        x = train[jax.random.randint(kd, (B,), 0, train.shape[0])]
         phi_sg = jax.lax.stop_gradient(st.phi)
         zero = jnp.zeros((), jnp.float32)
         gp, gopt, gl, acc, chains = st.gfn_params, st.gfn_opt, zero, zero, st.chains
@@ -190,15 +191,19 @@ def make_step(ebm: EBM, train: jax.Array):
         metrics = {"gfn_loss": gl, "e_loss": el, "accept": acc, "log_z": ebm.policy.log_z(gp, None)}
         return EBMState(gp, gopt, phi, popt, chains, st.step + 1, st.key), metrics
 
-    return step
+    if train is None:
+        return step_data
+    return lambda st, key: step_data(st, key, train)
 
 
 def make_chunk(step, n: int):
-    """Jitted state -> (state, metrics[n]): n steps in one lax.scan, step key fold_in(key, step)."""
+    """Jitted (state, *args) -> (state, metrics[n]): n steps in one lax.scan, step key
+    fold_in(key, step); args (e.g. the training data) are passed to every step."""
 
     @jax.jit
-    def run_chunk(st):
-        return jax.lax.scan(lambda c, _: step(c, jax.random.fold_in(c.key, c.step)), st, None, length=n)
+    def run_chunk(st, *args):
+        return jax.lax.scan(lambda c, _: step(c, jax.random.fold_in(c.key, c.step), *args), st, None,
+                            length=n)
 
     return run_chunk
 
