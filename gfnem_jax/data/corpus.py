@@ -1,0 +1,271 @@
+"""Corpora for grammar induction: a synthetic corpus from a known PCFG, and user text files.
+
+A ``Corpus`` holds sentences padded to int32[N, max_len] (padding = word 0), lengths int32[N],
+the vocabulary (index 0 is ``<unk>``), gold spans (one list of INCLUSIVE [i, j] pairs per
+sentence, or None) and ``stats``: counts of what was read and dropped.
+
+User files: one whitespace-tokenised sentence per line (empty lines are skipped); gold trees in
+Penn-style brackets, one per line in the same order, e.g. ``(S (NP (DT the) (NN cat)) (VP sat))``:
+labels are ignored, every leaf is a token (punctuation kept), every bracket gives the span of its
+leaves. Sentences outside 2..max_len words are dropped (with their gold trees) and counted.
+Vocabulary: ``<unk>`` plus the ``vocab_size - 1`` most frequent words of the training file (ties
+broken by first occurrence); other words map to ``<unk>`` and are counted.
+
+Synthetic: ``synthetic_grammar`` draws a PCFG from a key; ``synthetic`` samples sentences with
+their gold trees from it (top-down, jitted, rejecting trees of more than max_len words) and
+reports the generating grammar's exact NLL per token on each split.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+UNK = "<unk>"
+
+
+@dataclasses.dataclass
+class Corpus:
+    words: np.ndarray  # int32[N, max_len]
+    lengths: np.ndarray  # int32[N]
+    vocab: List[str]
+    gold: Optional[List[List[List[int]]]]
+    stats: Dict[str, int]
+    tokens: Optional[List[List[str]]] = None  # the kept sentences as strings
+
+    def __len__(self):
+        return int(self.lengths.shape[0])
+
+
+# -- files -------------------------------------------------------------------------------------
+def _read_lines(path: str, what: str) -> List[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [l.strip() for l in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {path!r} cannot be read ({e.__class__.__name__}: {e})") from None
+    lines = [l for l in lines if l]
+    if not lines:
+        raise ValueError(f"{what} {path!r} is empty (need one sentence per line)")
+    return lines
+
+
+def parse_bracketed(line: str) -> Tuple[List[str], List[List[int]]]:
+    """(leaf tokens, inclusive spans of every bracket with >= 1 leaf) of one Penn-style tree."""
+    toks = re.findall(r"\(|\)|[^\s()]+", line)
+    leaves: List[str] = []
+    spans: List[List[int]] = []
+    stack: List[int] = []
+    pos = 0
+    while pos < len(toks):
+        t = toks[pos]
+        if t == "(":
+            stack.append(len(leaves))
+            if pos + 1 < len(toks) and toks[pos + 1] not in ("(", ")"):
+                pos += 1  # the label (ignored)
+        elif t == ")":
+            if not stack:
+                raise ValueError("unbalanced brackets")
+            start = stack.pop()
+            if len(leaves) > start:
+                spans.append([start, len(leaves) - 1])
+        else:
+            leaves.append(t)
+        pos += 1
+    if stack:
+        raise ValueError("unbalanced brackets")
+    if not leaves:
+        raise ValueError("no words")
+    return leaves, spans
+
+
+def build_vocab(sentences: Sequence[Sequence[str]], vocab_size: int) -> List[str]:
+    counts = collections.Counter(w for s in sentences for w in s)
+    first: Dict[str, int] = {}
+    for s in sentences:
+        for w in s:
+            first.setdefault(w, len(first))
+    words = sorted((w for w in counts if w != UNK), key=lambda w: (-counts[w], first[w]))
+    return [UNK] + words[: max(vocab_size - 1, 0)]
+
+
+def encode(sentences: Sequence[Sequence[str]], vocab: Sequence[str], max_len: int,
+           unknown: str = "unk") -> Tuple[np.ndarray, np.ndarray, int]:
+    """(int32[N, max_len] padded with 0, int32[N] lengths, number of unknown tokens).
+
+    unknown: "unk" maps unknown words to <unk>; "error" raises ValueError naming the word."""
+    index = {w: i for i, w in enumerate(vocab)}
+    unk = index.get(UNK, 0)
+    X = np.zeros((len(sentences), max_len), np.int32)
+    n_unk = 0
+    for b, s in enumerate(sentences):
+        for p, w in enumerate(s):
+            if w not in index:
+                if unknown == "error":
+                    raise ValueError(f"corpus: sentence {b + 1} holds the word {w!r}, which is not "
+                                     f"in the grammar's vocabulary")
+                n_unk += 1
+            X[b, p] = index.get(w, unk)
+    return X, np.asarray([len(s) for s in sentences], np.int32), n_unk
+
+
+def load(path: str, gold: Optional[str] = None, max_len: int = 20,
+         vocab: Optional[Sequence[str]] = None, vocab_size: int = 10000,
+         unknown: str = "unk") -> Corpus:
+    """Read a text corpus (and optionally its gold trees); filter lengths; map to the vocabulary.
+
+    vocab: the vocabulary to use (validation / test files); None builds it from this file.
+    """
+    sents = [l.split() for l in _read_lines(path, "corpus")]
+    trees = None
+    if gold is not None:
+        lines = _read_lines(gold, "gold trees")
+        if len(lines) != len(sents):
+            raise ValueError(f"gold trees {gold!r} has {len(lines)} trees but corpus {path!r} has "
+                             f"{len(sents)} sentences")
+        trees = []
+        for k, (line, s) in enumerate(zip(lines, sents)):
+            try:
+                leaves, spans = parse_bracketed(line)
+            except ValueError as e:
+                raise ValueError(f"gold trees {gold!r} line {k + 1}: {e}") from None
+            if leaves != s:
+                raise ValueError(f"gold trees {gold!r} line {k + 1}: its {len(leaves)} leaves do not "
+                                 f"match the {len(s)} words of sentence {k + 1}")
+            trees.append(spans)
+    keep = [k for k, s in enumerate(sents) if 2 <= len(s) <= max_len]
+    stats = {"sentences_read": len(sents), "sentences_kept": len(keep),
+             "dropped_too_short": sum(len(s) < 2 for s in sents),
+             "dropped_too_long": sum(len(s) > max_len for s in sents)}
+    if not keep:
+        raise ValueError(f"corpus {path!r}: no sentence has 2..{max_len} words (max_len)")
+    kept = [sents[k] for k in keep]
+    if vocab is None:
+        vocab = build_vocab(kept, vocab_size)
+        stats["word_types_dropped"] = max(len({w for s in kept for w in s}) - (len(vocab) - 1), 0)
+    X, L, n_unk = encode(kept, vocab, max_len, unknown)
+    stats["tokens"] = int(L.sum())
+    stats["unk_tokens"] = n_unk
+    return Corpus(X, L, list(vocab), None if trees is None else [trees[k] for k in keep], stats, kept)
+
+
+# -- synthetic ---------------------------------------------------------------------------------
+def synthetic_grammar(key, nt: int = 5, pt: int = 10, v: int = 50, p_leaf=(0.4, 0.8)):
+    """A PCFG (log-prob pytree) drawn from a key. Nonterminal A's children are preterminals with
+    probability p_leaf[A] (linear from p_leaf[0] for A = 0 to p_leaf[1] for A = NT-1; the root
+    prefers low A, so sentences are not mostly two words); inside each (NT|PT) x (NT|PT) block
+    the rules are peaked (softmax of 2 N(0,1)) and so are emissions (softmax of 3 N(0,1)), so that
+    trees are identifiable."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    s = nt + pt
+    pl = jnp.linspace(p_leaf[0], p_leaf[1], nt)[:, None, None]  # [NT, 1, 1]
+    is_nt = jnp.arange(s) < nt
+    logits = 2.0 * jax.random.normal(k2, (nt, s, s))
+    binary = jnp.full((nt, s, s), -jnp.inf)
+    for a in (True, False):
+        for b in (True, False):
+            m = (is_nt[:, None] == a) & (is_nt[None, :] == b)
+            lp = jax.nn.log_softmax(jnp.where(m[None], logits, -jnp.inf).reshape(nt, -1), -1)
+            mass = (pl if not a else 1 - pl) * (pl if not b else 1 - pl)
+            binary = jnp.where(m[None], lp.reshape(nt, s, s) + jnp.log(mass), binary)
+    root = jax.nn.log_softmax(-0.7 * jnp.arange(nt) + 0.5 * jax.random.normal(k1, (nt,)))
+    return {"root": root, "binary": binary,
+            "emit": jax.nn.log_softmax(3.0 * jax.random.normal(k3, (pt, v)), -1)}
+
+
+def _generate_one(grammar, key, max_len: int):
+    """Top-down sampling; returns (pre-order symbols int32[2 max_len], words int32[max_len],
+    number of words, ok) where a symbol >= 0 is a nonterminal and -1 - w a word w."""
+    nt = grammar["root"].shape[0]
+    s = grammar["binary"].shape[1]
+    T = 2 * max_len - 1
+    cap = max_len + 2
+    flat = grammar["binary"].reshape(nt, -1)
+    stack = jnp.zeros((cap,), jnp.int32).at[0].set(jax.random.categorical(key, grammar["root"]))
+
+    def body(t, c):
+        stack, top, syms, words, nw, ok = c
+        k = jax.random.fold_in(key, t + 1)
+        live = top > 0
+        X = stack[jnp.maximum(top - 1, 0)]
+        top = jnp.where(live, top - 1, top)
+        is_nt = X < nt
+        bc = jax.random.categorical(k, flat[jnp.minimum(X, nt - 1)])
+        w = jax.random.categorical(k, grammar["emit"][jnp.clip(X - nt, 0, s - nt - 1)])
+        syms = syms.at[t].set(jnp.where(live, jnp.where(is_nt, X, -1 - w), 0))
+        push = live & is_nt
+        ok = ok & ~(push & (top + 2 > cap)) & ~(live & ~is_nt & (nw >= max_len))
+        stack = stack.at[jnp.minimum(top, cap - 1)].set(jnp.where(push, bc % s, stack[jnp.minimum(top, cap - 1)]))
+        stack = stack.at[jnp.minimum(top + 1, cap - 1)].set(
+            jnp.where(push, bc // s, stack[jnp.minimum(top + 1, cap - 1)]))
+        top = jnp.where(push, jnp.minimum(top + 2, cap), top)
+        words = words.at[jnp.minimum(nw, max_len - 1)].set(jnp.where(live & ~is_nt, w, words[jnp.minimum(nw, max_len - 1)]))
+        nw = nw + (live & ~is_nt)
+        return stack, top, syms, words, nw, ok
+
+    c = (stack, jnp.ones((), jnp.int32), jnp.zeros((T,), jnp.int32), jnp.zeros((max_len,), jnp.int32),
+         jnp.zeros((), jnp.int32), jnp.ones((), bool))
+    stack, top, syms, words, nw, ok = jax.lax.fori_loop(0, T, body, c)
+    return syms, words, nw, ok & (top == 0) & (nw >= 2) & (nw <= max_len)
+
+
+def _spans_from_preorder(syms: np.ndarray, nt: int):
+    spans, labels = [], []
+    pos = [0, 0]  # symbol cursor, word cursor
+
+    def rec():
+        x = int(syms[pos[0]])
+        pos[0] += 1
+        if x < 0:
+            pos[1] += 1
+            return
+        start = pos[1]
+        slot = len(spans)
+        spans.append(None)
+        labels.append(x)
+        rec()
+        rec()
+        spans[slot] = [start, pos[1] - 1]
+
+    rec()
+    return spans, labels
+
+
+def synthetic(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: int = 20,
+              nt: int = 5, pt: int = 10, v: int = 50):
+    """(train Corpus, valid Corpus, generating grammar). Each split's ``stats`` holds
+    ``true_nll_per_token``: the generating grammar's exact -sum log p(x) / sum n on that split,
+    and Corpus.gold holds the generating trees' spans (``labels`` in stats-free attribute gold_labels)."""
+    from gfnem_jax import inside
+    key = jax.random.PRNGKey(seed)
+    g = synthetic_grammar(jax.random.fold_in(key, 0), nt, pt, v)
+    gen = jax.jit(jax.vmap(lambda k: _generate_one(g, k, max_len)))
+    need = n_train + n_valid
+    got: List[Tuple[np.ndarray, np.ndarray, int]] = []
+    rnd = 0
+    while len(got) < need:
+        keys = jax.random.split(jax.random.fold_in(key, 1 + rnd), 4096)
+        syms, words, nw, ok = jax.device_get(gen(keys))
+        got += [(syms[i], words[i], int(nw[i])) for i in np.flatnonzero(ok)]
+        rnd += 1
+        if rnd > 100:
+            raise ValueError(f"synthetic corpus: too few sentences of 2..{max_len} words (max_len)")
+    vocab = [UNK] + [f"w{i}" for i in range(1, v)]  # word 0 of the grammar is rendered as <unk>
+    out = []
+    for lo, hi in ((0, n_train), (n_train, need)):
+        part = got[lo:hi]
+        X = np.stack([w for _, w, _ in part]).astype(np.int32)
+        L = np.asarray([n for _, _, n in part], np.int32)
+        X = np.where(np.arange(max_len)[None] < L[:, None], X, 0).astype(np.int32)
+        gold = [_spans_from_preorder(s, nt)[0] for s, _, _ in part]
+        logp = jax.device_get(jax.jit(inside.log_marginal)(g, jnp.asarray(X), jnp.asarray(L)))
+        stats = {"sentences_read": len(part), "sentences_kept": len(part), "dropped_too_short": 0,
+                 "dropped_too_long": 0, "tokens": int(L.sum()), "unk_tokens": 0,
+                 "true_nll_per_token": float(-np.sum(logp, dtype=np.float64) / L.sum())}
+        out.append(Corpus(X, L, vocab, gold, stats, [[vocab[i] for i in X[b, :L[b]]] for b in range(len(L))]))
+    return out[0], out[1], g

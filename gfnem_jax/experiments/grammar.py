@@ -1,0 +1,346 @@
+"""`gfnem train grammar`, `gfnem parse`, `gfnem export-grammar`: grammar induction baselines.
+
+A run directory (``run``) holds:
+  config.json     every setting (``GrammarSettings``);
+  vocab.json      the vocabulary (index = word id; 0 is <unk>); data.json: {"n_train"};
+  metrics.jsonl   one row per evaluation: step, nll_per_token (null for NCFG), sentence_f1,
+                  corpus_f1 (Viterbi trees; null without gold trees), sample_sentence_f1,
+                  sample_corpus_f1 (trees sampled from the posterior), loss, wall_s;
+  checkpoint/     the TrainState (``gfnem_jax.checkpoint``), every ``checkpoint_every`` steps and at the end;
+  summary.json    final metrics, the generating grammar's NLL (synthetic corpus), corpus statistics.
+The data are jit arguments of the jitted chunk (never constants); the batch of step t is drawn
+with fold_in(fold_in(run_key, t), 0), so a resumed run equals an uninterrupted one.
+Evaluation uses the validation corpus (or the training corpus without one), at most
+``eval_size`` sentences. NCFGs have no exact inference: their trees for F1 / parsing come from an
+MH chain of ``eval_mcmc_steps`` steps started from near-uniform trees, and the NLL is null.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gfnem_jax import checkpoint, inside, parse_metrics
+from gfnem_jax.config import Settings, setting
+from gfnem_jax.data import corpus as C
+from gfnem_jax.experiments import grammar_baselines as GB
+from gfnem_jax.models import grammar as G
+from gfnem_jax.models.neural_grammar import NeuralGrammar, TableGrammar
+
+
+@dataclasses.dataclass(frozen=True)
+class GrammarSettings(Settings):
+    method: str = setting("marginal", "training method", choices=GB.METHODS)
+    grammar: str = setting("cfg", "cfg (neural PCFG), ncfg (neural non-context-free grammar) or the "
+                                  "path of a .npz grammar file (kept fixed)")
+    corpus: str = setting("synthetic", "synthetic, or a text file with one sentence per line")
+    gold: str = setting("", "gold trees of the training corpus (bracketed, one per line)")
+    valid: str = setting("", "validation text file (default: evaluate on the training corpus)")
+    valid_gold: str = setting("", "gold trees of the validation file")
+    nt: int = setting(30, "number of nonterminals", min=1)
+    pt: int = setting(60, "number of preterminals", min=1)
+    dim: int = setting(256, "symbol embedding size", min=1)
+    max_len: int = setting(20, "longest sentence kept (words)", min=2)
+    vocab_size: int = setting(10000, "vocabulary size including <unk>", min=2)
+    steps: int = setting(1000, "training steps", min=1)
+    batch_size: int = setting(32, "sentences per step", min=1)
+    seed: int = setting(0, "seed of the initialization, the batches and the samplers", min=0)
+    lr: float = setting(1e-3, "Adam learning rate of the grammar", gt=0)
+    grad_clip: float = setting(3.0, "gradient clipping by global norm (0 = off)", min=0)
+    samples: int = setting(1, "exact-sampling: trees per sentence", min=1)
+    mcmc_steps: int = setting(20, "mc-em: MH steps per training step and sentence", min=1)
+    eval_mcmc_steps: int = setting(200, "NCFG evaluation / parsing: MH steps from near-uniform trees", min=1)
+    log_every: int = setting(100, "steps between evaluations", min=1)
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = at the end only)", min=0)
+    eval_size: int = setting(0, "sentences evaluated (0 = all)", min=0)
+    eval_batch: int = setting(64, "sentences per evaluation batch", min=1)
+    synth_train: int = setting(2000, "synthetic corpus: training sentences", min=1)
+    synth_valid: int = setting(500, "synthetic corpus: validation sentences", min=1)
+    synth_nt: int = setting(5, "synthetic corpus: nonterminals of the generating grammar", min=1)
+    synth_pt: int = setting(10, "synthetic corpus: preterminals of the generating grammar", min=1)
+    synth_vocab: int = setting(50, "synthetic corpus: words of the generating grammar", min=2)
+
+    def check(self) -> None:
+        if self.grammar == "ncfg" and self.method != "mc-em":
+            raise ValueError(f"method {self.method} needs a context-free grammar (grammar cfg or a "
+                             f".npz file); grammar ncfg trains with method mc-em")
+        if self.grammar not in ("cfg", "ncfg") and not os.path.isfile(self.grammar):
+            raise ValueError(f"grammar must be cfg, ncfg or an existing .npz file, got {self.grammar!r}")
+        if self.valid_gold and not self.valid:
+            raise ValueError("valid_gold needs valid (the validation text file)")
+        if self.corpus == "synthetic" and (self.gold or self.valid):
+            raise ValueError("gold and valid are for text corpora; the synthetic corpus has its own")
+        if self.corpus != "synthetic" and not os.path.isfile(self.corpus):
+            raise ValueError(f"corpus must be synthetic or an existing text file, got {self.corpus!r}")
+
+
+class GrammarState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+    chains: G.Tree  # mc-em: one tree per training sentence (a single dummy row otherwise)
+
+
+def load_data(s: GrammarSettings, vocab=None):
+    """(train Corpus, eval Corpus, generating grammar or None). vocab: fixed (file grammar)."""
+    unknown = "error" if vocab is not None else "unk"
+    if s.corpus == "synthetic":
+        tr, va, gen = C.synthetic(s.seed, s.synth_train, s.synth_valid, s.max_len, s.synth_nt,
+                                  s.synth_pt, s.synth_vocab)
+        if vocab is not None:
+            for c in (tr, va):
+                c.words, c.lengths, _ = C.encode(c.tokens, vocab, s.max_len, unknown)
+                c.vocab = list(vocab)
+        return tr, va, gen
+    tr = C.load(s.corpus, s.gold or None, s.max_len, vocab, s.vocab_size, unknown)
+    va = C.load(s.valid, s.valid_gold or None, s.max_len, tr.vocab, unknown=unknown) if s.valid else tr
+    return tr, va, None
+
+
+def build_model(s: GrammarSettings, vocab_size: int):
+    """(model, initial params or None, fixed: bool, vocab or None)."""
+    if s.grammar in ("cfg", "ncfg"):
+        return NeuralGrammar(s.nt, s.pt, vocab_size, s.dim, s.grammar == "ncfg"), None, False, None
+    g, vocab = G.load_npz(s.grammar)
+    nt, pt, v = G.sizes(g)
+    return TableGrammar(nt, pt, v), g, True, vocab
+
+
+def make_optimizer(s: GrammarSettings):
+    adam = optax.adam(s.lr, b1=0.75, b2=0.999)  # Kim et al. 2019
+    return optax.chain(optax.clip_by_global_norm(s.grad_clip), adam) if s.grad_clip > 0 else adam
+
+
+def make_update(s: GrammarSettings, model, tx, fixed: bool):
+    """update(state, key, words_all, lengths_all) -> (state, metrics): one training step."""
+    nt = model.nt
+
+    def update(st: GrammarState, key, W, L):
+        k_idx, k_z = jax.random.split(jax.random.fold_in(key, 0))
+        idx = jax.random.randint(k_idx, (s.batch_size,), 0, W.shape[0])
+        words, lengths = W[idx], L[idx]
+        acc = jnp.zeros(())
+        chains = st.chains
+        if s.method == "marginal":
+            params, opt, loss = GB.marginal_update(model, tx, st.params, st.opt_state, words, lengths)
+        else:
+            theta = jax.lax.stop_gradient(st.params)
+            if s.method == "exact-sampling":
+                trees = GB.exact_samples(model.rule_log_probs(theta), k_z, words, lengths, s.samples)
+            else:
+                g = model.rule_log_probs(theta)
+                start = jax.tree.map(lambda a: a[idx], chains)
+                new, acc = GB.mh_chain(lambda x, z: G.log_joint(g, x, z), k_z, words, start,
+                                       s.mcmc_steps, nt)
+                chains = jax.tree.map(lambda a, b: a.at[idx].set(b), chains, new)
+                trees = jax.tree.map(lambda a: a[:, None], new)
+            params, opt, loss = GB.m_step(model, tx, st.params, st.opt_state, words, trees)
+        if fixed:
+            params, opt = st.params, st.opt_state
+        return GrammarState(params, opt, st.step + 1, st.key, chains), {"loss": loss, "accept": acc}
+
+    return update
+
+
+def make_chunk(update, n: int):
+    """Jitted (state, words_all, lengths_all) -> (state, metrics[n]); step key fold_in(key, step)."""
+
+    @jax.jit
+    def run_chunk(st, W, L):
+        return jax.lax.scan(lambda c, _: update(c, jax.random.fold_in(c.key, c.step), W, L),
+                            st, None, length=n)
+
+    return run_chunk
+
+
+def make_decoder(model, max_len: int, mcmc_steps: int):
+    """Jitted (params, key, words[B, N], lengths[B]) -> (log p(x) [B] (NaN for NCFG),
+    Viterbi trees, sampled trees)."""
+
+    @jax.jit
+    def decode(params, key, words, lengths):
+        g = model.rule_log_probs(params)
+        if G.is_ncfg(g):
+            t0 = GB.random_trees(key, lengths, max_len, model.nt)
+            t, _ = GB.mh_chain(lambda x, z: G.log_joint(g, x, z), jax.random.fold_in(key, 1),
+                               words, t0, mcmc_steps, model.nt)
+            return jnp.full(lengths.shape, jnp.nan), t, t
+        vt, _ = inside.viterbi(g, words, lengths)
+        return inside.log_marginal(g, words, lengths), vt, inside.sample(g, key, words, lengths)
+
+    return decode
+
+
+def decode_all(decode, params, key, words, lengths, batch: int):
+    """Host loop over fixed-size batches (the last one padded): (logp [N], viterbi spans, sample spans)."""
+    N = len(lengths)
+    logp, vsp, ssp = [], [], []
+    for lo in range(0, N, batch):
+        hi = min(lo + batch, N)
+        pad = batch - (hi - lo)
+        w = np.concatenate([words[lo:hi], np.repeat(words[lo:lo + 1], pad, 0)])
+        l = np.concatenate([lengths[lo:hi], np.repeat(lengths[lo:lo + 1], pad, 0)])
+        lp, vt, st = decode(params, jax.random.fold_in(key, lo), jnp.asarray(w), jnp.asarray(l))
+        logp.append(np.asarray(lp)[: hi - lo])
+        vsp += parse_metrics.tree_spans_batch(jax.device_get(vt))[: hi - lo]
+        ssp += parse_metrics.tree_spans_batch(jax.device_get(st))[: hi - lo]
+    return np.concatenate(logp), vsp, ssp
+
+
+def evaluate(decode, params, ev: C.Corpus, batch: int, key) -> Dict[str, Optional[float]]:
+    logp, vsp, ssp = decode_all(decode, params, key, ev.words, ev.lengths, batch)
+    row: Dict[str, Optional[float]] = {
+        "nll_per_token": None if np.isnan(logp).any() else parse_metrics.nll_per_token(logp, ev.lengths)}
+    for name, sp in (("", vsp), ("sample_", ssp)):
+        f = parse_metrics.span_f1(sp, ev.gold, ev.lengths) if ev.gold is not None else {}
+        row[name + "sentence_f1"] = f.get("sentence_f1")
+        row[name + "corpus_f1"] = f.get("corpus_f1")
+    return row
+
+
+def _subset(c: C.Corpus, n: int) -> C.Corpus:
+    if not n or n >= len(c):
+        return c
+    return C.Corpus(c.words[:n], c.lengths[:n], c.vocab, None if c.gold is None else c.gold[:n], c.stats)
+
+
+def init_state(s: GrammarSettings, model, params0, n_train: int, lengths, tx) -> GrammarState:
+    key = jax.random.PRNGKey(s.seed)
+    params = params0 if params0 is not None else model.init(jax.random.fold_in(key, 0x7FFFFFFF))
+    if s.method == "mc-em":
+        chains = GB.random_trees(jax.random.fold_in(key, 0x7FFFFFFE), jnp.asarray(lengths), s.max_len, model.nt)
+    else:
+        chains = GB.random_trees(key, jnp.full((1,), 2), s.max_len, model.nt)
+    return GrammarState(params, tx.init(params), jnp.zeros((), jnp.int32), key, chains)
+
+
+def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
+    """Train as configured; write the run directory (module doc); return the summary dict."""
+    from gfnem_jax.train import pick_chunk, train_loop
+    s = settings
+    s.validate()
+    cfg_path = os.path.join(out, "config.json")
+    if resume:
+        if not os.path.isfile(cfg_path) or checkpoint.latest(out) is None:
+            raise ValueError(f"resume: {out!r} holds no grammar run with a checkpoint")
+        saved = json.load(open(cfg_path))
+        diff = sorted(k for k, v in s.to_dict().items() if k not in ("steps", "checkpoint_every")
+                      and saved.get(k) != v)
+        if diff:
+            raise ValueError(f"resume: settings differ from the saved run in {', '.join(diff)}")
+    t0 = time.perf_counter()
+    fvocab = None if s.grammar in ("cfg", "ncfg") else G.load_npz(s.grammar)[1]
+    tr, ev, gen = load_data(s, fvocab)
+    model, params0, fixed, _ = build_model(s, len(tr.vocab))
+    ev = _subset(ev, s.eval_size)
+    os.makedirs(out, exist_ok=True)
+    json.dump(s.to_dict(), open(cfg_path, "w"), indent=2, sort_keys=True)
+    json.dump(tr.vocab, open(os.path.join(out, "vocab.json"), "w"))
+    json.dump({"n_train": len(tr)}, open(os.path.join(out, "data.json"), "w"))
+    tx = make_optimizer(s)
+    state = init_state(s, model, params0, len(tr), tr.lengths, tx)
+    rows = []
+    if resume:
+        state = checkpoint.restore(checkpoint.latest(out), state)
+        rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+        rows = [r for r in rows if r["step"] <= int(state.step)]
+    done = int(state.step)
+    if done >= s.steps:
+        raise ValueError(f"steps {s.steps}: the run in {out!r} already has {done} steps")
+    decode = make_decoder(model, s.max_len, s.eval_mcmc_steps)
+    ek = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x7FFFFFFD)
+    W, L = jnp.asarray(tr.words), jnp.asarray(tr.lengths)
+    chunk = pick_chunk(s.steps - done, s.log_every)
+    run_chunk = make_chunk(make_update(s, model, tx, fixed), chunk)
+    log = open(os.path.join(out, "metrics.jsonl"), "w")
+    for r in rows:
+        log.write(json.dumps(r) + "\n")
+
+    def on_log(row):
+        row = {k: v for k, v in row.items() if k != "loss_last"}
+        row["wall_s"] = round(time.perf_counter() - t0, 4)  # since the start of run()
+        rows.append(row)
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+
+    if not rows:
+        on_log({"step": 0, **evaluate(decode, state.params, ev, s.eval_batch, ek), "loss": None,
+                "wall_s": round(time.perf_counter() - t0, 4)})
+    try:
+        state = train_loop(state, lambda st: run_chunk(st, W, L), s.steps - done, chunk,
+                           evaluate_fn=lambda st: evaluate(decode, st.params, ev, s.eval_batch, ek),
+                           on_log=on_log, on_checkpoint=lambda st: checkpoint.save(out, st),
+                           checkpoint_every=s.checkpoint_every, progress=progress,
+                           desc=f"grammar/{s.method}")
+    finally:
+        log.close()
+    checkpoint.save(out, state)
+    final = rows[-1]
+    summary = {"final": final, "steps": int(state.step), "method": s.method, "grammar": s.grammar,
+               "train_stats": tr.stats, "eval_stats": ev.stats, "seconds": round(time.perf_counter() - t0, 2)}
+    if gen is not None:
+        true = ev.stats["true_nll_per_token"]
+        summary["generating_nll_per_token"] = true
+        if final["nll_per_token"] is not None:
+            summary["nll_gap"] = final["nll_per_token"] - true
+    json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+    return summary
+
+
+def load_run(run_dir: str):
+    """(settings, model, params, vocab) of a run directory."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"run {run_dir!r} holds no config.json (not a grammar run directory)")
+    s = GrammarSettings.from_dict(json.load(open(path)))
+    vocab = json.load(open(os.path.join(run_dir, "vocab.json")))
+    model, params0, _, _ = build_model(s, len(vocab))
+    ck = checkpoint.latest(run_dir)
+    if ck is None:
+        raise ValueError(f"run {run_dir!r} holds no checkpoint")
+    tx = make_optimizer(s)
+    n = json.load(open(os.path.join(run_dir, "data.json")))["n_train"] if s.method == "mc-em" else 1
+    like = init_state(s, model, params0, n, np.full((n,), 2, np.int32), tx)
+    return s, model, checkpoint.restore(ck, like).params, vocab
+
+
+def parse(corpus: str, out: str, run: Optional[str] = None, grammar: Optional[str] = None,
+          decoder: str = "viterbi", max_len: int = 20, seed: int = 0, batch: int = 64) -> Dict[str, int]:
+    """Parse every sentence of 2..max_len words of ``corpus``; write JSON lines
+    {"logprob": log p(x) or null (NCFG), "spans": [[i, j], ...]} in order. Returns counts."""
+    if (run is None) == (grammar is None):
+        raise ValueError("parse needs exactly one of run (a run directory) or grammar (a .npz file)")
+    if decoder not in ("viterbi", "sample"):
+        raise ValueError(f"decoder must be viterbi or sample, got {decoder!r}")
+    if run is not None:
+        s, model, params, vocab = load_run(run)
+        max_len, unknown, mcmc = s.max_len, "unk", s.eval_mcmc_steps
+    else:
+        params, vocab = G.load_npz(grammar)
+        model, unknown, mcmc = TableGrammar(*G.sizes(params)), "error", 200
+    sents = [l.split() for l in C._read_lines(corpus, "corpus")]
+    keep = [t for t in sents if 2 <= len(t) <= max_len]
+    words, lengths, n_unk = C.encode(keep, vocab, max_len, unknown)
+    decode = make_decoder(model, max_len, mcmc)
+    logp, vsp, ssp = decode_all(decode, params, jax.random.PRNGKey(seed), words, lengths, batch)
+    with open(out, "w") as f:
+        for lp, sp in zip(logp, vsp if decoder == "viterbi" else ssp):
+            f.write(json.dumps({"logprob": None if np.isnan(lp) else float(lp), "spans": sp}) + "\n")
+    return {"parsed": len(keep), "skipped": len(sents) - len(keep), "unk_tokens": n_unk}
+
+
+def export_grammar(run_dir: str, out_path: str) -> None:
+    """Write the learned PCFG of a run as a .npz grammar file (root, binary, emit, vocab)."""
+    s, model, params, vocab = load_run(run_dir)
+    if s.grammar == "ncfg":
+        raise ValueError(f"run {run_dir!r} learned an NCFG; only context-free grammars can be exported")
+    G.save_npz(out_path, model.rule_log_probs(params), vocab)

@@ -1,0 +1,140 @@
+"""The paper's exact / MCMC baselines for grammar induction, as pure jittable pieces.
+
+All three update theta (the parameters of a ``NeuralGrammar`` / ``TableGrammar`` ``model``) with
+one optimizer step per training step on a batch of sentences (words int32[B, N], lengths [B]):
+  marginal        loss = -(1/B) sum_b log p_theta(x_b)            (inside, autodiff = exact E-step)
+  exact-sampling  z_bs ~ p_theta(z | x_b) exactly (S per sentence), then the M-step
+  mc-em           z_b from a Metropolis-Hastings chain of local tree moves (one persistent chain
+                  per training sentence, started from near-uniform trees), then the M-step
+M-step = ``gfnem_jax.em.m_update``: loss -(1/B) sum_b sum_s (1/S) log p_theta(x_b, z_bs), the same
+code path as GFlowNet-EM's M-step. mc-em only needs log p(x, z), so it also trains the NCFG.
+
+MH moves (all symmetric, so the acceptance is min(1, p(x, z') / p(x, z))): pick a node slot
+t uniformly among the n-1 internal nodes and one of three moves uniformly:
+  relabel      label_t <- uniform over NT;
+  rotate right X = [i, j) with left child Y = [i, k) split m:  X split m, Y <- [m, j) split k;
+  rotate left  X = [i, j) with right child Y = [k, j) split m: X split m, Y <- [i, m) split k.
+Rotations keep slots and labels with their nodes; a right rotation at t is undone by a left
+rotation at t. An impossible rotation (the child is a word) proposes z itself.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gfnem_jax import em, inside
+from gfnem_jax.models.grammar import Tree
+
+METHODS = ("marginal", "exact-sampling", "mc-em")
+
+
+def random_trees(key, lengths: jax.Array, max_len: int, nt: int) -> Tree:
+    """Near-uniform trees: n-1 merges of two adjacent roots chosen uniformly, labels uniform.
+    (The merge order is the bottom-up order of the slots.) Tree leaves [B, ...]."""
+    M = max_len - 1
+
+    def one(k, n):
+        def body(t, c):
+            alive, tree = c
+            kt = jax.random.fold_in(k, t)
+            k1, k2 = jax.random.split(kt)
+            interior = alive & (jnp.arange(max_len + 1) > 0) & (jnp.arange(max_len + 1) < n)
+            b = jax.random.categorical(k1, jnp.where(interior, 0.0, -jnp.inf))
+            pos = jnp.arange(max_len + 1)
+            lft = jnp.max(jnp.where(alive & (pos < b), pos, 0))
+            rgt = jnp.min(jnp.where(alive & (pos > b), pos, max_len))
+            lab = jax.random.randint(k2, (), 0, nt)
+            live = t < n - 1
+            put = lambda a, v: a.at[t].set(jnp.where(live, v, 0))
+            tree = Tree(put(tree.left, lft), put(tree.split, b), put(tree.right, rgt),
+                        put(tree.label, lab), tree.length)
+            return alive.at[b].set(alive[b] & ~live), tree
+
+        z = jnp.zeros((M,), jnp.int32)
+        alive = jnp.arange(max_len + 1) <= n
+        _, tree = jax.lax.fori_loop(0, M, body, (alive, Tree(z, z, z, z, n)))
+        return tree
+
+    keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(lengths.shape[0]))
+    return jax.vmap(one)(keys, lengths.astype(jnp.int32))
+
+
+def propose(key, tree: Tree, nt: int) -> Tree:
+    """One symmetric local move of one tree (see module doc)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    n = tree.length
+    t = jax.random.randint(k1, (), 0, jnp.maximum(n - 1, 1))
+    move = jax.random.randint(k2, (), 0, 3)
+    M = tree.left.shape[0]
+    valid = jnp.arange(M) < n - 1
+    i, k, j = tree.left[t], tree.split[t], tree.right[t]
+    # rotate right: left child [i, k) must be internal
+    is_l = valid & (tree.left == i) & (tree.right == k)
+    u_l = jnp.argmax(is_l)
+    m_l = tree.split[u_l]
+    # rotate left: right child [k, j) must be internal
+    is_r = valid & (tree.left == k) & (tree.right == j)
+    u_r = jnp.argmax(is_r)
+    m_r = tree.split[u_r]
+    rr = (move == 1) & is_l.any()
+    rl = (move == 2) & is_r.any()
+    u = jnp.where(rr, u_l, u_r)
+    new_split_t = jnp.where(rr, m_l, m_r)
+    new_u = jnp.where(rr, jnp.stack([m_l, k, j]), jnp.stack([i, k, m_r]))
+    rot = rr | rl
+    split = tree.split.at[t].set(jnp.where(rot, new_split_t, k))
+    left = tree.left.at[u].set(jnp.where(rot, new_u[0], tree.left[u]))
+    split = split.at[u].set(jnp.where(rot, new_u[1], split[u]))
+    right = tree.right.at[u].set(jnp.where(rot, new_u[2], tree.right[u]))
+    label = tree.label.at[t].set(jnp.where(move == 0, jax.random.randint(k3, (), 0, nt), tree.label[t]))
+    return Tree(left, split, right, label, n)
+
+
+def mh_chain(log_joint_fn: Callable, key, words: jax.Array, trees: Tree, steps: int, nt: int):
+    """``steps`` MH steps of every chain; log_joint_fn(words_b, tree_b) -> float[].
+    Returns (trees, acceptance rate). Step s uses fold_in(key, s); chain b fold_in(., b)."""
+    B = words.shape[0]
+    lj = jax.vmap(log_joint_fn)(words, trees)
+
+    def body(s, c):
+        trees, lj, acc = c
+        ks = jax.random.fold_in(key, s)
+        keys = jax.vmap(lambda b: jax.random.fold_in(ks, b))(jnp.arange(B))
+        kp = jax.vmap(lambda k: jax.random.split(k)[0])(keys)
+        ku = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
+        new = jax.vmap(lambda k, t: propose(k, t, nt))(kp, trees)
+        lj_new = jax.vmap(log_joint_fn)(words, new)
+        ok = jnp.log(jax.vmap(jax.random.uniform)(ku)) < lj_new - lj
+        trees = jax.tree.map(lambda a, b: jnp.where(ok.reshape((B,) + (1,) * (a.ndim - 1)), a, b), new, trees)
+        return trees, jnp.where(ok, lj_new, lj), acc + jnp.mean(ok)
+
+    trees, _, acc = jax.lax.fori_loop(0, steps, body, (trees, lj, jnp.zeros(())))
+    return trees, acc / max(steps, 1)
+
+
+def exact_samples(grammar, key, words, lengths, n_samples: int) -> Tree:
+    """Tree leaves [B, S, ...]: S exact posterior samples per sentence (sample s: fold_in(key, s))."""
+    trees = jax.vmap(lambda s: inside.sample(grammar, jax.random.fold_in(key, s), words, lengths))(
+        jnp.arange(n_samples))
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), trees)
+
+
+def marginal_loss(model, params, words, lengths) -> jax.Array:
+    """-(1/B) sum_b log p_theta(x_b)."""
+    return -jnp.mean(inside.log_marginal(model.rule_log_probs(params), words, lengths))
+
+
+def marginal_update(model, tx: optax.GradientTransformation, params, opt_state, words, lengths):
+    loss, g = jax.value_and_grad(lambda p: marginal_loss(model, p, words, lengths))(params)
+    upd, opt_state = tx.update(g, opt_state, params)
+    return optax.apply_updates(params, upd), opt_state, loss
+
+
+def m_step(model, tx: optax.GradientTransformation, params, opt_state, words, trees: Tree):
+    """``em.m_update`` on trees [B, S, ...] with weights 1/S; returns (params, opt_state, loss)."""
+    S = trees.left.shape[1]
+    w = jnp.full(trees.left.shape[:2], 1.0 / S)
+    return em.m_update(model.log_joint, tx, params, opt_state, words, trees, w)
