@@ -303,29 +303,44 @@ def _length(env: ParseTree, cond) -> int:
     return n
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _expand(env: ParseTree, frontier):
+    acts = jnp.arange(env.n_actions)
+    kids = jax.vmap(lambda s: jax.vmap(lambda a: env.step(s, a))(acts))(frontier)
+    return kids, jax.vmap(env.forward_mask)(frontier), jax.vmap(jax.vmap(env.state_key))(kids)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _keys(env: ParseTree, states):
+    return jax.vmap(env.state_key)(states)
+
+
+def _pow2(tree):
+    """Pad the leading axis to a power of two (>= 8) by repeating row 0 (fewer recompiles)."""
+    m = jax.tree.leaves(tree)[0].shape[0]
+    size = max(8, 1 << (m - 1).bit_length())
+    return jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], size - m, 0)]), tree), m
+
+
 @functools.lru_cache(maxsize=64)
 def _enumerate(env: ParseTree, n: int):
     """(all states as a host ParseState of numpy arrays sorted by key, sorted int64 keys)."""
     env._radix()
     cond = {"tokens": jnp.zeros((env.max_len,), jnp.int32), "length": jnp.asarray(n, jnp.int32)}
-    acts = jnp.arange(env.n_actions)
-    expand = jax.jit(jax.vmap(lambda s: (jax.vmap(lambda a: env.step(s, a))(acts),
-                                         env.forward_mask(s))))
-    keyf = jax.jit(jax.vmap(env.state_key))
-    frontier = jax.tree.map(lambda a: a[None], env.init(cond))
-    levels = [jax.tree.map(np.asarray, frontier)]
+    frontier = jax.tree.map(lambda a: np.asarray(a)[None], env.init(cond))
+    levels = [frontier]
     for _ in range(max(n - 1, 0)):
-        kids, mask = expand(frontier)
-        flat = jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[2:]), kids)
-        keep = np.nonzero(np.asarray(mask).reshape(-1))[0]
-        flat = jax.tree.map(lambda a: a[keep], flat)
-        _, first = np.unique(np.asarray(keyf(flat)), return_index=True)
-        frontier = jax.tree.map(lambda a: a[first], flat)
-        levels.append(jax.tree.map(np.asarray, frontier))
+        padded, m = _pow2(frontier)
+        kids, mask, keys = jax.tree.map(lambda a: np.asarray(a)[:m], _expand(env, padded))
+        flat = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), kids)
+        keep = np.nonzero(mask.reshape(-1))[0]
+        _, first = np.unique(keys.reshape(-1)[keep], return_index=True)
+        frontier = jax.tree.map(lambda a: a[keep[first]], flat)
+        levels.append(frontier)
     allst = jax.tree.map(lambda *xs: np.concatenate(xs), *levels)
-    keys = np.asarray(keyf(allst)).astype(np.int64)
+    padded, m = _pow2(allst)
+    keys = np.asarray(_keys(env, padded))[:m].astype(np.int64)
     order = np.argsort(keys, kind="stable")
     if np.unique(keys).shape[0] != keys.shape[0]:
         raise AssertionError("ParseTree: state keys collide")
     return jax.tree.map(lambda a: a[order], allst), keys[order]
-
