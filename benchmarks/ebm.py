@@ -33,7 +33,7 @@ from gfnem_jax.models import energy as em
 METHODS = ebm.METHODS
 
 
-def run_one(e, run_chunk, train, test, seed, budget, chunk):
+def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True):
     st = ebm.init_state(e, seed)
     t0 = time.perf_counter()
     steps, curve = 0, []
@@ -48,7 +48,7 @@ def run_one(e, run_chunk, train, test, seed, budget, chunk):
     nll = float(em.exact_nll(e.model, st.phi, test))
     out = {"steps": steps, "train_s": round(wall, 2), "test_nll": nll, "final_gfn_loss": float(m["gfn_loss"][-1]),
            "final_accept": float(m["accept"][-1])}
-    if e.settings.method in ("gfn", "gfn-cd"):
+    if with_tv and e.settings.method in ("gfn", "gfn-cd"):
         t1 = time.perf_counter()
         tv, how = ebm_eval.sampler_tv(e, st.gfn_params, st.phi, jax.random.PRNGKey(seed + 1000))
         out.update(sampler_tv=tv, sampler_tv_method=how, tv_s=round(time.perf_counter() - t1, 2))
@@ -66,6 +66,7 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=256, help="width of the energy MLP and of the GFlowNet MLP")
     ap.add_argument("--mcmc-steps", type=int, default=20)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--tv-seeds", type=int, default=1, help="seeds (from 0) whose GFlowNet TV is measured")
     ap.add_argument("--chunk", type=int, default=10, help="steps per jitted chunk (budget granularity)")
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--n-test", type=int, default=5000)
@@ -100,7 +101,7 @@ def main(argv=None):
             test = toy2d.make_data(name, a.bits, a.n_test, rng)
             for m in methods:
                 e, rc = runners[m]
-                r = run_one(e, rc, train, test, seed, a.budget, a.chunk)
+                r = run_one(e, rc, train, test, seed, a.budget, a.chunk, seed < a.tv_seeds)
                 r.update(density=name, method=m, seed=seed, floor=floors[name])
                 results.append(r)
                 tv = f" tv={r['sampler_tv']:.3f}({r['sampler_tv_method']})" if "sampler_tv" in r else ""

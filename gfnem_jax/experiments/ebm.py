@@ -53,11 +53,13 @@ class EBMSettings(Settings):
     batch_size: int = setting(128, "data points (and negatives) per step", min=2)
     lr: float = setting(1e-3, "Adam learning rate of the energy model", gt=0)
     lr_gfn: float = setting(1e-3, "Adam learning rate of the GFlowNet policy", gt=0)
-    lr_logz: float = setting(1.0, "Adam learning rate of log Z (EB-GFN uses 1)", gt=0)
+    lr_logz: float = setting(0.1, "Adam learning rate of log Z (EB-GFN uses 1; it diverged here with method gfn)", gt=0)
     back_ratio: float = setting(0.5, "fraction of the sampler batch that are backward trajectories from data", min=0, max=1)
     k: int = setting(4, "gfn-cd: steps back in the back-and-forth MH move (capped at d)", min=1)
     k_warmup: int = setting(0, "gfn-cd: if > 0, k grows linearly from 1 to d over this many steps", min=0)
     temperature: float = setting(1.0, "reward temperature T: R = exp(-E / T)", gt=0)
+    energy_l2: float = setting(0.01, "weight alpha of the energy penalty alpha (mean E(data)^2 + mean E(neg)^2)", min=0)
+    gfn_updates: int = setting(1, "gfn / gfn-cd: sampler updates (fresh batches) per energy update", min=1)
     mcmc_steps: int = setting(20, "pcd / gwg: sampler steps per update on the persistent chains", min=1)
     energy_hidden: int = setting(256, "width of the energy MLP", min=1)
     energy_layers: int = setting(3, "hidden layers of the energy MLP", min=1)
@@ -159,22 +161,33 @@ def make_step(ebm: EBM, train=None):
         zero = jnp.zeros((), jnp.float32)
         gp, gopt, gl, acc, chains = st.gfn_params, st.gfn_opt, zero, zero, st.chains
         if gfn_based:
-            trajs = []
-            if B_f:
-                trajs.append(forward_rollout(env, ebm.policy, gp, kf, B_f, env.log_reward, phi_sg,
-                                             None, Exploration(), sampling_pass=True))
-            if B_b:
-                trajs.append(backward_rollout(env, ebm.policy, gp, kb, BitsState(x[:B_b].astype(jnp.int32)),
-                                              env.log_reward, phi_sg))
+            def sampler_update(i, carry):
+                gp, gopt, _, _ = carry
+                ki = jax.random.fold_in(kf, i)
+                trajs = []
+                if B_f:
+                    trajs.append(forward_rollout(env, ebm.policy, gp, ki, B_f, env.log_reward, phi_sg,
+                                                 None, Exploration(), sampling_pass=True))
+                if B_b:
+                    xb = train[jax.random.randint(jax.random.fold_in(kb, i), (B_b,), 0, train.shape[0])]
+                    xb = jnp.where(i == 0, x[:B_b], xb)
+                    trajs.append(backward_rollout(env, ebm.policy, gp, jax.random.fold_in(kb, i + 1),
+                                                  BitsState(xb.astype(jnp.int32)), env.log_reward, phi_sg))
 
-            def loss_fn(p):
-                return sum(tb_loss(ebm, p, t) * t.lengths.shape[0] for t in trajs) / B
+                def loss_fn(p):
+                    return sum(tb_loss(ebm, p, t) * t.lengths.shape[0] for t in trajs) / B
 
-            gl, g = jax.value_and_grad(loss_fn)(gp)
-            upd, gopt = gtx.update(g, gopt, gp)
-            gp = optax.apply_updates(gp, upd)
+                gl, g = jax.value_and_grad(loss_fn)(gp)
+                upd, gopt = gtx.update(g, gopt, gp)
+                fwd = trajs[0].terminal.bits.astype(jnp.float32) if B_f else jnp.zeros((0, env.d))
+                return optax.apply_updates(gp, upd), gopt, gl, fwd
+
+            init = (gp, gopt, zero, jnp.zeros((B_f, env.d), jnp.float32))
+            gp, gopt, gl, fwd_x = sampler_update(0, init)
+            if s.gfn_updates > 1:
+                gp, gopt, gl, fwd_x = jax.lax.fori_loop(1, s.gfn_updates, sampler_update, (gp, gopt, gl, fwd_x))
             if s.method == "gfn":
-                neg = trajs[0].terminal.bits.astype(jnp.float32)
+                neg = fwd_x  # the last sampler batch's forward terminals
             else:
                 xn, a, _ = mcmc.back_and_forth(env, ebm.policy, gp, kn, BitsState(x.astype(jnp.int32)),
                                                current_k(ebm, st.step), env.log_reward, phi_sg)
@@ -185,7 +198,14 @@ def make_step(ebm: EBM, train=None):
         else:
             chains, acc = mcmc.gwg(model.energy, phi_sg, kn, st.chains, s.mcmc_steps)
             neg = chains
-        el, g = jax.value_and_grad(lambda p: em.cd_loss(model, p, x, neg))(st.phi)
+        def e_loss(p):
+            loss = em.cd_loss(model, p, x, neg)
+            if s.energy_l2 > 0:
+                loss = loss + s.energy_l2 * (jnp.mean(em.energies(model, p, x) ** 2)
+                                             + jnp.mean(em.energies(model, p, neg) ** 2))
+            return loss
+
+        el, g = jax.value_and_grad(e_loss)(st.phi)
         upd, popt = ptx.update(g, st.phi_opt, st.phi)
         phi = optax.apply_updates(st.phi, upd)
         metrics = {"gfn_loss": gl, "e_loss": el, "accept": acc, "log_z": ebm.policy.log_z(gp, None)}
