@@ -176,7 +176,7 @@ def worker_flags(ndim, batch, steps, eval_every, max_s, peer, device, loss="tb",
 
 
 PLANS = {  # (steps, eval_every, peer max seconds) by batch size
-    "quick": {16: (2000, 100, 30.0), 1024: (50, 10, 15.0)},
+    "quick": {16: (2000, 100, 30.0), 1024: (30, 10, 10.0)},
     "full": {16: (5000, 100, 120.0), 1024: (300, 20, 120.0)},
 }
 
@@ -188,6 +188,8 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
     cfg = f"{ndim}d-h8-b{batch}-{loss}"
     cache_dir = tempfile.mkdtemp(prefix="jaxcache_", dir=cache_root)  # cold for this config
     peer_extra = ["--replay", "1000"] if (peer == "torchgfn" and not args.losses) else []
+    if peer == "torchgfn":
+        peer_extra += ["--threads", str(args.torch_threads)]
     ours_runs, peer_runs = [], []
     for rep in range(repeats):
         o = launch(sys.executable, "ours_hypergrid.py", fl + ["--compile-cache", cache_dir],
@@ -240,12 +242,25 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
     return row
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def fmt(x, nd=1):
     return "—" if x is None else f"{x:.{nd}f}"
 
 
 def markdown(rows, meta) -> str:
-    lines = [f"Race on {meta['machine']} ({meta['device']}); {meta['when']}. Ratios are ours / peer "
+    load = "/".join(f"{x:.1f}" for x in meta.get("load_avg_at_end", ())[:1] + meta.get("load_avg_at_start", ())[:1])
+    lines = [f"Race on {meta['machine']} ({meta['device']}); {meta['when']}; 1-min load average at "
+             f"end/start {load} (the machine was shared). Ratios are ours / peer "
              f"(iterations/s) and peer / ours (time to exact L1 < {L1_TARGET}); '—': not reached "
              f"within the run (the peer's run length is in the last column).", "",
              "| peer | config | ours it/s | peer it/s | ratio | ours L1 | peer L1 | ours t(L1<0.05) s "
@@ -274,10 +289,15 @@ def main(argv=None):
     p.add_argument("--peers", nargs="+", default=["torchgfn", "gfnx"])
     p.add_argument("--ndims", type=int, nargs="+", default=[2, 4])
     p.add_argument("--batches", type=int, nargs="+", default=[16, 1024])
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch intra-op threads for torchgfn (0 = torch's default, all cores). 1 is "
+                        "fastest for these small layers, and torch's default spin-waits badly when "
+                        "the cores are shared: 1.8 it/s against 15 it/s under load 8 on 2 cores")
     p.add_argument("--pythonpath", default=None,
                    help="PYTHONPATH for our worker (e.g. a snapshot of gfnem_jax to race)")
     args = p.parse_args(argv)
     t_start = time.time()
+    load_start = os.getloadavg()
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.cache, exist_ok=True)
     import jax
@@ -300,11 +320,12 @@ def main(argv=None):
                     rows.append(race_config(peer, pys[peer], ndim, batch, plan, repeats, args,
                                             args.cache))
     dev = jax.devices()[0]
-    meta = dict(machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or ''}".strip(", "),
+    meta = dict(machine=f"{cpu_name()}, {os.cpu_count()} CPUs ({platform.machine()})",
                 device=f"{dev.platform} ({dev.device_kind})", jax=jax.__version__,
-                ours=args.pythonpath or "installed gfnem_jax", torch=TORCH, torchgfn=TORCHGFN, gfnx=GFNX, quick=args.quick, losses=args.losses,
+                ours=args.pythonpath or "installed gfnem_jax", torch_threads=args.torch_threads,
+                torch=TORCH, torchgfn=TORCHGFN, gfnx=GFNX, quick=args.quick, losses=args.losses,
                 when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                load_avg_at_end=os.getloadavg(), install_s=round(t_install, 1),
+                load_avg_at_start=load_start, load_avg_at_end=os.getloadavg(), install_s=round(t_install, 1),
                 total_s=round(time.time() - t_start, 1), plan={str(k): v for k, v in plan.items()},
                 settings="HyperGrid H=8, R0=0.1 R1=0.5 R2=2, MLPs of 2 hidden layers x 256, "
                          "Adam lr 1e-3, log Z lr 0.1, seed 0")

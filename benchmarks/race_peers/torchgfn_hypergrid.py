@@ -11,7 +11,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common_cli import now, parser, write  # noqa: E402
 
-args = parser(__doc__.split("\n")[0]).parse_args()
+p = parser(__doc__.split("\n")[0])
+p.add_argument("--threads", type=int, default=0,
+               help="torch intra-op threads (0 = torch's default: all cores)")
+args = p.parse_args()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -26,11 +29,11 @@ from gfn.samplers import Sampler  # noqa: E402
 from gfn.utils.modules import MLP  # noqa: E402
 
 t_import = now()
+if args.threads > 0:
+    torch.set_num_threads(args.threads)
 torch.manual_seed(args.seed)
 np.random.seed(args.seed)
 dev = torch.device("cuda" if args.device == "gpu" and torch.cuda.is_available() else "cpu")
-if args.device == "cpu":
-    torch.set_num_threads(os.cpu_count() or 1)
 
 env = HyperGrid(ndim=args.ndim, height=args.height,
                 reward_fn_kwargs={"R0": args.r0, "R1": args.r1, "R2": args.r2}, device=dev)
