@@ -45,11 +45,13 @@ from gfnem_jax.experiments import runner
 from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.nets.mlp import MLPPolicy
 from gfnem_jax.sampling import Exploration
-from gfnem_jax.train import OptimConfig, init_state, make_chunk, make_update
+from gfnem_jax import loop
+from gfnem_jax.experiments.runner import init_state, make_step
+from gfnem_jax.optim import OptimConfig
 
 ENVS = {
-    "sets": ("sets", {"size": 12, "k": 6, "seed": 0, "temperature": 1.0}),
-    "sequences": ("sequences", {"length": 6, "vocab": 4, "seed": 0, "temperature": 1.0}),
+    "sets": ("sets", {"set_size": 12, "k": 6, "reward_seed": 0, "reward_temperature": 1.0}),
+    "sequences": ("sequences", {"length": 6, "vocab": 4, "reward_seed": 0, "reward_temperature": 1.0}),
     "hypergrid": ("hypergrid", {"ndim": 2, "height": 8, "r0": 0.1, "r1": 0.5, "r2": 2.0}),
 }
 
@@ -143,11 +145,12 @@ def parse_args(argv=None):
 
 def build(env_name, loss, overrides, args):
     task, cfg = ENVS[env_name]
-    env = runner.task_module(task).build_env(cfg)
+    mod = runner.task_module(task)
+    env = mod.build_env(mod.SETTINGS(**cfg))
     module = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=args.hidden, n_layers=2,
                        uniform_pb=True)
-    opts = objectives.ObjectiveOptions(alpha=args.alpha, **overrides)
-    return env, GFlowNet(env, module, loss, opts, Exploration())
+    obj = objectives.get(loss, **{"alpha": args.alpha, **overrides})
+    return env, GFlowNet(env, module, obj, Exploration())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -164,12 +167,12 @@ class Exact:
         lr = jax.vmap(lambda s: env.log_reward(None, None, s))(t.states)
         self.log_r = jnp.where(t.terminal, lr, 0.0)
         self.log_z = jax.nn.logsumexp(jnp.where(t.terminal, lr, -jnp.inf))
-        self.feats = jax.vmap(env.features)(t.states)
+        self.feats = jax.vmap(env.observe)(t.states)
         self.bmask = jax.vmap(env.backward_mask)(t.states)
 
     def edges(self, params):
         t = self.table
-        out = self.gfn.apply(params, self.feats, None)
+        out = jax.vmap(self.gfn.policy.apply, (None, 0, None))(params, self.feats, None)
         lpf = masked_log_softmax(out.fwd_logits, t.fmask)
         lpb_s = masked_log_softmax(out.bwd_logits, self.bmask)
         lpb = lpb_s[t.children, self.bact]
@@ -213,7 +216,7 @@ class Exact:
 
     def gradient_fn(self, loss, opts):
         """(f, scale): params -> value whose gradient is the estimator's expectation / scale."""
-        a = opts.alpha
+        a = getattr(opts, "alpha", None)
 
         def fwd(p):
             return self.forward_kl_surrogate(p, self._flows)
@@ -237,17 +240,16 @@ class Exact:
         self._flows = self.target_flows(params)
 
 
-def _policy_only(tree):
-    """Zero the log Z leaves so that only the policy's gradient is compared."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.zeros_like(x) if any("log_z" in str(getattr(k, "key", k)) for k in path) else x,
-        tree)
+def _policy_only(gfn, tree):
+    """Zero the log Z leaves (as the policy declares them) so that only the policy's gradient is
+    compared."""
+    return jax.tree.map(lambda m, x: jnp.zeros_like(x) if m else x, gfn.policy.log_z_mask(tree), tree)
 
 
 def flat_grad_fn(gfn, env, batch):
     def one(params, key):
         g = jax.grad(lambda p: gfn.loss(p, key, batch, env.log_reward)[0])(params)
-        return ravel_pytree(_policy_only(g))[0]
+        return ravel_pytree(_policy_only(gfn, g))[0]
     return one
 
 
@@ -255,9 +257,8 @@ def warm_start(env_name, args, steps, seed=0):
     env, gfn = build(env_name, "tb", {}, args)
     state, tx = init_state(gfn, OptimConfig(lr=args.lr), seed)
     if steps:
-        upd = make_update(gfn, tx, 64, env.log_reward)
-        state, _ = make_chunk(upd, steps)(state)
-    return state.params
+        state, _ = loop.make_chunk(make_step(gfn, tx, 64), steps)(state)
+    return state.sampler
 
 
 def grad_quality(args, bar, results):
@@ -272,8 +273,8 @@ def grad_quality(args, bar, results):
                 ex.set_point(params)
                 exact_cache[env_name] = ex
             ex = exact_cache[env_name]
-            f, scale = ex.gradient_fn(loss, gfn.opts)
-            g_exact = np.asarray(ravel_pytree(_policy_only(jax.grad(f)(params)))[0], np.float64)
+            f, scale = ex.gradient_fn(loss, gfn.objective)
+            g_exact = np.asarray(ravel_pytree(_policy_only(gfn, jax.grad(f)(params)))[0], np.float64)
             big = np.asarray(jax.jit(flat_grad_fn(gfn, env, args.big_batch))(params, jax.random.PRNGKey(10_000)),
                              np.float64)
             for B in args.bs:
@@ -321,19 +322,19 @@ def convergence(args, bar, results):
                 env, gfn = build(env_name, loss, ov, args)
                 exact, _, _ = runner.make_evaluator(env, gfn)
                 state, tx = init_state(gfn, OptimConfig(lr=args.lr), seed)
-                upd = make_update(gfn, tx, args.train_batch, env.log_reward)
+                upd = make_step(gfn, tx, args.train_batch, state_index=False)
                 t0 = time.perf_counter()
-                chunk = make_chunk(upd, args.eval_every).lower(state).compile()
+                chunk = loop.make_chunk(upd, args.eval_every).lower(state).compile()
                 compile_s = time.perf_counter() - t0
-                l1 = [float(exact(state.params)[0]["l1"])]
+                l1 = [float(exact(state.sampler)[0]["l1"])]
                 steps, secs = [0], [0.0]
                 train_s = 0.0
                 for _ in range(args.steps // args.eval_every):
                     t1 = time.perf_counter()
                     state, m = chunk(state)
-                    jax.block_until_ready(state.params)
+                    jax.block_until_ready(state.sampler)
                     train_s += time.perf_counter() - t1
-                    l1.append(float(exact(state.params)[0]["l1"]))
+                    l1.append(float(exact(state.sampler)[0]["l1"]))
                     steps.append(int(state.step))
                     secs.append(round(train_s, 4))
                     bar.update(args.eval_every)

@@ -27,10 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfnem_jax import loop, objectives
 from gfnem_jax.envs.hypergrid import HyperGrid
+from gfnem_jax.experiments.runner import init_state, make_step
 from gfnem_jax.gflownet import GFlowNet
-from gfnem_jax.nets.mlp import MLPPolicy, policy_flops
-from gfnem_jax.train import OptimConfig, init_state, make_chunk, make_update
+from gfnem_jax.nets.mlp import MLPPolicy
+from gfnem_jax.optim import OptimConfig
 
 
 def matmul_gflops(m: int, k: int, n: int, min_time: float = 0.5, trials: int = 3) -> float:
@@ -56,16 +58,16 @@ def bench_one(ndim, height, batch, hidden, n_layers, separate, loss, min_time, m
     env = HyperGrid(ndim, height, r0=1e-3)
     module = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=hidden, n_layers=n_layers,
                        shared_torso=not separate)
-    gfn = GFlowNet(env, module, loss, eval_buckets=buckets)
-    state, tx = init_state(gfn, OptimConfig(), seed=0)
-    update = make_update(gfn, tx, batch, env.log_reward)
+    gfn = GFlowNet(env, module, objectives.get(loss), eval_buckets=buckets)
+    state, tx = init_state(gfn, OptimConfig(), 0)
+    update = make_step(gfn, tx, batch, state_index=False)
     # chunk: enough steps that one chunk takes ~0.2 s at a guessed speed, at most max_chunk
     T = env.max_steps
-    fl_state = policy_flops(module, env.feature_dim)
-    fl_fwd = policy_flops(module, env.feature_dim, forward_only=True)
+    fl_state = module.flops(env.feature_dim)
+    fl_fwd = module.flops(env.feature_dim, forward_only=True)
     flops_step = float(batch * (T + 1) * (fl_fwd + 3 * fl_state))
     chunk = int(np.clip(2e10 / max(flops_step, 1.0), 1, max_chunk))
-    run_chunk = make_chunk(update, chunk)
+    run_chunk = loop.make_chunk(update, chunk)
     t0 = time.perf_counter()
     compiled = run_chunk.lower(state).compile()
     compile_s = time.perf_counter() - t0

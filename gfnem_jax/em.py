@@ -62,7 +62,7 @@ class EMConfig:
 
     e_batch: int = 256
     m_batch: int = 0
-    schedule_kind: str = "adaptive"
+    schedule: str = "adaptive"
     e_steps: int = 10
     m_steps: int = 1
     ema_decay: float = 0.9
@@ -78,38 +78,28 @@ class EMConfig:
                  n_devices: int = 1) -> None:
         """Raise ValueError naming the setting, the value and what is allowed."""
         if self.e_batch < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {self.e_batch}")
+            raise ValueError(f"batch_size must be >= 1, got {self.e_batch}")
         if self.e_batch % n_devices or (self.m_batch or n_data) % n_devices:
-            raise ValueError(f"--batch-size {self.e_batch} and --m-batch-size {self.m_batch or n_data} "
-                             f"must be divisible by --devices {n_devices}")
+            raise ValueError(f"batch_size {self.e_batch} and m_batch_size {self.m_batch or n_data} "
+                             f"must be divisible by devices {n_devices}")
         if not 0 <= self.m_batch <= n_data:
-            raise ValueError(f"--m-batch-size must be in [0, {n_data}] (0 = all data), got {self.m_batch}")
-        if self.schedule_kind not in SCHEDULES:
-            raise ValueError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule_kind!r}")
-        if self.e_steps < 1 or self.m_steps < 1:
-            raise ValueError(f"--e-steps and --m-steps must be >= 1, got {self.e_steps} and {self.m_steps}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if not (self.thr_start >= self.thr_end >= 0):
-            raise ValueError(f"thresholds must satisfy --threshold-start >= --threshold-end >= 0, "
-                             f"got {self.thr_start} and {self.thr_end}")
-        if self.thr_steps < 0:
-            raise ValueError(f"--threshold-steps must be >= 0, got {self.thr_steps}")
+            raise ValueError(f"m_batch_size must be in [0, {n_data}] (0 = all data), got {self.m_batch}")
+        self.loop_schedule().validate()
         if not 0 <= self.sleep_prob <= 1:
-            raise ValueError(f"--sleep-prob must be in [0, 1], got {self.sleep_prob}")
+            raise ValueError(f"sleep_prob must be in [0, 1], got {self.sleep_prob}")
         if self.sleep_prob > 0 and not has_sampler:
-            raise ValueError("--sleep-prob > 0 needs a model with a sampler")
+            raise ValueError("sleep_prob > 0 needs a model with a sampler")
         if self.sleep_batch < 0:
-            raise ValueError(f"--sleep-batch must be >= 0, got {self.sleep_batch}")
-        if self.sleep_batch and self.sleep_batch % n_devices:
-            raise ValueError(f"--sleep-batch {self.sleep_batch} must be divisible by --devices {n_devices}")
+            raise ValueError(f"sleep_batch must be >= 0, got {self.sleep_batch}")
+        if (self.sleep_batch or self.e_batch) % n_devices:
+            raise ValueError(f"sleep_batch {self.sleep_batch} must be divisible by devices {n_devices}")
         if self.ls_rounds < 0:
-            raise ValueError(f"--ls-rounds must be >= 0, got {self.ls_rounds}")
+            raise ValueError(f"ls_rounds must be >= 0, got {self.ls_rounds}")
         if not 1 <= self.ls_back <= max_steps:
-            raise ValueError(f"--ls-back must be in [1, {max_steps}] (the trajectory length), got {self.ls_back}")
+            raise ValueError(f"ls_back must be in [1, {max_steps}] (the trajectory length), got {self.ls_back}")
 
-    def schedule(self) -> loop.Schedule:
-        return loop.Schedule(self.schedule_kind, self.e_steps, self.m_steps, self.ema_decay,
+    def loop_schedule(self) -> loop.Schedule:
+        return loop.Schedule(self.schedule, self.e_steps, self.m_steps, self.ema_decay,
                              self.thr_start, self.thr_end, self.thr_steps)
 
 
@@ -285,4 +275,4 @@ def make_em_step(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
                  mesh=None):
     """The one alternating step (``loop.make_step``) wired for GFlowNet-EM."""
     e, m, after = em_updates(gfn, model, cfg, gfn_tx, m_tx, to_z, z_to_state)
-    return loop.make_step(e, m, cfg.schedule(), after_sampler=after, mesh=mesh)
+    return loop.make_step(e, m, cfg.loop_schedule(), after_sampler=after, mesh=mesh)

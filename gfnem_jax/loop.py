@@ -345,19 +345,20 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
               on_checkpoint: Optional[Callable[[Any], None]] = None,
               checkpoint_every: int = 0, last_checkpoint: Optional[int] = None,
               progress: bool = True, desc: str = "train",
-              postfix: tuple = ("loss", "l1", "log_z", "nll")):
+              postfix: tuple = ("loss", "l1", "log_z", "nll"), wall_offset: float = 0.0):
     """Run ``steps`` steps in chunks of ``chunk`` (a divisor); log and checkpoint between chunks.
 
     data_fn(chunk_index) -> the ``data`` argument of each chunk (host-fed batches); None = none.
     A logged row is {"step", "loss" (mean over the chunk's sampler steps), "loss_last"} plus
-    ``summarize(metrics of the chunk)`` and ``evaluate(state)``; "wall_s" is added by on_log's
-    owner. A non-finite loss raises NonFiniteLoss naming the 1-based step and the last good
+    ``summarize(metrics of the chunk)`` and ``evaluate(state)`` and "wall_s" (seconds since the
+    loop started, compilation included, plus ``wall_offset`` carried over a resume). A non-finite loss raises NonFiniteLoss naming the 1-based step and the last good
     checkpoint (or that there is none). No host sync inside a chunk.
     """
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, desc=desc, disable=not progress, file=sys.stderr, mininterval=0.5,
                dynamic_ncols=True)
     last_ck = last_checkpoint
+    t0 = time.perf_counter()
     try:
         for c in range(steps // chunk):
             data = None if data_fn is None else data_fn(c)
@@ -379,6 +380,7 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
                 row.update(summarize(m))
             if evaluate is not None:
                 row.update(evaluate(state))
+            row["wall_s"] = round(wall_offset + time.perf_counter() - t0, 4)
             if on_log is not None:
                 on_log(row)
             bar.update(chunk)

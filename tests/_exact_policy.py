@@ -3,11 +3,13 @@ import jax
 import jax.numpy as jnp
 
 from gfnem_jax import metrics
-from gfnem_jax.nets.mlp import PolicyOutput
+from gfnem_jax.nets.policy import FunctionalPolicy, PolicyOutput
 
 
 def exact_hypergrid_policy(env):
-    """(apply_fn, log_z): P_F from exact flows with a uniform P_B; flows are exact."""
+    """(policy, log_z, table, F): P_F from exact flows with a uniform P_B; flows are exact.
+
+    The policy is a ``FunctionalPolicy`` (no parameters: pass params=None)."""
     table = metrics.transition_table(env)
     rewards = jnp.exp(jax.vmap(lambda s: env.log_reward(None, None, s))(table.states))
     pb_sa = metrics.backward_probs_table(env, table, metrics.uniform_backward_probs(env, table))
@@ -22,4 +24,5 @@ def exact_hypergrid_policy(env):
         idx = jnp.sum(pos * mult, axis=-1)  # a non-terminal state's index
         return PolicyOutput(log_pf[idx], jnp.zeros(feats.shape[:-1] + (env.n_bwd_actions,)), log_F[idx])
 
-    return apply_fn, log_F[table.init_index], table, F
+    policy = FunctionalPolicy(lambda k, o, c: None, apply_fn, lambda p, c: log_F[table.init_index])
+    return policy, log_F[table.init_index], table, F

@@ -5,14 +5,14 @@ import numpy as np
 import optax
 import pytest
 
-from gfnem_jax import em, metrics, objectives
+from gfnem_jax import em, loop, metrics, objectives
 from gfnem_jax.envs.sequence import SeqState, Sequence
 from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.models.mixture import (GENERATING_MEANS, HierarchicalMixture, generate_data,
                                       latent_to_state)
 from gfnem_jax.nets.mlp import MLPPolicy
 from gfnem_jax.sampling import Exploration
-from gfnem_jax.train import OptimConfig, make_optimizer
+from gfnem_jax.optim import OptimConfig, policy_optimizer
 
 MODEL = HierarchicalMixture()
 ENV = Sequence(length=2, vocab=4)
@@ -21,7 +21,10 @@ THETA = jnp.asarray([[-1.2, -1.5], [1.0, 1.6], [0.2, -1.0], [-1.9, 1.1]], jnp.fl
 
 def _gfn(hidden=64, eps=0.0):
     module = MLPPolicy(4, 1, hidden=hidden, n_layers=2, uniform_pb=True, conditional=True)
-    return GFlowNet(ENV, module, "tb", objectives.ObjectiveOptions(), Exploration(1.0, eps), cond_dim=2)
+    return GFlowNet(ENV, module, objectives.tb(), Exploration(1.0, eps))
+
+
+X0 = jnp.zeros((2,), jnp.float32)  # an example condition for initialisation
 
 
 def _data(n=200, seed=3):
@@ -67,7 +70,7 @@ def test_local_search_leaves_posterior_invariant(back, start_exact):
     """MH local search: from P_F samples (back=2, independence proposal) the chains converge to
     p(z | x); from exact samples (back=1) they stay there. Exact target by enumeration."""
     gfn = _gfn(hidden=16)
-    params = gfn.init(jax.random.PRNGKey(1))
+    params = gfn.init(jax.random.PRNGKey(1), X0)
     xp = jnp.asarray([0.1, -0.3], jnp.float32)
     B = 4000
     cond = jnp.broadcast_to(xp, (B, 2))
@@ -83,23 +86,25 @@ def test_local_search_leaves_posterior_invariant(back, start_exact):
     idx = np.asarray(out.tokens[:, 0] * 4 + out.tokens[:, 1])
     emp = np.bincount(idx, minlength=16) / B
     tv = 0.5 * np.abs(emp - np.asarray(post)).sum()
-    assert 0 < float(acc) < 1
+    assert 0 < float(jnp.mean(acc)) < 1
     assert tv < 0.04, tv
     if not start_exact:  # the proposal alone is far from the target: the MH step did the work
-        q = metrics.terminal_distribution(ENV, gfn.apply, params, metrics.transition_table(ENV),
+        q = metrics.terminal_distribution(ENV, gfn.policy, params, metrics.transition_table(ENV),
                                           cond=xp)[ENV.terminal_indices()]
         assert 0.5 * float(jnp.abs(q - post).sum()) > 0.3
 
 
 def _run(cfg, data, steps, theta0=THETA, eps=0.0):
     gfn = _gfn(hidden=32, eps=eps)
-    gtx = make_optimizer(OptimConfig(1e-2, 3e-2), gfn.init(jax.random.PRNGKey(0)))
+    params = gfn.init(jax.random.fold_in(jax.random.PRNGKey(0), 0x7FFFFFFF), X0)
+    gtx = policy_optimizer(gfn, OptimConfig(1e-2, 3e-2), params)
     mtx = optax.sgd(0.1)
-    step = em.make_em_step(gfn, em.LatentModel(MODEL.log_joint, MODEL.sample), cfg, data, gtx, mtx,
-                           z_to_state=latent_to_state,
-                           eval_fn=lambda th: {"loglik": MODEL.loglik(th, data)})
-    st = em.init_em_state(gfn, gtx, mtx, theta0, 0)
-    st, m = em.make_em_chunk(step, steps)(st)
+    step = em.make_em_step(gfn, em.LatentModel(MODEL.log_joint, MODEL.sample), cfg, gtx, mtx,
+                           z_to_state=latent_to_state)
+    st = loop.init_state(params, gtx, theta0, mtx, jax.random.PRNGKey(0))
+    chunk = loop.make_chunk(step, steps, em.batch_fn(cfg, data.shape[0]),
+                            eval_fn=lambda s, d: {"loglik": MODEL.loglik(s.model, d)})
+    st, m = chunk(st, data)
     return gfn, st, jax.device_get(m)
 
 
@@ -112,11 +117,11 @@ def test_fixed_and_adaptive_schedules():
     np.testing.assert_array_equal(m["m_step"], t % 5 >= 3)
     assert int(st.step) == 20
     # theta changes exactly at M-steps
-    cfg = em.EMConfig(e_batch=16, schedule="adaptive", thr_start=1e4, thr_end=0.0, thr_steps=30,
+    cfg = em.EMConfig(e_batch=16, schedule="adaptive", thr_start=3e4, thr_end=0.0, thr_steps=30,
                       sleep_prob=0.5, ls_rounds=2, ls_back=1)
     _, st, m = _run(cfg, data, 40)
     assert m["e_step"].all()
-    np.testing.assert_allclose(m["threshold"], np.maximum(1e4 - 1e4 * np.arange(40) / 30, 0.0),
+    np.testing.assert_allclose(m["threshold"], np.maximum(3e4 - 3e4 * np.arange(40) / 30, 0.0),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(m["m_step"], m["ema"] < m["threshold"])
     ema = [m["loss"][0]]
@@ -138,32 +143,33 @@ def test_e_step_alone_matches_exact_posterior():
     theta = jnp.asarray(GENERATING_MEANS, jnp.float32)
     cfg = em.EMConfig(e_batch=256, schedule="fixed", e_steps=10 ** 6, m_steps=1)
     module = MLPPolicy(4, 1, hidden=128, n_layers=2, uniform_pb=True, conditional=True)
-    gfn = GFlowNet(ENV, module, "tb", objectives.ObjectiveOptions(), Exploration(1.0, 0.1), cond_dim=2)
-    gtx = make_optimizer(OptimConfig(1e-2, 3e-2), gfn.init(jax.random.PRNGKey(0)))
+    gfn = GFlowNet(ENV, module, objectives.tb(), Exploration(1.0, 0.1))
+    params = gfn.init(jax.random.PRNGKey(0), X0)
+    gtx = policy_optimizer(gfn, OptimConfig(1e-2, 3e-2), params)
     mtx = optax.sgd(0.1)
-    step = em.make_em_step(gfn, em.LatentModel(MODEL.log_joint), cfg, data, gtx, mtx)
-    st = em.init_em_state(gfn, gtx, mtx, theta, 0)
-    chunk = em.make_em_chunk(step, 1000)
+    step = em.make_em_step(gfn, em.LatentModel(MODEL.log_joint), cfg, gtx, mtx)
+    st = loop.init_state(params, gtx, theta, mtx, jax.random.PRNGKey(0))
+    chunk = loop.make_chunk(step, 1000, em.batch_fn(cfg, data.shape[0]))
     for _ in range(3):
-        st, m = chunk(st)
+        st, m = chunk(st, data)
     assert not np.asarray(m["m_step"]).any()
-    np.testing.assert_array_equal(np.asarray(st.theta), np.asarray(theta))
+    np.testing.assert_array_equal(np.asarray(st.model), np.asarray(theta))
     table = metrics.transition_table(ENV)
     ti = ENV.terminal_indices()
     xs = data[:1000]
-    q = jax.jit(jax.vmap(lambda c: metrics.terminal_distribution(ENV, gfn.apply, st.gfn_params,
+    q = jax.jit(jax.vmap(lambda c: metrics.terminal_distribution(ENV, gfn.policy, st.sampler,
                                                                  table, cond=c)[ti]))(xs)
     tv = float(jnp.mean(0.5 * jnp.sum(jnp.abs(q - MODEL.exact_posterior(theta, xs)), -1)))
     assert tv < 0.02, tv
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="--schedule"):
+    with pytest.raises(ValueError, match="schedule"):
         em.EMConfig(schedule="sometimes").validate(100, 2)
-    with pytest.raises(ValueError, match="--ls-back"):
+    with pytest.raises(ValueError, match="ls_back"):
         em.EMConfig(ls_back=3).validate(100, 2)
-    with pytest.raises(ValueError, match="--sleep-prob"):
+    with pytest.raises(ValueError, match="sleep_prob"):
         em.EMConfig(sleep_prob=1.5).validate(100, 2)
-    with pytest.raises(ValueError, match="--m-batch-size"):
+    with pytest.raises(ValueError, match="m_batch_size"):
         em.EMConfig(m_batch=101).validate(100, 2)
     em.EMConfig().validate(100, 2)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax.models.mixture import (GENERATING_MEANS, HierarchicalMixture, generate_data,
-                                      run_exact_em, run_mean_field_em)
+from gfnem_jax.experiments.mixture_baselines import run_exact_em, run_mean_field_em
+from gfnem_jax.models.mixture import GENERATING_MEANS, HierarchicalMixture, generate_data
 
 MODEL = HierarchicalMixture()
 THETA = jnp.asarray([[-1.2, -1.5], [1.0, 1.6], [0.2, -1.0], [-1.9, 1.1]], jnp.float32)

@@ -11,15 +11,16 @@ from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.losses import divergences as div
 from gfnem_jax.nets.mlp import MLPPolicy
 from gfnem_jax.sampling import Exploration, evaluate
-from gfnem_jax.train import OptimConfig, init_state, make_chunk, make_update
+from gfnem_jax import loop
+from gfnem_jax.experiments.runner import init_state, make_step
+from gfnem_jax.optim import OptimConfig
 
-O = objectives.ObjectiveOptions
 ENV = SetGeneration(6, 3)
 
 
 def _gfn(name, explore=Exploration(), **kw):
     module = MLPPolicy(ENV.n_actions, ENV.n_bwd_actions, hidden=16)
-    return GFlowNet(ENV, module, name, O(**kw), explore)
+    return GFlowNet(ENV, module, objectives.get(name, **kw), explore)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_objective_is_finite_with_finite_gradient(batch, name):
 
 def test_balance_objectives_unchanged(batch):
     gfn, params, traj = batch
-    ev = evaluate(ENV, gfn.apply, params, traj)
+    ev = evaluate(ENV, gfn.policy, params, traj)
     pf, pb = jnp.sum(ev.log_pf, 1), jnp.sum(ev.log_pb, 1)
     lz = gfn.log_z(params)
     want = losses.trajectory_balance(pf, pb, traj.log_reward, lz)
@@ -64,7 +65,7 @@ def test_on_policy_importance_weights_are_one(batch):
     gfn = _gfn("reverse_kl", baseline="loo")
 
     def plain(p):
-        ev = evaluate(ENV, gfn.apply, p, traj)
+        ev = evaluate(ENV, gfn.policy, p, traj)
         return div.reverse_kl(jnp.sum(ev.log_pf, 1), jnp.sum(ev.log_pb, 1), traj.log_reward, "loo")
 
     g1 = ravel_pytree(jax.grad(gfn.traj_loss)(params, traj))[0]
@@ -77,43 +78,44 @@ def test_off_policy_uses_behaviour_log_probs():
     params = gfn.init(jax.random.PRNGKey(0))
     traj = gfn.sample(params, jax.random.PRNGKey(3), 16, ENV.log_reward, explore=gfn.explore)
     assert not np.allclose(traj.log_pi, traj.log_pf)
-    ev = evaluate(ENV, gfn.apply, params, traj)
+    ev = evaluate(ENV, gfn.policy, params, traj)
     pf, pb = jnp.sum(ev.log_pf, 1), jnp.sum(ev.log_pb, 1)
     want = div.reverse_kl(pf, pb, traj.log_reward, "none", log_pi=jnp.sum(traj.log_pi, 1))
     assert float(gfn.traj_loss(params, traj)) == pytest.approx(float(want), rel=1e-5)
 
 
 @pytest.mark.parametrize("name,kw,explore,bs,flag", [
-    ("reverse_kl", dict(baseline="median"), None, None, "--baseline 'median'"),
-    ("tb", dict(baseline="bogus"), None, None, "--baseline"),
-    ("renyi", dict(alpha=1.0), None, None, "--alpha 1.0"),
-    ("tsallis", dict(alpha=-0.5), None, None, "--alpha -0.5"),
-    ("tsallis", dict(alpha=float("nan")), None, None, "--alpha"),
-    ("renyi", dict(control_variate="global"), None, None, "--control-variate 'global'"),
-    ("alpha_kl", dict(alpha=1.5), None, None, "--alpha 1.5"),
-    ("alpha_kl", dict(control_variate="mean"), None, None, "--control-variate 'mean'"),
-    ("renyi", {}, Exploration(2.0, 0.0), None, "--temperature"),
-    ("alpha_kl", {}, Exploration(1.0, 0.1), None, "--epsilon"),
-    ("reverse_kl", dict(baseline="loo"), None, 1, "--batch-size 1"),
-    ("nope", {}, None, None, "unknown --loss"),
+    ("reverse_kl", dict(baseline="median"), None, None, "baseline 'median'"),
+    ("renyi", dict(alpha=1.0), None, None, "alpha 1.0"),
+    ("tsallis", dict(alpha=-0.5), None, None, "alpha -0.5"),
+    ("tsallis", dict(alpha=float("nan")), None, None, "alpha"),
+    ("renyi", dict(control_variate="global"), None, None, "control_variate 'global'"),
+    ("alpha_kl", dict(alpha=1.5), None, None, "alpha 1.5"),
+    ("alpha_kl", dict(control_variate="mean"), None, None, "control_variate 'mean'"),
+    ("renyi", {}, Exploration(2.0, 0.0), None, "temperature"),
+    ("alpha_kl", {}, Exploration(1.0, 0.1), None, "epsilon"),
+    ("reverse_kl", dict(baseline="loo"), None, 1, "batch_size 1"),
+    ("nope", {}, None, None, "unknown loss"),
 ])
 def test_check_options_rejects(name, kw, explore, bs, flag):
+    """Each factory validates its own options; check_sampling the behaviour and batch size."""
     with pytest.raises(ValueError) as e:
-        objectives.check_options(name, O(**kw), explore, batch_size=bs)
+        objectives.get(name, **kw).check_sampling(explore, batch_size=bs)
     assert flag in str(e.value)
     assert "allowed" in str(e.value)
 
 
 def test_check_options_accepts_valid():
     for b in objectives.BASELINES:
-        objectives.check_options("reverse_kl", O(baseline=b), Exploration(2.0, 0.1), batch_size=4)
+        objectives.reverse_kl(baseline=b).check_sampling(Exploration(2.0, 0.1), batch_size=4)
     for name in ("renyi", "tsallis"):
         for cv in objectives.control_variates(name):
-            objectives.check_options(name, O(control_variate=cv, alpha=2.0))
+            objectives.get(name, control_variate=cv, alpha=2.0).check_sampling()
     for cv in objectives.control_variates("alpha_kl"):
-        objectives.check_options("alpha_kl", O(control_variate=cv, alpha=0.0))
-    objectives.check_options("forward_kl", O(normalized=False), Exploration(1.0, 0.3))
-    objectives.check_options("reverse_kl", O(baseline="none"), batch_size=1)
+        objectives.alpha_kl(control_variate=cv, alpha=0.0).check_sampling()
+    objectives.forward_kl(normalized=False).check_sampling(Exploration(1.0, 0.3))
+    objectives.reverse_kl(baseline="none").check_sampling(batch_size=1)
+    assert objectives.get("subtb", lam=0.5, alpha=3.0) == objectives.subtb(lam=0.5)
 
 
 TINY = {"sets": ["--set-size", "5", "--k", "2"], "sequences": ["--length", "2", "--vocab", "3"],
@@ -154,15 +156,15 @@ def test_cli_rejects_bad_options(tmp_path, capsys, args, msg):
 def test_reverse_kl_training_lowers_l1():
     env = SetGeneration(5, 2, seed=1)
     module = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=32, uniform_pb=True)
-    gfn = GFlowNet(env, module, "reverse_kl", O(baseline="loo"))
+    gfn = GFlowNet(env, module, objectives.reverse_kl(baseline="loo"))
     state, tx = init_state(gfn, OptimConfig(lr=3e-3), 0)
     table = metrics.transition_table(env)
     target = metrics.target_distribution(env, env.log_reward, None, table)
 
     def l1(p):
-        return float(metrics.l1(metrics.terminal_distribution(env, gfn.apply, p, table), target))
+        return float(metrics.l1(metrics.terminal_distribution(env, gfn.policy, p, table), target))
 
-    before = l1(state.params)
-    state, _ = make_chunk(make_update(gfn, tx, 32, env.log_reward), 150)(state)
-    after = l1(state.params)
+    before = l1(state.sampler)
+    state, _ = loop.make_chunk(make_step(gfn, tx, 32), 150)(state)
+    after = l1(state.sampler)
     assert after < 0.5 * before, (before, after)

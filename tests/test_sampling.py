@@ -7,7 +7,7 @@ import pytest
 from gfnem_jax import metrics
 from gfnem_jax.envs.hypergrid import HyperGrid
 from gfnem_jax.envs.sequence import Sequence
-from gfnem_jax.nets import MLPPolicy, init_policy
+from gfnem_jax.nets import MLPPolicy
 from gfnem_jax.sampling import (Exploration, backward_rollout, behaviour_log_probs, evaluate,
                                 forward_rollout)
 
@@ -16,8 +16,8 @@ from _exact_policy import exact_hypergrid_policy
 
 def _policy(env, key=0, uniform_pb=False):
     m = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=32, n_layers=2, uniform_pb=uniform_pb)
-    p = init_policy(m, jax.random.PRNGKey(key), env.feature_dim)
-    return (lambda p_, f, c: m.apply(p_, f, c)), p
+    p = m.init(jax.random.PRNGKey(key), env.observe(env.init()))
+    return m, p
 
 
 def test_forward_rollout_structure_and_padding():

@@ -13,7 +13,7 @@ from gfnem_jax.envs.sequence_design import SequenceDesign
 from gfnem_jax.envs.sets import SetGeneration, SetState
 from gfnem_jax.experiments import sequences as seq_task
 from gfnem_jax.experiments import sets as sets_task
-from gfnem_jax.nets.mlp import MLPPolicy, init_policy
+from gfnem_jax.nets.mlp import MLPPolicy
 
 set_dims = st.tuples(st.integers(2, 7), st.integers(1, 7)).filter(lambda t: t[1] <= t[0])
 
@@ -121,9 +121,9 @@ def test_sequences_dag_is_a_tree():
 @pytest.mark.parametrize("env", [SetGeneration(6, 3), SequenceDesign(3, 3)])
 def test_exact_distribution_sums_to_one(env):
     module = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=16)
-    params = init_policy(module, jax.random.PRNGKey(0), env.feature_dim)
+    params = module.init(jax.random.PRNGKey(0), env.observe(env.init()))
     table = metrics.transition_table(env)
-    p = np.asarray(metrics.terminal_distribution(env, module.apply, params, table))
+    p = np.asarray(metrics.terminal_distribution(env, module, params, table))
     assert abs(p.sum() - 1) < 1e-5 and (p >= 0).all()
     assert (p[~np.asarray(table.terminal)] == 0).all()
     tgt = np.asarray(metrics.target_distribution(env, env.log_reward, None, table))
@@ -155,21 +155,22 @@ def test_sequence_reward_formula():
 
 
 def test_task_validation_and_modes():
-    with pytest.raises(ValueError, match="--k"):
-        sets_task.validate({"size": 6, "k": 7, "seed": 0, "temperature": 1.0})
-    with pytest.raises(ValueError, match="--set-size 32 with --k 16"):
-        sets_task.validate({"size": 32, "k": 16, "seed": 0, "temperature": 1.0})
-    with pytest.raises(ValueError, match="--reward-temperature"):
-        seq_task.validate({"length": 3, "vocab": 3, "seed": 0, "temperature": 0.0})
-    with pytest.raises(ValueError, match="--vocab"):
-        seq_task.validate({"length": 3, "vocab": 1, "seed": 0, "temperature": 1.0})
-    env = sets_task.build_env({"size": 6, "k": 3, "seed": 0, "temperature": 1.0})
+    S, Q = sets_task.SetsSettings, seq_task.SequencesSettings
+    with pytest.raises(ValueError, match="^k must be"):
+        S(set_size=6, k=7).validate()
+    with pytest.raises(ValueError, match="set_size 32 with k 16"):
+        S(set_size=32, k=16).validate()
+    with pytest.raises(ValueError, match="reward_temperature"):
+        Q(length=3, vocab=3, reward_temperature=0.0).validate()
+    with pytest.raises(ValueError, match="^vocab"):
+        Q(length=3, vocab=1).validate()
+    env = sets_task.build_env(S(set_size=6, k=3))
     modes = np.asarray(sets_task.mode_indices(env))
     table = metrics.transition_table(env)
     lr = np.asarray(jax.vmap(lambda s: env.log_reward(None, None, s))(table.states))
     term = np.asarray(table.terminal)
     assert term[modes].all() and len(modes) == sets_task.N_MODES
     assert lr[modes].min() >= np.sort(lr[term])[-sets_task.N_MODES] - 1e-6
-    env = seq_task.build_env({"length": 3, "vocab": 3, "seed": 0, "temperature": 1.0})
+    env = seq_task.build_env(Q(length=3, vocab=3))
     modes = np.asarray(seq_task.mode_indices(env))
     assert np.isin(modes, np.asarray(env.terminal_indices())).all()

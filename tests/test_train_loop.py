@@ -3,11 +3,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax.train import NonFiniteLoss, TrainState, pick_chunk, train_loop
+from gfnem_jax.loop import LoopState, NonFiniteLoss, host_loop, pick_chunk
 
 
 def _fake_chunk(n, bad_at=None):
-    def run_chunk(state):
+    def run_chunk(state, data=None):
         steps = np.arange(int(state.step) + 1, int(state.step) + n + 1)
         loss = np.where(steps == bad_at, np.nan, 1.0 / steps)
         return state._replace(step=state.step + n), {"loss": jnp.asarray(loss), "log_z": jnp.zeros(n)}
@@ -15,12 +15,12 @@ def _fake_chunk(n, bad_at=None):
 
 
 def _state():
-    return TrainState(params={}, opt_state=(), step=jnp.zeros((), jnp.int32), key=None)
+    return LoopState({}, (), None, None, jnp.zeros(()), jnp.zeros((), jnp.int32), None)
 
 
 def test_logs_one_row_per_chunk_and_checkpoints():
     rows, cks = [], []
-    st = train_loop(_state(), _fake_chunk(5), 20, 5, on_log=rows.append,
+    st = host_loop(_state(), _fake_chunk(5), 20, 5, on_log=rows.append,
                     on_checkpoint=lambda s: cks.append(int(s.step)), checkpoint_every=10, progress=False)
     assert int(st.step) == 20
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
@@ -31,8 +31,8 @@ def test_logs_one_row_per_chunk_and_checkpoints():
 
 def test_non_finite_loss_names_step_and_keeps_last_checkpoint():
     cks = []
-    with pytest.raises(NonFiniteLoss, match="step 13.*step 10"):
-        train_loop(_state(), _fake_chunk(5, bad_at=13), 30, 5, on_checkpoint=lambda s: cks.append(int(s.step)),
+    with pytest.raises(NonFiniteLoss, match="loss at step 13.*checkpoint \\(step 10\\)"):
+        host_loop(_state(), _fake_chunk(5, bad_at=13), 30, 5, on_checkpoint=lambda s: cks.append(int(s.step)),
                    checkpoint_every=5, progress=False)
     assert cks == [5, 10]
 
@@ -40,3 +40,8 @@ def test_non_finite_loss_names_step_and_keeps_last_checkpoint():
 @pytest.mark.parametrize("steps,log_every,expect", [(2000, 100, 100), (7, 100, 7), (10, 3, 2), (13, 5, 1)])
 def test_pick_chunk_divides(steps, log_every, expect):
     assert pick_chunk(steps, log_every) == expect
+
+
+def test_non_finite_before_any_checkpoint_says_so():
+    with pytest.raises(NonFiniteLoss, match="step 3; no checkpoint had been written yet"):
+        host_loop(_state(), _fake_chunk(5, bad_at=3), 10, 5, progress=False)

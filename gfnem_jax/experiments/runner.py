@@ -14,7 +14,6 @@ import dataclasses
 import importlib
 import json
 import os
-import time
 from typing import Any, Dict
 
 import jax
@@ -229,12 +228,10 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
         return {k: float(v) for k, v in vals.items()}
 
     rows = []
-    t0 = time.perf_counter()
     with open(os.path.join(out, "metrics.jsonl"), "w") as f:
         f.writelines(old_rows)
 
         def on_log(row):
-            row["wall_s"] = round(time.perf_counter() - t0, 4)
             rows.append(row)
             f.write(json.dumps(row) + "\n")
             f.flush()

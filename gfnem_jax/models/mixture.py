@@ -12,7 +12,7 @@ theta = mu float[C, 2] are learned. The latent z = (c, p) int32[2] is built in t
     log p(x, z) = -log C - log P - log(2 pi sigma^2) - |x - mu_c - o_p|^2 / (2 sigma^2)
     log p(x)    = logsumexp_z log p(x, z)                      (true densities, no constant dropped)
 
-Baselines (the E-steps; the M-step is ``gfnem_jax.em.m_update`` for every method):
+Baselines (in ``gfnem_jax.experiments.mixture_baselines``; the M-step is ``em.m_update``):
   exact EM:       q(z | x) = p_theta(z | x), by enumerating the C*P latents;
   mean-field EM:  q(c | x) q(p | x), coordinate ascent (CAVI) on the ELBO:
                   log q(c) = sum_p q(p) log p(x, c, p) + const,
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -179,57 +179,3 @@ def latent_to_state(z: jax.Array):
     """The terminal ``SeqState`` of Sequence(length=2) for z int[2] = (c, p)."""
     from gfnem_jax.envs.sequence import SeqState
     return SeqState(z.astype(jnp.int32), jnp.asarray(z.shape[-1], jnp.int32))
-
-
-class BaselineResult(NamedTuple):
-    theta: jax.Array  # float[C, 2] final means
-    loglik: jax.Array  # float[iters + 1] per-point log-likelihood before each iteration and at the end
-    m_loss: jax.Array  # float[iters] the M-step objective -E_q log p(x, z)
-
-
-def run_exact_em(model: HierarchicalMixture, x, theta0, iters: int, lr: float) -> BaselineResult:
-    """Exact EM: E-step = enumerated posterior, M-step = ``em.m_update`` (SGD at ``lr``) on
-    -(1/N) sum_i sum_z p_theta(z | x_i) log p_theta(x_i, z). One lax.scan, deterministic."""
-    from gfnem_jax import em
-    import optax
-    tx = optax.sgd(lr)
-    Z = model.all_latents()
-    N = x.shape[0]
-    zs = jnp.broadcast_to(Z[None], (N,) + Z.shape)
-
-    def body(carry, _):
-        theta, opt = carry
-        w = model.exact_posterior(theta, x)
-        ll = model.loglik(theta, x)
-        theta, opt, loss = em.m_update(model.log_joint, tx, theta, opt, x, zs, w)
-        return (theta, opt), (ll, loss)
-
-    (theta, _), (ll, loss) = jax.lax.scan(body, (theta0, tx.init(theta0)), None, length=iters)
-    return BaselineResult(theta, jnp.concatenate([ll, model.loglik(theta, x)[None]]), loss)
-
-
-def run_mean_field_em(model: HierarchicalMixture, x, theta0, iters: int, lr: float,
-                      sweeps: int = 5) -> BaselineResult:
-    """Mean-field variational EM: ``sweeps`` CAVI rounds on q(c|x)q(p|x) (warm-started, q(p)
-    uniform at first), then ``em.m_update`` on -(1/N) sum_i sum_{c,p} q(c|x_i) q(p|x_i)
-    log p_theta(x_i, c, p): the same M-step code path as exact EM and GFlowNet-EM."""
-    from gfnem_jax import em
-    import optax
-    tx = optax.sgd(lr)
-    Z = model.all_latents()
-    N = x.shape[0]
-    zs = jnp.broadcast_to(Z[None], (N,) + Z.shape)
-    q_c = jnp.full((N, model.n_clusters), 1.0 / model.n_clusters)
-    q_p = jnp.full((N, model.n_petals), 1.0 / model.n_petals)
-
-    def body(carry, _):
-        theta, opt, qc, qp = carry
-        qc, qp = model.mean_field(theta, x, qc, qp, sweeps)
-        w = (qc[:, :, None] * qp[:, None, :]).reshape(N, -1)
-        ll = model.loglik(theta, x)
-        theta, opt, loss = em.m_update(model.log_joint, tx, theta, opt, x, zs, w)
-        return (theta, opt, qc, qp), (ll, loss)
-
-    (theta, *_), (ll, loss) = jax.lax.scan(body, (theta0, tx.init(theta0), q_c, q_p), None,
-                                           length=iters)
-    return BaselineResult(theta, jnp.concatenate([ll, model.loglik(theta, x)[None]]), loss)
