@@ -82,53 +82,72 @@ def _pair_table(N: int):
 
 
 def chart(grammar, words: jax.Array, lengths: jax.Array, mode: str = "sum") -> Chart:
-    """The inside chart of a batch (mode "sum": inside; "max": Viterbi scores). See module doc."""
+    """The inside chart of a batch (mode "sum": inside; "max": Viterbi scores). See module doc.
+
+    Layout inside the scan: ``lc[b, i, d]`` = beta(start i, width d) and ``rc[b, j, N - d]`` =
+    beta(end j, width d), so that for width w the left children (i, d) of every span are
+    lc[:, :, :N] and the right children (i+d, w-d) are the slice rc[:, w:w+N, N-w:2N-w]: no
+    gathers (whose gradients are scatters). Max mode also keeps, for every span as a right child,
+    u[b, w, i, A, B] = max_C log p(A -> B C) + beta(i, w)[C], so a (span, split) pair costs NT^2.
+    """
     if mode not in ("sum", "max"):
         raise ValueError(f"mode must be sum or max, got {mode!r}")
     nt = grammar["root"].shape[-1]
     Bsz, N = words.shape
     ql, qr, pp = _leaf_tables(grammar, words)
     red = jax.nn.logsumexp if mode == "sum" else jnp.max
-    beta0 = jnp.zeros((Bsz, N + 1, N, nt), pp.dtype).at[:, 2].set(pp)
+    dt = pp.dtype
+    lc = jnp.zeros((Bsz, N, N + 1, nt), dt).at[:, :, 2].set(pp)
+    rc = jax.lax.dynamic_update_slice(jnp.zeros((Bsz, 2 * N + 1, 2 * N, nt), dt), pp[:, :, None],
+                                      (0, 2, N - 2, 0))
+    qr_pad = jnp.concatenate([qr, jnp.zeros_like(qr)], axis=1)
     ii = jnp.arange(N)[:, None]
     dd = jnp.arange(N)[None, :]
     rule_nn = grammar["binary"][:, :nt, :nt]
     P_nn = jnp.exp(rule_nn)
     if mode == "max":
         pi, pd, pv = (jnp.asarray(a) for a in _pair_table(N))
+        umax = lambda beta: jnp.max(rule_nn + beta[..., None, None, :], axis=-1)  # [.., A, B]
+        u0 = jnp.zeros((Bsz, N + 1, N, nt, nt), dt).at[:, 2].set(umax(pp))
 
-    def width(beta, w):
-        # boundary splits: a one-word child on the left (d = 1) or on the right (d = w - 1)
-        r1 = beta[:, w - 1, jnp.minimum(jnp.arange(N) + 1, N - 1)]  # [B, N, NT]
+    def width(carry, w):
+        lc, rc = carry[:2]
+        right = jax.lax.dynamic_slice(rc, (0, w, N - w, 0), (Bsz, N, N, nt))  # [b, i, d]
+        r1 = right[:, :, 1]  # span (i+1, w-1)
+        l1 = jax.lax.dynamic_index_in_dim(lc, w - 1, axis=2, keepdims=False)  # span (i, w-1)
         lp = red(ql + r1[:, :, None, :], axis=-1)
-        l1 = beta[:, w - 1]
-        q_r = qr[:, jnp.minimum(jnp.arange(N) + w - 1, N - 1)]
+        q_r = jax.lax.dynamic_slice(qr_pad, (0, w - 1, 0, 0), (Bsz, N, nt, nt))
         rp = red(q_r + l1[:, :, None, :], axis=-1)
         if mode == "sum":
             ok = (dd >= 2) & (dd <= w - 2) & (ii + w <= N)  # [N(i), N(d)]
-            left = beta[:, dd, ii]  # [B, N, N, NT]  span [i, i+d)
-            right = beta[:, jnp.clip(w - dd, 0, N), jnp.minimum(ii + dd, N - 1)]
-            L, ml = _shift(left, -1)
+            L, ml = _shift(lc[:, :, :N], -1)
             R, mr = _shift(right, -1)
             s = jnp.where(ok[None, :, :, None], ml + mr, NEG)
             S, M = _shift(s, 2)
             X = jnp.einsum("bidB,bidC->biBC", L, R * S)
             nn = _log(jnp.einsum("biBC,ABC->biA", X, P_nn)) + M[:, :, 0]
         else:
+            u = carry[2]
             i, d, v = pi[w], pd[w], pv[w]
-            left = beta[:, d, i]  # [B, P, NT]
-            right = beta[:, jnp.clip(w - d, 0, N), jnp.minimum(i + d, N - 1)]
-            t = jnp.max(rule_nn[None, None] + left[:, :, None, :, None] + right[:, :, None, None, :],
-                        axis=(-2, -1))  # [B, P, A]
+            left = lc[:, i, d]  # [B, P, NT]
+            ur = u[:, jnp.clip(w - d, 0, N), jnp.minimum(i + d, N - 1)]  # [B, P, A, B]
+            t = jnp.max(ur + left[:, :, None, :], axis=-1)  # [B, P, A]
             seg = (i[None, :] == jnp.arange(N)[:, None]) & v[None, :]  # [N, P]
             nn = jnp.max(jnp.where(seg[None, :, :, None], t[:, None], NEG), axis=2)
         new = red(jnp.stack([nn, lp, rp]), axis=0)
-        return jax.lax.dynamic_update_index_in_dim(beta, new, w, axis=1), None
+        lc = jax.lax.dynamic_update_slice(lc, new[:, :, None], (0, 0, w, 0))
+        rc = jax.lax.dynamic_update_slice(rc, new[:, :, None], (0, w, N - w, 0))
+        if mode == "max":
+            return (lc, rc, jax.lax.dynamic_update_index_in_dim(carry[2], umax(new), w, axis=1)), None
+        return (lc, rc), None
 
-    beta, _ = jax.lax.scan(width, beta0, jnp.arange(3, N + 1)) if N >= 3 else (beta0, None)
-    top = beta[jnp.arange(Bsz), lengths, 0]  # [B, NT]
+    carry = (lc, rc) if mode == "sum" else (lc, rc, u0)
+    if N >= 3:
+        carry, _ = jax.lax.scan(width, carry, jnp.arange(3, N + 1))
+    lc = carry[0]
+    top = lc[jnp.arange(Bsz), 0, lengths]  # [B, NT]
     root = grammar["root"][None] + top
-    return Chart(beta, ql, qr, pp, root, red(root, axis=-1))
+    return Chart(jnp.swapaxes(lc, 1, 2), ql, qr, pp, root, red(root, axis=-1))
 
 
 def log_marginal(grammar, words: jax.Array, lengths: jax.Array) -> jax.Array:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -155,6 +156,7 @@ def load(path: str, gold: Optional[str] = None, max_len: int = 20,
 
 
 # -- synthetic ---------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def synthetic_grammar(key, nt: int = 5, pt: int = 10, v: int = 50, p_leaf=(0.4, 0.8)):
     """A PCFG (log-prob pytree) drawn from a key. Nonterminal A's children are preterminals with
     probability p_leaf[A] (linear from p_leaf[0] for A = 0 to p_leaf[1] for A = NT-1; the root
@@ -236,11 +238,12 @@ def _spans_from_preorder(syms: np.ndarray, nt: int):
     return spans, labels
 
 
+@functools.lru_cache(maxsize=8)
 def synthetic(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: int = 20,
               nt: int = 5, pt: int = 10, v: int = 50):
     """(train Corpus, valid Corpus, generating grammar). Each split's ``stats`` holds
     ``true_nll_per_token``: the generating grammar's exact -sum log p(x) / sum n on that split,
-    and Corpus.gold holds the generating trees' spans (``labels`` in stats-free attribute gold_labels)."""
+    and Corpus.gold holds the generating trees' spans. Cached per arguments (do not mutate)."""
     from gfnem_jax import inside
     key = jax.random.PRNGKey(seed)
     g = synthetic_grammar(jax.random.fold_in(key, 0), nt, pt, v)
@@ -256,16 +259,17 @@ def synthetic(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: i
         if rnd > 100:
             raise ValueError(f"synthetic corpus: too few sentences of 2..{max_len} words (max_len)")
     vocab = [UNK] + [f"w{i}" for i in range(1, v)]  # word 0 of the grammar is rendered as <unk>
+    got = got[:need]
+    X = np.stack([w for _, w, _ in got]).astype(np.int32)
+    L = np.asarray([n for _, _, n in got], np.int32)
+    X = np.where(np.arange(max_len)[None] < L[:, None], X, 0).astype(np.int32)
+    logp = jax.device_get(jax.jit(inside.log_marginal)(g, jnp.asarray(X), jnp.asarray(L)))
     out = []
     for lo, hi in ((0, n_train), (n_train, need)):
-        part = got[lo:hi]
-        X = np.stack([w for _, w, _ in part]).astype(np.int32)
-        L = np.asarray([n for _, _, n in part], np.int32)
-        X = np.where(np.arange(max_len)[None] < L[:, None], X, 0).astype(np.int32)
-        gold = [_spans_from_preorder(s, nt)[0] for s, _, _ in part]
-        logp = jax.device_get(jax.jit(inside.log_marginal)(g, jnp.asarray(X), jnp.asarray(L)))
-        stats = {"sentences_read": len(part), "sentences_kept": len(part), "dropped_too_short": 0,
-                 "dropped_too_long": 0, "tokens": int(L.sum()), "unk_tokens": 0,
-                 "true_nll_per_token": float(-np.sum(logp, dtype=np.float64) / L.sum())}
-        out.append(Corpus(X, L, vocab, gold, stats, [[vocab[i] for i in X[b, :L[b]]] for b in range(len(L))]))
+        x, l = X[lo:hi], L[lo:hi]
+        gold = [_spans_from_preorder(s, nt)[0] for s, _, _ in got[lo:hi]]
+        stats = {"sentences_read": hi - lo, "sentences_kept": hi - lo, "dropped_too_short": 0,
+                 "dropped_too_long": 0, "tokens": int(l.sum()), "unk_tokens": 0,
+                 "true_nll_per_token": float(-np.sum(logp[lo:hi], dtype=np.float64) / l.sum())}
+        out.append(Corpus(x, l, vocab, gold, stats, [[vocab[i] for i in x[b, :l[b]]] for b in range(len(l))]))
     return out[0], out[1], g

@@ -97,9 +97,8 @@ def load_data(s: GrammarSettings, vocab=None):
         tr, va, gen = C.synthetic(s.seed, s.synth_train, s.synth_valid, s.max_len, s.synth_nt,
                                   s.synth_pt, s.synth_vocab)
         if vocab is not None:
-            for c in (tr, va):
-                c.words, c.lengths, _ = C.encode(c.tokens, vocab, s.max_len, unknown)
-                c.vocab = list(vocab)
+            tr, va = [dataclasses.replace(c, words=C.encode(c.tokens, vocab, s.max_len, unknown)[0],
+                                          vocab=list(vocab)) for c in (tr, va)]
         return tr, va, gen
     tr = C.load(s.corpus, s.gold or None, s.max_len, vocab, s.vocab_size, unknown)
     va = C.load(s.valid, s.valid_gold or None, s.max_len, tr.vocab, unknown=unknown) if s.valid else tr
