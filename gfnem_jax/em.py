@@ -34,7 +34,7 @@ import optax
 
 from gfnem_jax import loop
 from gfnem_jax.gflownet import GFlowNet, sampler_update
-from gfnem_jax.sampling import Exploration, forward_rollout
+from gfnem_jax.sampling import Exploration, forward_rollout, sample_keys
 
 SCHEDULES = ("fixed", "adaptive")
 
@@ -133,7 +133,7 @@ def m_update(log_joint, tx: optax.GradientTransformation, theta, opt_state, x, z
 
 # -- local search ---------------------------------------------------------------------------------
 def local_search(gfn: GFlowNet, log_reward_fn, reward_params, params, key, terminal, cond,
-                 rounds: int, back: int):
+                 rounds: int, back: int, index_offset=0):
     """Back-and-forth Metropolis-Hastings refinement of terminal states (one chain per row).
 
     Each round, for every chain at terminal x (trajectory tau to x):
@@ -143,7 +143,8 @@ def local_search(gfn: GFlowNet, log_reward_fn, reward_params, params, key, termi
          log A = [log R(x') + log P_B(tau' | x') + log P_F(tau_seg | s)]
                - [log R(x)  + log P_B(tau_seg | x) + log P_F(tau' | s)],
          where tau_seg is the last ``back`` steps of the backward trajectory and R = p_theta(x, .).
-    The chain leaves R(x) P_B invariant on the path space, hence R on terminal states (exactly
+    Keys are per chain (global index ``index_offset + i``), so a chain's moves do not depend on
+    how the batch is split over devices. The chain leaves R(x) P_B invariant on the path space, hence R on terminal states (exactly
     so on tree DAGs such as ``Sequence``). Keys: round r uses fold_in(key, r).
 
     Args:
@@ -158,17 +159,18 @@ def local_search(gfn: GFlowNet, log_reward_fn, reward_params, params, key, termi
         term, acc_sum = carry
         k = jax.random.fold_in(key, r)
         kb, kf, ku = jax.random.split(k, 3)
-        bt = gfn.sample_backward(params, kb, term, log_reward_fn, reward_params, cond)
+        bt = gfn.sample_backward(params, kb, term, log_reward_fn, reward_params, cond, index_offset)
         j = jnp.maximum(bt.lengths - back, 0)  # forward time of the cut state s
         s = jax.tree.map(lambda a: a[jnp.arange(B), j], bt.states)
         seg = jnp.arange(T)[None, :] >= j[:, None]
         old_pf = jnp.sum(jnp.where(seg, bt.log_pf, 0.0), axis=1)
         old_pb = jnp.sum(jnp.where(seg, bt.log_pb, 0.0), axis=1)
-        ft = gfn.sample(params, kf, B, log_reward_fn, reward_params, cond, init_states=s)
+        ft = gfn.sample(params, kf, B, log_reward_fn, reward_params, cond,
+                        index_offset=index_offset, init_states=s)
         new_pf = jnp.sum(ft.log_pf, axis=1)
         new_pb = jnp.sum(ft.log_pb, axis=1)
         log_a = (ft.log_reward + new_pb + old_pf) - (bt.log_reward + old_pb + new_pf)
-        u = jax.random.uniform(ku, (B,))
+        u = jax.vmap(jax.random.uniform)(sample_keys(ku, B, index_offset))
         accept = jnp.log(u) < log_a
         term = jax.tree.map(
             lambda n, o: jnp.where(accept.reshape((B,) + (1,) * (n.ndim - 1)), n, o),
@@ -227,7 +229,7 @@ def em_updates(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
         term, acc = traj.terminal, jnp.zeros((b,), jnp.float32)
         if cfg.ls_rounds > 0:
             term, acc = local_search(gfn, log_reward, theta, params, kl, term, x, cfg.ls_rounds,
-                                     cfg.ls_back)
+                                     cfg.ls_back, shard.offset(b))
         return {"x": x, "z": jax.vmap(to_z)(term)[:, None], "acc": acc}
 
     def m_terms(theta, params, aux):

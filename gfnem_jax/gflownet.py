@@ -68,8 +68,8 @@ class GFlowNet:
             return self.policy.log_z(params, None)
         return jax.vmap(self.policy.log_z, (None, 0))(params, encode_batch(self.policy, params, cond))
 
-    def evaluate(self, params, traj: Trajectories) -> Evaluation:
-        return evaluate(self.env, self.policy, params, traj, self.eval_buckets)
+    def evaluate(self, params, traj: Trajectories, ctx=None) -> Evaluation:
+        return evaluate(self.env, self.policy, params, traj, self.eval_buckets, ctx)
 
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
@@ -96,11 +96,15 @@ class GFlowNet:
     def terms(self, params, traj: Trajectories) -> Terms:
         """Per-trajectory differentiable quantities of ``traj`` under ``params``."""
         B = traj.actions.shape[0]
-        lz = jnp.broadcast_to(self.log_z(params, traj.cond), (B,))
+        ctx = encode_batch(self.policy, params, traj.cond)  # once per trajectory
+        if ctx is None:
+            lz = jnp.broadcast_to(self.policy.log_z(params, None), (B,))
+        else:
+            lz = jax.vmap(self.policy.log_z, (None, 0))(params, ctx)
         if self.objective.name == "fm":
             ev = self.evaluate(jax.lax.stop_gradient(params), traj)
-            return Terms(ev, lz, self._flow_matching_terms(params, traj))
-        return Terms(self.evaluate(params, traj), lz)
+            return Terms(ev, lz, self._flow_matching_terms(params, traj, ctx))
+        return Terms(self.evaluate(params, traj, ctx), lz)
 
     def value(self, terms: Terms, traj: Trajectories) -> jax.Array:
         """The objective on given terms; a function of the whole batch it is given."""
@@ -125,7 +129,7 @@ class GFlowNet:
         return self.value(t, traj), traj._replace(log_pf=sg.log_pf, log_pb=sg.log_pb,
                                                   log_flow=sg.log_flow)
 
-    def _flow_matching_terms(self, params, traj: Trajectories) -> jax.Array:
+    def _flow_matching_terms(self, params, traj: Trajectories, ctx) -> jax.Array:
         """float[B, 2]: per trajectory, sum of squared flow-matching residuals and their count.
 
         The forward logits are read as log edge flows, log F(s -> step(s, a)) = logits(s)[a]. For
@@ -136,7 +140,6 @@ class GFlowNet:
         env, pol = self.env, self.policy
         B, T = traj.actions.shape
         bacts = jnp.arange(env.n_bwd_actions)
-        ctx = encode_batch(pol, params, traj.cond)
         one = lambda o, c: pol.apply(params, o, c)
 
         def per_traj(states, c, log_r, L):

@@ -261,19 +261,22 @@ def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
 
 
 def evaluate(env: Environment, policy: Policy, params, traj: Trajectories,
-             buckets=None) -> Evaluation:
+             buckets=None, ctx=None) -> Evaluation:
     """Differentiable log P_F, log P_B per step and log F per state of given trajectories.
 
     One batched policy pass over the B*(T+1) states, the condition encoded once per trajectory;
     padded entries are exactly 0.
     buckets: optional increasing fractions ending in 1.0 (e.g. (0.25, 0.5, 0.75, 1.0)): pack the
       real (non-padding) states into the smallest bucket that holds them (see ``_apply_all``).
+    ctx: the encoded conditions if the caller already has them (differentiable in params), else
+      they are encoded here.
     """
     B, T = traj.actions.shape
     obs = jax.vmap(jax.vmap(env.observe))(traj.states)
     fmask = jax.vmap(jax.vmap(env.forward_mask))(traj.states)
     bmask = jax.vmap(jax.vmap(env.backward_mask))(traj.states)
-    ctx = encode_batch(policy, params, traj.cond)
+    if ctx is None:
+        ctx = encode_batch(policy, params, traj.cond)
     out = _apply_all(policy, params, obs, ctx, traj.lengths, T, buckets)
     logpf_all = masked_log_softmax(out.fwd_logits, fmask)
     logpb_all = masked_log_softmax(out.bwd_logits, bmask)
