@@ -258,7 +258,7 @@ def fmt(x, nd=1):
 
 
 def markdown(rows, meta) -> str:
-    load = "/".join(f"{x:.1f}" for x in meta.get("load_avg_at_end", ())[:1] + meta.get("load_avg_at_start", ())[:1])
+    load = "/".join(f"{x:.1f}" for x in list(meta.get("load_avg_at_end", []))[:1] + list(meta.get("load_avg_at_start", []))[:1])
     lines = [f"Race on {meta['machine']} ({meta['device']}); {meta['when']}; 1-min load average at "
              f"end/start {load} (the machine was shared). Ratios are ours / peer "
              f"(iterations/s) and peer / ours (time to exact L1 < {L1_TARGET}); '—': not reached "
