@@ -151,3 +151,53 @@ def test_padding_changes_nothing():
     np.testing.assert_allclose(inside.log_marginal(g, words2, lengths), batch, atol=1e-5)
     for k, v in gb.items():
         assert np.all(np.isfinite(np.asarray(v)))
+
+
+def _ncfg_logp_full(g, words, nodes, labels, pts):
+    """NCFG: log p(x, z, preterminals) with the rule of each node conditioned on its parent's label."""
+    root, binary, emit = (np.asarray(g[k], np.float64) for k in ("root", "binary", "emit"))
+    lab = {(i, j): a for (i, k, j), a in zip(nodes, labels)}
+    parent = {}
+    for (i, k, j), a in zip(nodes, labels):
+        parent[(i, k)] = a
+        parent[(k, j)] = a
+    n = len(pts)
+    total = root[lab[(0, n)]]
+    for (i, k, j), a in zip(nodes, labels):
+        b = lab[(i, k)] if k - i > 1 else NT + pts[i]
+        c = lab[(k, j)] if j - k > 1 else NT + pts[k]
+        total += binary[parent.get((i, j), NT), a, b, c]
+    return total + sum(emit[t, words[p]] for p, t in enumerate(pts))
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_ncfg_log_joint_exact(n, float64):
+    g = G.random_grammar(jax.random.PRNGKey(11), NT, PT, V, scale=1.5, ncfg=True)
+    assert g["binary"].shape == (NT + 1, NT, NT + PT, NT + PT)
+    w = jax.random.randint(jax.random.PRNGKey(12), (N,), 0, V)
+    words = np.asarray(w)
+    for nodes in G.bracketings(0, n):
+        for labels in itertools.product(range(NT), repeat=n - 1):
+            want = np.logaddexp.reduce([_ncfg_logp_full(g, words, nodes, labels, pts)
+                                        for pts in itertools.product(range(PT), repeat=n)])
+            tree = G.tree_from_spans([[i, j - 1] for i, _, j in nodes], labels, n, N)
+            assert float(G.log_joint(g, w, tree)) == pytest.approx(want, abs=1e-9)
+    # an NCFG whose rules ignore the parent is the PCFG
+    pc = G.random_grammar(jax.random.PRNGKey(13), NT, PT, V)
+    nc = {**pc, "binary": jnp.broadcast_to(pc["binary"], (NT + 1,) + pc["binary"].shape)}
+    trees = G.all_trees(n, NT, N)
+    a = jax.vmap(lambda t: G.log_joint(pc, w, t))(trees)
+    b = jax.vmap(lambda t: G.log_joint(nc, w, t))(trees)
+    np.testing.assert_allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("ncfg", [False, True])
+def test_neural_grammar_rules_are_distributions(ncfg):
+    from gfnem_jax.models.neural_grammar import NeuralGrammar
+    m = NeuralGrammar(nt=3, pt=4, vocab_size=11, dim=16, ncfg=ncfg)
+    g = m.rule_log_probs(m.init(jax.random.PRNGKey(0)))
+    assert g["root"].shape == (3,) and g["emit"].shape == (4, 11)
+    assert g["binary"].shape == ((4, 3, 7, 7) if ncfg else (3, 7, 7))
+    np.testing.assert_allclose(jnp.exp(g["root"]).sum(), 1, atol=1e-5)
+    np.testing.assert_allclose(jnp.exp(g["binary"]).sum((-2, -1)), 1, atol=1e-5)
+    np.testing.assert_allclose(jnp.exp(g["emit"]).sum(-1), 1, atol=1e-5)
