@@ -164,3 +164,73 @@ def estep_loss(env: ParseTree, policy: ParsePolicy, objective, params, traj: Tra
         ev = forward_looking(env, jax.lax.stop_gradient(grammar), traj, ev)
     log_z = jax.vmap(policy.log_z, (None, 0))(params, ctx)
     return objective(ev, traj, log_z)
+
+
+def _onepass_one(env, policy, params, explore, buckets, key, s0, ctx):
+    """One differentiable rollout: each state s_t (t < T) gets one full policy pass."""
+    T = env.max_steps
+
+    def run_bucket(s, t0, t1, K):
+        def body(s, t):
+            done = env.is_terminal(s)
+            out = policy.apply(params, shrink(env.observe(s), K), ctx)
+            fmask = env.forward_mask(s)
+            logp = masked_log_softmax(out.fwd_logits, fmask)
+            logpi = behaviour_log_probs(jax.lax.stop_gradient(out.fwd_logits), fmask, explore)
+            a = jax.random.categorical(jax.random.fold_in(key, t), logpi).astype(jnp.int32)
+            lpb_here = masked_log_softmax(out.bwd_logits, env.backward_mask(s))
+            nxt = env.step(s, a)
+            valid = ~done
+            nxt = jax.tree.map(lambda n, o: jnp.where(valid, n, o), nxt, s)
+            b = jnp.where(valid, env.backward_action(s, a), 0)
+            zero = jnp.zeros((), logp.dtype)
+            return nxt, (nxt, jnp.where(valid, a, 0), b, valid, jnp.where(valid, logp[a], zero),
+                         jnp.where(valid, logpi[a], zero), lpb_here, out.log_flow)
+        return jax.lax.scan(body, s, jnp.arange(t0, t1))
+
+    s, ys = s0, []
+    for t0, t1, K in buckets:
+        t1 = min(t1, T)
+        if t1 > t0:
+            s, y = run_bucket(s, t0, t1, K)
+            ys.append(y)
+    states, acts, bacts, mask, lpf, lpi, lpb_all, flow = jax.tree.map(
+        lambda *a: jnp.concatenate(a), *ys)
+    # log P_B(s_t | s_{t+1}) from the pass on s_{t+1}; s_T is terminal (one root: P_B = 1)
+    nxt_lpb = jnp.concatenate([lpb_all[1:], jnp.zeros_like(lpb_all[:1])])
+    lpb = jnp.where(mask, jnp.take_along_axis(nxt_lpb, bacts[:, None], axis=1)[:, 0], 0.0)
+    flow = jnp.concatenate([flow, jnp.zeros_like(flow[:1])])  # F(s_T) is set to R by the loss
+    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a]), s0, states)
+    return states, acts, bacts, mask, lpf, lpb, lpi, flow
+
+
+def estep_onepass(env: ParseTree, policy: ParsePolicy, objective, params, key, cond,
+                  log_reward_fn, reward_params=None, explore: Exploration = Exploration(),
+                  n_buckets: int = 4, grammar: Optional[dict] = None, index_offset=0):
+    """(loss, traj): the E-step objective on a batch sampled by a DIFFERENTIABLE rollout.
+
+    Each visited state gets exactly one full policy pass, during sampling: log P_F of the sampled
+    action, log P_B of the previous step and log F come from it (gradients flow through them,
+    not through the sampled actions), so there is no second evaluation pass. Cost: T passes +
+    their backward (about 3 units) instead of T sampling passes + T+1 evaluation passes + their
+    backward (about 4 units). Same trajectories and loss as ``rollout`` + ``estep_loss``.
+    """
+    B = cond["length"].shape[0]
+    keys = sample_keys(key, B, index_offset)
+    ctx = encode_batch(policy, params, cond)
+    s0 = jax.vmap(env.init)(cond)
+    buckets = time_buckets(env.max_len, n_buckets)
+    f = lambda k, s, c: _onepass_one(env, policy, params, explore, buckets, k, s, c)
+    states, acts, bacts, mask, lpf, lpb, lpi, flow = jax.vmap(f)(keys, s0, ctx)
+    lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
+    terminal = jax.tree.map(lambda a: a[:, -1], states)
+    log_reward = jax.vmap(lambda c, s: log_reward_fn(reward_params, c, s))(cond, terminal)
+    flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), mask], axis=1)
+    ev = Evaluation(lpf, lpb, jnp.where(flow_mask, flow, 0.0))
+    sg = jax.lax.stop_gradient
+    traj = Trajectories(states, acts, bacts, mask, sg(lpf), sg(lpb), lpi, sg(ev.log_flow), lengths,
+                        terminal, sg(log_reward), cond)
+    if grammar is not None:
+        ev = forward_looking(env, sg(grammar), traj, ev)
+    log_z = jax.vmap(policy.log_z, (None, 0))(params, ctx)
+    return objective(ev, traj, log_z), traj

@@ -1,0 +1,192 @@
+"""GFlowNet-EM for grammars, speed on this machine: E-step and M-step sentences/s.
+
+Batch of 32 synthetic sentences with PTB-like lengths (median 14, max 20; vocabulary 10,000),
+NT = 30 nonterminals, PT = 60 preterminals.
+
+E-step (one GFlowNet update): the bucketed sampling rollout (``parse_buckets.rollout``, P_F on
+K(t) = L - t0 root slots) + the differentiable evaluation and SubTB(lambda = 1) with log Z(x)
++ its backward pass + an Adam update, one jitted function ("two"); or the one-pass variant
+("one", ``parse_buckets.estep_onepass``: the rollout itself is differentiable, no second pass).
+M-step: log p(x, z) of the sampled
+trees under the neural PCFG (``models.neural_grammar``, embedding 256) + its gradient + Adam.
+Compile time is timed separately; the steady state is the best of ``--repeats`` timings.
+FLOPs come from XLA's cost analysis of the compiled step; the matmul peak is measured here
+(float32 2048^3, best of 3). Padding waste = 1 - live root slots / processed root slots of the
+evaluation pass (``parse_buckets.padding_waste``).
+
+    python benchmarks/grammar_speed.py            # paper-size policy (6 x 512, 4 heads) + small
+    python benchmarks/grammar_speed.py --quick    # small policy only
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gfnem_jax import objectives
+from gfnem_jax.envs.parse_tree import ParseTree, make_cond
+from gfnem_jax.models import grammar as gm
+from gfnem_jax.models import parse_buckets as pb
+from gfnem_jax.models.parse_policy import ParsePolicy
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PAPER_E_STEP = 2.4  # sentences/s of the official code on this CPU (REFERENCES.md)
+
+
+def _matmul_gflops():
+    spec = importlib.util.spec_from_file_location("hg", os.path.join(HERE, "hypergrid_speed.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.matmul_gflops(2048, 2048, 2048)
+
+
+def ptb_like_lengths(batch: int, seed: int = 0, max_len: int = 20):
+    """Lengths with median 14 and max 20 (a clipped normal, one sentence forced to max_len)."""
+    rng = np.random.default_rng(seed)
+    n = np.clip(np.round(rng.normal(14.0, 4.0, batch)), 2, max_len).astype(int)
+    n[0] = max_len
+    n = np.clip(n + int(14 - np.median(n)), 2, max_len)
+    n[0] = max_len
+    return n
+
+
+def sentences(batch, vocab, max_len, seed=0):
+    rng = np.random.default_rng(seed + 1)
+    lengths = ptb_like_lengths(batch, seed, max_len)
+    conds = [make_cond(rng.integers(0, vocab, n), max_len) for n in lengths]
+    return jax.tree.map(lambda *a: jnp.stack(a), *conds), lengths
+
+
+def _time(fn, args, repeats):
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = compiled(*args)
+        jax.block_until_ready(out)
+        best = min(best, time.perf_counter() - t0)
+    return compile_s, best, flops, out
+
+
+def bench_estep(policy, env, cond, n_buckets, repeats, mode="two", lam=1.0):
+    c0 = jax.tree.map(lambda a: a[0], cond)
+    params = policy.init(jax.random.PRNGKey(0), env.observe(env.init(c0)), c0)
+    tx = optax.adam(1e-4)
+    opt = tx.init(params)
+    g = gm.random_grammar(jax.random.PRNGKey(1), env.n_nt, 60, policy.vocab)
+    obj = objectives.subtb(lam=lam)
+
+    @jax.jit
+    def step(params, opt, key, cond):
+        if mode == "one":  # differentiable rollout: one policy pass per visited state
+            (loss, traj), grads = jax.value_and_grad(lambda p: pb.estep_onepass(
+                env, policy, obj, p, key, cond, env.log_reward, g, n_buckets=n_buckets,
+                grammar=g), has_aux=True)(params)
+        else:  # sampling pass, then the differentiable evaluation pass
+            traj = pb.rollout(env, policy, params, key, cond, env.log_reward, g, n_buckets=n_buckets)
+            loss, grads = jax.value_and_grad(
+                lambda p: pb.estep_loss(env, policy, obj, p, traj, n_buckets, grammar=g))(params)
+        upd, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, upd), opt, loss, traj.terminal
+
+    return _time(step, (params, opt, jax.random.PRNGKey(2), cond), repeats)
+
+
+def bench_mstep(env, cond, terminal, repeats):
+    from gfnem_jax.models.neural_grammar import NeuralGrammar
+    model = NeuralGrammar(env.n_nt, 60, 10000, 256)
+    params = model.init(jax.random.PRNGKey(3))
+    tx = optax.adam(1e-3)
+    opt = tx.init(params)
+    trees = jax.vmap(env.tree)(terminal)
+
+    @jax.jit
+    def step(params, opt, trees, words):
+        def nll(p):
+            g = model.rule_log_probs(p)
+            return -jnp.mean(jax.vmap(lambda w, t: gm.log_joint(g, w, t))(words, trees))
+        loss, grads = jax.value_and_grad(nll)(params)
+        upd, opt = tx.update(grads, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
+
+    return _time(step, (params, opt, trees, cond["tokens"]), repeats)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--configs", nargs="+", default=["two:1", "two:20", "one:20"],
+                    help="E-step variants MODE:N_BUCKETS; MODE two = sampling pass + evaluation "
+                         "pass, one = differentiable rollout (parse_buckets.estep_onepass)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="small policy only")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "grammar_speed_cpu.json"))
+    args = ap.parse_args(argv)
+    L, NT, V = 20, 30, 10000
+    env = ParseTree(L, NT)
+    cond, lengths = sentences(args.batch, V, L)
+    peak = _matmul_gflops()
+    print(f"devices: {jax.devices()}  cores: {os.cpu_count()}  matmul peak {peak:.1f} GFLOP/s")
+    print(f"batch {args.batch}, lengths median {np.median(lengths):.0f} max {lengths.max()} "
+          f"mean {lengths.mean():.1f}")
+    sizes = [("small", ParsePolicy.small(L, NT, V))]
+    if not args.quick:
+        sizes = [("paper", ParsePolicy.paper(L, NT, V))] + sizes
+    rows, terminal = [], None
+    hdr = ("| policy | E-step | buckets | padding waste | compile s | s/step | E-step sent/s | x paper | "
+           "GFLOP/step | GFLOP/s | % peak |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    print(hdr)
+    for name, pol in sizes:
+        for cfg in args.configs:
+            mode, nb = cfg.split(":")
+            nb = int(nb)
+            comp, sec, flops, out = bench_estep(pol, env, cond, nb, args.repeats, mode)
+            terminal = out[3]
+            r = dict(part="E-step", mode=mode, policy=name, dim=pol.dim, layers=pol.layers, heads=pol.heads,
+                     n_buckets=nb, padding_waste=round(pb.padding_waste(lengths, L, nb), 3),
+                     compile_s=round(comp, 2), step_s=round(sec, 4),
+                     sentences_per_s=round(args.batch / sec, 2),
+                     speedup_vs_paper=round(args.batch / sec / PAPER_E_STEP, 2),
+                     gflop_per_step=round(flops / 1e9, 2), gflops=round(flops / sec / 1e9, 1))
+            r["pct_peak"] = round(100 * r["gflops"] / peak, 1)
+            rows.append(r)
+            print(f"| {name} | {mode} | {nb} | {r['padding_waste']:.3f} | {comp:.1f} | {sec:.3f} | "
+                  f"{r['sentences_per_s']:.2f} | {r['speedup_vs_paper']:.1f} | "
+                  f"{r['gflop_per_step']:.1f} | {r['gflops']:.1f} | {r['pct_peak']:.1f} |", flush=True)
+    try:
+        comp, sec, flops, _ = bench_mstep(env, cond, terminal, args.repeats)
+        m = dict(part="M-step", model="neural PCFG NT30 PT60 V10000 dim256", compile_s=round(comp, 2),
+                 step_s=round(sec, 4), sentences_per_s=round(args.batch / sec, 1),
+                 gflop_per_step=round(flops / 1e9, 3), gflops=round(flops / sec / 1e9, 1))
+        rows.append(m)
+        print(f"\nM-step (neural PCFG log p(x, z) + grad + Adam): compile {comp:.1f} s, "
+              f"{sec * 1e3:.1f} ms/step, {m['sentences_per_s']} sentences/s, {m['gflops']} GFLOP/s")
+    except ImportError as e:
+        print(f"M-step skipped: {e}")
+    res = dict(machine=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+               jax=jax.__version__, batch=args.batch, lengths=lengths.tolist(),
+               matmul_peak_gflops=round(peak, 1), paper_estep_sentences_per_s=PAPER_E_STEP,
+               loss="subtb(lam=1) + forward-looking flows", rows=rows)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
