@@ -72,6 +72,47 @@ def test_shrunk_observation_gives_the_same_outputs(params):
 _CALLS = {"encode": 0, "apply": 0}
 
 
+@dataclasses.dataclass(frozen=True)
+class CountingPolicy(ParsePolicy):
+    """Counts how often each method is traced (Python side effects run once per trace)."""
+
+    def encode_cond(self, params, cond):
+        _CALLS["encode"] += 1
+        return super().encode_cond(params, cond)
+
+    def apply(self, params, obs, ctx):
+        _CALLS["apply"] += 1
+        return super().apply(params, obs, ctx)
+
+
+def test_encode_cond_runs_once_per_trajectory_not_per_state(params):
+    pol = CountingPolicy(L, NT, V, dim=32, layers=1, heads=4, enc_layers=1)
+    cond = batch(SENTS)
+    seen = []
+    real = POL.encode_cond
+
+    def spy(p, c):  # records the shape of what the encoder is run on
+        seen.append(c["tokens"].shape)
+        return real(p, c)
+
+    _CALLS.update(encode=0, apply=0)
+    # tracing (no compilation) runs the Python bodies once per trace
+    traj = jax.eval_shape(lambda p, k, c: pb.rollout(ENV, pol, p, k, c, n_buckets=2),
+                          params, jax.random.PRNGKey(2), cond)
+    assert _CALLS["encode"] == 1 and _CALLS["apply"] == 2  # one trace per time bucket
+    loss = jax.eval_shape(lambda p, t: pb.estep_loss(ENV, pol, objectives.subtb(lam=1.0), p, t, 2),
+                          params, traj)
+    # the loss: one vmapped encode shared by the evaluation and log Z
+    assert _CALLS["encode"] == 2 and loss.shape == ()
+    # encode_batch vmaps the encoder over the batch axis only: it sees one sentence [L]
+    from gfnem_jax.nets.policy import encode_batch
+    ctx = jax.eval_shape(lambda p, c: encode_batch(
+        dataclasses.replace(pol), p, c), params, cond)
+    assert ctx["cum"].shape == (len(SENTS), L + 1, 32)
+    jax.eval_shape(jax.vmap(spy, (None, 0)), params, cond)
+    assert seen == [(L,)]
+
+
 def test_paper_size_and_log_z_mask():
     pol = ParsePolicy.paper(20, 30, 100)
     c = make_cond([1, 2, 3], 20)
