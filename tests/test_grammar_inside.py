@@ -12,6 +12,12 @@ from gfnem_jax.models import grammar as G
 
 NT, PT, V, N = 2, 3, 5, 6
 
+# jitted once per shape (eager dispatch of the scan is slow)
+log_marginal = jax.jit(inside.log_marginal)
+viterbi = jax.jit(inside.viterbi)
+expected_counts = jax.jit(inside.expected_counts)
+log_joint = jax.jit(G.log_joint)
+
 
 def _setup(n, seed=0, dtype=None):
     g = G.random_grammar(jax.random.PRNGKey(seed), NT, PT, V, scale=1.5)
@@ -42,7 +48,7 @@ def test_log_joint_sums_preterminals_exactly(n, float64):
                     for pts in itertools.product(range(PT), repeat=n)]
             want = np.logaddexp.reduce(full)
             tree = G.tree_from_spans([[i, j - 1] for i, _, j in nodes], labels, n, N)
-            assert float(G.log_joint(g, w, tree)) == pytest.approx(want, abs=1e-9)
+            assert float(log_joint(g, w, tree)) == pytest.approx(want, abs=1e-9)
 
 
 @pytest.mark.parametrize("n", range(2, N + 1))
@@ -51,16 +57,19 @@ def test_catalan_count(n):
     assert G.all_trees(n, NT, N).length.shape[0] == math.comb(2 * (n - 1), n - 1) // n * NT ** (n - 1)
 
 
+_enum_lj = jax.jit(lambda g, w, trees: jax.vmap(lambda t: G.log_joint(g, w, t))(trees))
+
+
 def _enum(g, w, n):
     trees = G.all_trees(n, NT, N)
-    return trees, jax.vmap(lambda t: G.log_joint(g, w, t))(trees)
+    return trees, _enum_lj(g, w, trees)
 
 
 @pytest.mark.parametrize("n", range(2, N + 1))
 def test_inside_equals_brute_force_float64(n, float64):
     g, w = _setup(n)
     _, lj = _enum(g, w, n)
-    got = inside.log_marginal(g, w[None], jnp.array([n]))[0]
+    got = log_marginal(g, w[None], jnp.array([n]))[0]
     assert float(got) == pytest.approx(float(jax.nn.logsumexp(lj)), abs=1e-10)
 
 
@@ -71,7 +80,7 @@ def test_inside_float32_within_1e4(n):
         g64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), g)
         _, lj = _enum(g64, w, n)
         want = float(jax.nn.logsumexp(lj))
-    got = inside.log_marginal(g, w[None], jnp.array([n]))[0]
+    got = log_marginal(g, w[None], jnp.array([n]))[0]
     assert got.dtype == jnp.float32
     assert float(got) == pytest.approx(want, abs=1e-4)
 
@@ -80,10 +89,10 @@ def test_inside_float32_within_1e4(n):
 def test_viterbi_is_brute_force_argmax(n, float64):
     g, w = _setup(n, seed=1)
     trees, lj = _enum(g, w, n)
-    tree, score = inside.viterbi(g, w[None], jnp.array([n]))
+    tree, score = viterbi(g, w[None], jnp.array([n]))
     one = jax.tree.map(lambda a: a[0], tree)
     assert float(score[0]) == pytest.approx(float(lj.max()), abs=1e-10)
-    assert float(G.log_joint(g, w, one)) == pytest.approx(float(lj.max()), abs=1e-10)
+    assert float(log_joint(g, w, one)) == pytest.approx(float(lj.max()), abs=1e-10)
     best = jax.tree.map(lambda a: a[int(jnp.argmax(lj))], trees)
     top2 = np.sort(np.asarray(lj))[-2:]
     if top2[1] - top2[0] > 1e-9:  # unique argmax: the same tree
@@ -97,9 +106,9 @@ def test_gradient_is_expected_counts(n, float64):
     g, w = _setup(n, seed=2)
     trees, lj = _enum(g, w, n)
     post = jnp.exp(lj - jax.nn.logsumexp(lj))
-    per_z = jax.vmap(lambda t: jax.grad(G.log_joint)(g, w, t))(trees)
+    per_z = jax.jit(jax.vmap(lambda t: jax.grad(G.log_joint)(g, w, t)))(trees)
     want = jax.tree.map(lambda a: jnp.tensordot(post, a, axes=1), per_z)
-    got = inside.expected_counts(g, w[None], jnp.array([n]))
+    got = expected_counts(g, w[None], jnp.array([n]))
     for k in ("root", "binary", "emit"):
         np.testing.assert_allclose(got[k], want[k], atol=1e-9)
     assert float(jnp.sum(got["root"])) == pytest.approx(1.0)
@@ -129,7 +138,7 @@ def test_posterior_samples_match_enumeration():
     # sampling noise alone: E[TV] ~ sum sqrt(p(1-p)/(2 pi S)) ~ 0.03 for 40 outcomes
     assert tv < 0.05, tv
     # the samples are valid trees with log_joint equal to the enumerated value
-    lj_s = jax.vmap(lambda t: G.log_joint(g, w, t))(jax.tree.map(lambda a: a[:50], samp))
+    lj_s = _enum_lj(g, w, jax.tree.map(lambda a: a[:50], samp))
     assert np.all(np.isfinite(np.asarray(lj_s)))
 
 
@@ -139,16 +148,17 @@ def test_padding_changes_nothing():
     lengths = jnp.array([2, 5, 3, 8, 6])
     words = jax.random.randint(key, (5, 8), 0, 7)
     words = jnp.where(jnp.arange(8)[None] < lengths[:, None], words, 0)
-    batch = inside.log_marginal(g, words, lengths)
-    gb = jax.grad(lambda gg: inside.log_marginal(gg, words, lengths)[1])(g)
-    alone = inside.log_marginal(g, words[1:2, :5], lengths[1:2])
-    ga = jax.grad(lambda gg: inside.log_marginal(gg, words[1:2, :5], lengths[1:2])[0])(g)
+    grad1 = jax.jit(jax.grad(lambda gg, w, l, b: inside.log_marginal(gg, w, l)[b]), static_argnums=3)
+    batch = log_marginal(g, words, lengths)
+    gb = grad1(g, words, lengths, 1)
+    alone = log_marginal(g, words[1:2, :5], lengths[1:2])
+    ga = grad1(g, words[1:2, :5], lengths[1:2], 0)
     assert float(batch[1]) == pytest.approx(float(alone[0]), abs=1e-5)
     for k in g:
         np.testing.assert_allclose(gb[k], ga[k], atol=1e-5)
     # other padding words give the same result too
     words2 = jnp.where(jnp.arange(8)[None] < lengths[:, None], words, 6)
-    np.testing.assert_allclose(inside.log_marginal(g, words2, lengths), batch, atol=1e-5)
+    np.testing.assert_allclose(log_marginal(g, words2, lengths), batch, atol=1e-5)
     for k, v in gb.items():
         assert np.all(np.isfinite(np.asarray(v)))
 
@@ -181,13 +191,13 @@ def test_ncfg_log_joint_exact(n, float64):
             want = np.logaddexp.reduce([_ncfg_logp_full(g, words, nodes, labels, pts)
                                         for pts in itertools.product(range(PT), repeat=n)])
             tree = G.tree_from_spans([[i, j - 1] for i, _, j in nodes], labels, n, N)
-            assert float(G.log_joint(g, w, tree)) == pytest.approx(want, abs=1e-9)
+            assert float(log_joint(g, w, tree)) == pytest.approx(want, abs=1e-9)
     # an NCFG whose rules ignore the parent is the PCFG
     pc = G.random_grammar(jax.random.PRNGKey(13), NT, PT, V)
     nc = {**pc, "binary": jnp.broadcast_to(pc["binary"], (NT + 1,) + pc["binary"].shape)}
     trees = G.all_trees(n, NT, N)
-    a = jax.vmap(lambda t: G.log_joint(pc, w, t))(trees)
-    b = jax.vmap(lambda t: G.log_joint(nc, w, t))(trees)
+    a = _enum_lj(pc, w, trees)
+    b = _enum_lj(nc, w, trees)
     np.testing.assert_allclose(a, b, atol=1e-10)
 
 

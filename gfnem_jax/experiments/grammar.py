@@ -224,7 +224,7 @@ def init_state(s: GrammarSettings, model, params0, n_train: int, lengths, tx) ->
 
 def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
     """Train as configured; write the run directory (module doc); return the summary dict."""
-    from gfnem_jax.train import pick_chunk, train_loop
+    from gfnem_jax.loop import host_loop, pick_chunk
     s = settings
     s.validate()
     cfg_path = os.path.join(out, "config.json")
@@ -275,11 +275,13 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
         on_log({"step": 0, **evaluate(decode, state.params, ev, s.eval_batch, ek), "loss": None,
                 "wall_s": round(time.perf_counter() - t0, 4)})
     try:
-        state = train_loop(state, lambda st: run_chunk(st, W, L), s.steps - done, chunk,
-                           evaluate_fn=lambda st: evaluate(decode, st.params, ev, s.eval_batch, ek),
-                           on_log=on_log, on_checkpoint=lambda st: checkpoint.save(out, st),
-                           checkpoint_every=s.checkpoint_every, progress=progress,
-                           desc=f"grammar/{s.method}")
+        state = host_loop(state, lambda st, _: run_chunk(st, W, L), s.steps - done, chunk,
+                          evaluate=lambda st: evaluate(decode, st.params, ev, s.eval_batch, ek),
+                          on_log=on_log, on_checkpoint=lambda st: checkpoint.save(out, st),
+                          checkpoint_every=s.checkpoint_every, progress=progress,
+                          desc=f"grammar/{s.method}",
+                          postfix=tuple(k for k, ok in (("loss", True), ("nll_per_token", s.grammar != "ncfg"),
+                                                        ("corpus_f1", ev.gold is not None)) if ok))
     finally:
         log.close()
     checkpoint.save(out, state)
