@@ -7,6 +7,7 @@ import pytest
 from gfnem_jax import metrics
 from gfnem_jax.envs.hypergrid import HyperGrid
 from gfnem_jax.envs.sequence import Sequence
+from gfnem_jax.envs.sets import SetGeneration
 from gfnem_jax.nets import MLPPolicy
 from gfnem_jax.sampling import (Exploration, backward_rollout, behaviour_log_probs, evaluate,
                                 forward_rollout)
@@ -96,13 +97,24 @@ def test_exploration_log_probs():
     assert float(jnp.exp(lp[3])) == 0.0
 
 
-def test_masked_actions_never_sampled_and_no_nan():
-    env = HyperGrid(2, 3)
+@pytest.mark.parametrize("env", [HyperGrid(2, 3), SetGeneration(5, 3)])
+def test_masked_actions_never_sampled_and_no_nan(env):
+    """Every action taken is legal in the state it was taken in (checked against that state's own
+    mask), even under heavy exploration; behaviour log-probs are finite."""
     apply_fn, p = _policy(env)
     tr = forward_rollout(env, apply_fn, p, jax.random.PRNGKey(5), 512, env.log_reward,
                          explore=Exploration(3.0, 0.3))
-    assert np.all(np.asarray(tr.states.pos) <= 2)
+    before = jax.tree.map(lambda a: a[:, :-1], tr.states)
+    fmask = jax.vmap(jax.vmap(env.forward_mask))(before)
+    legal = np.take_along_axis(np.asarray(fmask), np.asarray(tr.actions)[..., None], -1)[..., 0]
+    assert legal[np.asarray(tr.mask)].all()
+    # and every backward action recorded is legal in the state it undoes
+    after = jax.tree.map(lambda a: a[:, 1:], tr.states)
+    bmask = jax.vmap(jax.vmap(env.backward_mask))(after)
+    blegal = np.take_along_axis(np.asarray(bmask), np.asarray(tr.bwd_actions)[..., None], -1)[..., 0]
+    assert blegal[np.asarray(tr.mask)].all()
     assert np.all(np.isfinite(np.asarray(tr.log_pi)))
+    assert np.asarray(tr.mask).sum() > 0
 
 
 def test_exact_dp_matches_empirical_distribution_of_1e5_samples():
