@@ -152,9 +152,9 @@ def gflownet_updates(s: DVAESettings, model: DVAE, env, policy, params):
         {"policy": _adam(s.lr, s, n_e), "logz": _adam(s.lr_logz, s, n_e)}, labels))
     m_tx = _adam(s.lr_m, s, _n_updates(s, "m"))
     cfg = em.EMConfig(e_batch=s.batch_size, m_batch=s.batch_size, schedule="fixed",
-                      e_steps=s.e_steps, m_steps=s.m_steps, sleep_prob=s.sleep_prob)
+                      e_steps=s.e_steps, m_steps=s.m_steps, sleep_prob=0.0)
     lm = em.LatentModel(model.log_joint, model.sample)
-    e_upd, m_upd, after = em.em_updates(gfn, lm, cfg, gfn_tx, m_tx, z_to_state=z_to_state)
+    e_upd, m_upd, _ = em.em_updates(gfn, lm, cfg, gfn_tx, m_tx)
     if s.method == "greedy":
         def prepare(theta, p, batch, key, shard):
             x = batch["m"]
@@ -162,7 +162,34 @@ def gflownet_updates(s: DVAESettings, model: DVAE, env, policy, params):
                                  x, ev.GREEDY, shard.offset(x.shape[0]), sampling_pass=True)
             return {"x": x, "z": jax.vmap(env.terminal_value)(tr.terminal)[:, None]}
         m_upd = m_upd._replace(prepare=prepare)
-    return gfn, e_upd, m_upd, after, gfn_tx, m_tx, cfg
+    return gfn, e_upd, m_upd, _sleep_hook(s, gfn, model, gfn_tx), gfn_tx, m_tx, cfg
+
+
+def _sleep_hook(s: DVAESettings, gfn, model: DVAE, gfn_tx):
+    """After each E-step, with probability sleep_prob: (x, z) ~ p_theta, one step on
+    -mean log P_F(tau_z | x) (em's sleep phase). Computed every step and *selected* with
+    jnp.where: a lax.cond here makes the whole step several times slower on XLA:CPU."""
+    if s.sleep_prob <= 0:
+        return None
+
+    def prepare(params, theta, batch, key, shard):
+        kx, kb = jax.random.split(key)
+        xs, zs = model.sample(theta, kx, s.batch_size)
+        return gfn.sample_backward(params, kb, jax.vmap(z_to_state)(zs), None, None, xs)
+
+    def terms(params, theta, traj):
+        return jnp.sum(gfn.evaluate(params, traj).log_pf, axis=1)
+
+    upd = loop.Update(prepare, terms, lambda q, aux: (-jnp.mean(q), {}), gfn_tx)
+
+    def after(st, batch, key, shard):
+        kc, ks = jax.random.split(key)
+        do = jax.random.bernoulli(kc, s.sleep_prob)
+        p, o, _, _ = loop.apply_update(upd, st.sampler, st.sampler_opt, st.model, batch, ks, shard)
+        pick = lambda n, old: jax.tree.map(lambda a, b: jnp.where(do, a, b), n, old)
+        return st._replace(sampler=pick(p, st.sampler), sampler_opt=pick(o, st.sampler_opt)), {"sleep": do}
+
+    return after
 
 
 def _vq_step(vq: VQVAE, tx):
@@ -201,8 +228,31 @@ class Built:
             (self.gfn, e, m, after, gfn_tx, m_tx, self.ecfg) = gflownet_updates(
                 s, self.model, self.env, self.policy, params)
             self.state = loop.init_state(params, gfn_tx, theta, m_tx, key)
-            self.step = loop.make_step(e, m, loop.Schedule("fixed", s.e_steps, s.m_steps),
-                                       after_sampler=after)
+            # the fixed schedule is driven from the host (``chunks``): one compiled E-chunk and
+            # one M-chunk; a lax.cond between them inside one step costs 10x on XLA:CPU.
+            self.e_step = loop.make_step(e, None, loop.Schedule("sampler"), after_sampler=after)
+            self.step = loop.make_step(None, m, loop.Schedule("model"))
+
+    def chunks(self, n: int, n_train: int):
+        """run_chunk(state, data) of n steps: E- or M-steps by the fixed schedule at state.step
+        (n divides e_steps and m_steps, so a chunk never straddles a phase)."""
+        bf = em.batch_fn(self.ecfg, n_train)
+        m_chunk = loop.make_chunk(self.step, n, bf)
+        if self.s.method == "vqvae":
+            return m_chunk
+        e_chunk = loop.make_chunk(self.e_step, n, bf)
+        cyc = self.s.e_steps + self.s.m_steps
+
+        def run_chunk(state, data):
+            phase_e = int(state.step) % cyc < self.s.e_steps
+            return (e_chunk if phase_e else m_chunk)(state, data)
+
+        return run_chunk
+
+    def chunk_size(self, done: int) -> int:
+        s = self.s
+        g = s.steps - done if s.method == "vqvae" else math.gcd(s.e_steps, s.m_steps, s.steps - done, done)
+        return loop.pick_chunk(g, s.log_every)
 
     def test_bound(self, state, x, key):
         """float[N]: -ELBO (one sample) per image, or the VQ-VAE bound."""
@@ -259,8 +309,8 @@ def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2, sort_keys=True)
-    chunk = loop.pick_chunk(s.steps - done, s.log_every)
-    run_chunk = loop.make_chunk(b.step, chunk, em.batch_fn(b.ecfg, len(train)))
+    chunk = b.chunk_size(done)
+    run_chunk = b.chunks(chunk, len(train))
     x_train, x_sub = jnp.asarray(train), jnp.asarray(test[:EVAL_SUBSET])
     bound = jax.jit(lambda st, x, k: jnp.mean(b.test_bound(st, x, k)))
     ekey = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x65766131)
