@@ -64,7 +64,7 @@ else:
 gfl = gfl.to(dev)
 sampler = Sampler(estimator=pf)
 opt = torch.optim.Adam(gfl.pf_pb_parameters(), lr=args.lr)
-logz = list(gfl.logz_parameters())
+logz = list(gfl.logz_parameters()) if hasattr(gfl, "logz_parameters") else []
 if logz:
     opt.add_param_group({"params": logz, "lr": args.lr_logz})
 logf = [p for n, p in gfl.named_parameters() if n.startswith("logF")]
