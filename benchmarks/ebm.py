@@ -55,6 +55,47 @@ def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True):
     return out
 
 
+PAPER_D32 = {"2spirals": 20.05, "8gaussians": 19.98, "circles": 20.55, "pinwheel": 19.55}  # EB-GFN NLL
+
+
+def run_d32(a, methods, dens):
+    """d = 32 (16 bits per coordinate): AIS NLL and MMD to held-out data after the budget."""
+    from gfnem_jax import mcmc
+
+    rows = []
+    for m in methods:
+        s = ebm.EBMSettings(method=m, bits=16, energy_hidden=a.hidden, gfn_hidden=a.hidden,
+                            mcmc_steps=a.mcmc_steps, k=a.k, gfn_updates=a.gfn_updates, lr=a.energy_lr,
+                            energy_l2=a.energy_l2, lr_logz=a.lr_logz)
+        e = ebm.build(s, 32)
+        rc = ebm.make_chunk(ebm.make_step(e), a.chunk)
+        jax.block_until_ready(rc(ebm.init_state(e, 0), jnp.zeros((a.n_train, 32), jnp.float32))[0].phi)
+        for name in dens:
+            rng = np.random.default_rng([0, 0])
+            train = jnp.asarray(toy2d.make_data(name, 16, a.n_train, rng), jnp.float32)
+            test = toy2d.make_data(name, 16, a.n_test, rng)
+            st = ebm.init_state(e, 0)
+            t0, steps = time.perf_counter(), 0
+            while time.perf_counter() - t0 < a.budget:
+                st, _ = rc(st, train)
+                jax.block_until_ready(st.phi)
+                steps += a.chunk
+            key = jax.random.PRNGKey(5)
+            nll, se = ebm_eval.ais_nll(e.model, st.phi, test, key, a.ais_chains, a.ais_temps)
+            n = min(2000, test.shape[0])
+            if m in ("gfn", "gfn-cd"):
+                samp = ebm_eval.sample_gfn(e, st.gfn_params, st.phi, key, n)
+            else:  # the persistent chains, run further with Gibbs-with-gradients
+                x = jnp.tile(st.chains, (n // st.chains.shape[0] + 1, 1))[:n]
+                samp = np.asarray(mcmc.gwg(e.model.energy, st.phi, key, x, 100)[0], np.uint8)
+            r = {"density": name, "method": m, "steps": steps, "ais_nll": nll, "log_z_se": se,
+                 "mmd": ebm_eval.mmd(samp, test[:n]), "paper_nll": PAPER_D32.get(name)}
+            print(f"  d=32 {name:12s} {m:7s}: {steps} steps, AIS NLL {nll:.2f} (se {se:.2f}), "
+                  f"MMD {r['mmd']:.4f}, paper {r['paper_nll']}", flush=True)
+            rows.append(r)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 densities, 1 seed, 5 s budget")
@@ -66,10 +107,17 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=256, help="width of the energy MLP and of the GFlowNet MLP")
     ap.add_argument("--mcmc-steps", type=int, default=20)
     ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--gfn-updates", type=int, default=1, help="sampler updates per energy update")
+    ap.add_argument("--energy-lr", type=float, default=1e-3)
+    ap.add_argument("--energy-l2", type=float, default=0.01)
+    ap.add_argument("--lr-logz", type=float, default=0.1)
     ap.add_argument("--tv-seeds", type=int, default=1, help="seeds (from 0) whose GFlowNet TV is measured")
     ap.add_argument("--chunk", type=int, default=10, help="steps per jitted chunk (budget granularity)")
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--n-test", type=int, default=5000)
+    ap.add_argument("--d32", action="store_true", help="instead: d = 32, AIS NLL and MMD (first seed)")
+    ap.add_argument("--ais-chains", type=int, default=64)
+    ap.add_argument("--ais-temps", type=int, default=300)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "ebm_cpu.json"))
     a = ap.parse_args(argv)
     dens = a.densities.split(",")
@@ -77,6 +125,13 @@ def main(argv=None):
     if a.quick:
         dens, seeds, a.budget = dens[:2], 1, 5.0
     methods = a.methods.split(",")
+    if a.d32:
+        rows = run_d32(a, methods, dens)
+        out = a.out.replace("ebm_cpu.json", "ebm_d32_cpu.json")
+        with open(out, "w") as f:
+            json.dump({"settings": vars(a), "d": 32, "jax": jax.__version__, "runs": rows}, f, indent=2)
+        print(f"wrote {out}")
+        return
     d = 2 * a.bits
     print(f"EB-GFN benchmark: d={d}, densities={dens}, methods={methods}, seeds={seeds}, "
           f"budget {a.budget:.0f} s/run, hidden {a.hidden}, devices {jax.devices()}", flush=True)
@@ -84,7 +139,8 @@ def main(argv=None):
     runners = {}
     for m in methods:  # compile every method once, before any timing
         s = ebm.EBMSettings(method=m, bits=a.bits, energy_hidden=a.hidden, gfn_hidden=a.hidden,
-                            mcmc_steps=a.mcmc_steps, k=a.k)
+                            mcmc_steps=a.mcmc_steps, k=a.k, gfn_updates=a.gfn_updates, lr=a.energy_lr,
+                            energy_l2=a.energy_l2, lr_logz=a.lr_logz)
         e = ebm.build(s, d)
         rc = ebm.make_chunk(ebm.make_step(e), a.chunk)
         t0 = time.perf_counter()

@@ -93,15 +93,22 @@ def back_and_forth(env: Environment, policy, params, key, x_terminal, k, log_rew
 
 def back_and_forth_chain(env: Environment, policy, params, key, x_terminal, k, rounds: int,
                          log_reward_fn, reward_params, cond=None):
-    """``rounds`` back-and-forth steps (round r keyed fold_in(key, r)); returns (x, accept rate)."""
+    """``rounds`` back-and-forth steps (round r keyed fold_in(key, r)).
+
+    Returns (x pytree [B, ...], float[B] each chain's acceptance rate over the rounds). This is
+    GFlowNet-EM's local search: ``em.local_search(gfn, f, theta, params, key, term, cond, rounds,
+    back)`` == ``back_and_forth_chain(gfn.env, gfn.policy, params, key, term, back, rounds, f,
+    theta, cond)`` up to the keys drawn.
+    """
+    B = jax.tree.leaves(x_terminal)[0].shape[0]
 
     def body(r, carry):
         x, acc = carry
         x, a, _ = back_and_forth(env, policy, params, jax.random.fold_in(key, r), x, k,
                                  log_reward_fn, reward_params, cond)
-        return x, acc + jnp.mean(a.astype(jnp.float32))
+        return x, acc + a.astype(jnp.float32)
 
-    x, acc = jax.lax.fori_loop(0, rounds, body, (x_terminal, jnp.zeros((), jnp.float32)))
+    x, acc = jax.lax.fori_loop(0, rounds, body, (x_terminal, jnp.zeros((B,), jnp.float32)))
     return x, acc / max(rounds, 1)
 
 

@@ -93,6 +93,12 @@ def test_run_writes_files(tmp_path, method):
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["test_nll"]) for r in rows)
     assert json.load(open(os.path.join(out, "config.json")))["method"] == method
     assert os.path.exists(os.path.join(out, "heatmaps.png")) and summary["test_nll"] == saved["test_nll"]
+    x = ebm.sample_run(out, 10, seed=0)
+    assert x.shape == (10, 4) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
+    # resume: continue the run to 6 steps from its checkpoint
+    ebm.run(s.replace(steps=6), out, progress=False, resume=True)
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 4, 6]
 
 
 def test_settings_errors_name_the_setting():

@@ -133,6 +133,9 @@ def test_back_and_forth_implementation_matches_exact_matrix(k):
     T_hat = counts / n_per
     sd = np.sqrt(T * (1 - T) / n_per)
     assert np.all(np.abs(T_hat - T) < 5 * sd + 2e-3), np.max(np.abs(T_hat - T))
+    # power: a sampler that dropped the P_B / P_F terms would be far outside this tolerance
+    T_bad = _exact_bnf_matrix(D, k, pf, pb, np.asarray(log_r, np.float64), use_pb_pf=False)
+    assert np.max(np.abs(T_bad - T) / (5 * sd + 2e-3)) > 3
 
 
 def test_back_and_forth_traced_k_and_chain():
@@ -145,7 +148,7 @@ def test_back_and_forth_traced_k_and_chain():
     for k in (1, 2, 4):
         x, acc = f(jnp.asarray(k))
         assert x.bits.shape == (6, 4) and np.all(np.asarray(x.bits) >= 0)
-        assert 0 <= float(acc) <= 1
+        assert acc.shape == (6,) and np.all((0 <= np.asarray(acc)) & (np.asarray(acc) <= 1))
 
 
 def _energy_setup(seed=0):

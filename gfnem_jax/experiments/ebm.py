@@ -119,6 +119,10 @@ def init_state(ebm: EBM, seed: int) -> EBMState:
     env = ebm.env
     gp = ebm.policy.init(kg, env.observe(env.init()))
     phi = ebm.model.init(ke)
+    # log Z starts at the initial energy's value log sum_x exp(-E(x)/T) ~ d log 2 - mean E / T
+    xs = jax.random.bernoulli(jax.random.fold_in(kc, 1), 0.5, (256, env.d)).astype(jnp.float32)
+    lz0 = env.d * jnp.log(2.0) - jnp.mean(em.energies(ebm.model, phi, xs)) / env.temperature
+    gp = jax.tree.map(lambda m, p: jnp.full_like(p, lz0) if m else p, ebm.policy.log_z_mask(gp), gp)
     chains = jax.random.bernoulli(kc, 0.5, (ebm.settings.batch_size, env.d)).astype(jnp.float32)
     return EBMState(gp, ebm.gfn_tx(gp).init(gp), phi, ebm.phi_tx().init(phi), chains,
                     jnp.zeros((), jnp.int32), key)
@@ -244,8 +248,10 @@ def load_data(s: EBMSettings):
 def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = False) -> dict:
     """Train and write the run files into ``out`` (see the module docstring). Returns the summary.
 
-    resume is accepted for the CLI's signature; checkpoints are not written yet (the lead's loop).
+    The final EBMState is checkpointed (gfnem_jax.checkpoint) under out/checkpoint; with
+    ``resume`` a run continues from its latest checkpoint up to ``settings.steps``.
     """
+    from gfnem_jax import checkpoint
     from gfnem_jax.experiments import ebm_eval
 
     settings.validate()
@@ -257,12 +263,18 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
         json.dump({"task": "ebm", "d": d, **settings.to_dict()}, f, indent=2)
     np.save(os.path.join(out, "test.npy"), test.astype(np.uint8))
     st = init_state(ebm, settings.seed)
+    ck = checkpoint.latest(out) if resume else None
+    if ck is not None:
+        st = checkpoint.restore(ck, st)
+    done = int(st.step)
+    if done > settings.steps:
+        raise ValueError(f"steps must be >= the checkpoint's step {done}, got {settings.steps}")
     chunk = max(c for c in range(1, min(settings.log_every, settings.steps) + 1) if settings.steps % c == 0)
     run_chunk = make_chunk(make_step(ebm, jnp.asarray(train, jnp.float32)), chunk)
     exact = d <= em.MAX_EXACT_D
     t0 = time.perf_counter()
-    with open(os.path.join(out, "metrics.jsonl"), "w") as log:
-        for _ in range(settings.steps // chunk):
+    with open(os.path.join(out, "metrics.jsonl"), "a" if ck else "w") as log:
+        for _ in range((settings.steps - done) // chunk):
             st, m = run_chunk(st)
             m = jax.device_get(m)
             if not np.all(np.isfinite(m["e_loss"])):
@@ -276,6 +288,7 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
             if progress:
                 print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                       flush=True)
+    checkpoint.save(out, st)
     summary = ebm_eval.summarize(ebm, st.gfn_params, st.phi, test, jax.random.fold_in(st.key, -2 & 0x7FFFFFFF),
                                  gfn_based=settings.method in ("gfn", "gfn-cd"),
                                  n_mmd=min(2000, settings.n_eval_samples))
@@ -289,3 +302,40 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def load_run(run_dir: str):
+    """(settings, ebm, state) of a finished ebm run directory (its config.json and checkpoint)."""
+    from gfnem_jax import checkpoint
+
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"run {run_dir!r} holds no config.json (not a gfnem run directory)")
+    with open(path) as f:
+        cfg = json.load(f)
+    if cfg.get("task") != "ebm":
+        raise ValueError(f"run {run_dir!r} is a {cfg.get('task', 'different')!r} run, not an ebm run")
+    d = cfg.pop("d")
+    cfg.pop("task")
+    settings = EBMSettings.from_dict(cfg)
+    e = build(settings, d)
+    ck = checkpoint.latest(run_dir)
+    if ck is None:
+        raise ValueError(f"run {run_dir!r} holds no checkpoint")
+    return settings, e, checkpoint.restore(ck, init_state(e, settings.seed))
+
+
+def sample_run(run_dir: str, n: int, seed: int = 0) -> np.ndarray:
+    """uint8[n, d]: n samples of a finished run's model: its GFlowNet for gfn / gfn-cd; exact
+    samples of p_phi (enumeration) for pcd / gwg when d <= 20, else its persistent chains run
+    on with Gibbs-with-gradients (1000 steps)."""
+    from gfnem_jax.experiments import ebm_eval
+
+    settings, e, st = load_run(run_dir)
+    key = jax.random.PRNGKey(seed)
+    if settings.method in ("gfn", "gfn-cd"):
+        return ebm_eval.sample_gfn(e, st.gfn_params, st.phi, key, n)
+    if e.d <= em.MAX_EXACT_D:
+        return ebm_eval.sample_exact(e.model, st.phi, key, n)
+    x = jnp.tile(st.chains, (n // st.chains.shape[0] + 1, 1))[:n]
+    return np.asarray(mcmc.gwg(e.model.energy, st.phi, key, x, 1000)[0], np.uint8)
