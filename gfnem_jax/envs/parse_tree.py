@@ -25,6 +25,11 @@ p < r - 1. Backward b = p < L splits root p (legal iff p < r and root p is not a
 two children, read back from the per-gap arrays. ``backward_action(s, a) = a // NT``,
 ``forward_action(s', b) = b * NT + label[b]``.
 
+Policy view: ``observe(s)`` = {"start", "end", "label": int32[L], "mask": bool[L] (q < r)}; at
+step t at most L - t slots are live (``models.parse_buckets`` shrinks to them).
+Rewards: ``log_reward(grammar, cond, s)`` = log p(x, z) (``grammar.log_joint``, params = the
+grammar's log-prob pytree); ``partial_log_reward`` = the rules fixed so far (forward-looking flows).
+
 Enumeration (tiny sentences): the reachable states of one sentence are found by breadth-first
 search with ``step`` and ordered by an integer key of the per-gap arrays (a mixed-radix code of
 (start, end, label) per gap, a bijection on the forests of one sentence); ``state_index`` is a
