@@ -13,6 +13,21 @@ import os
 import sys
 
 GFN_TASKS = ("hypergrid", "sets", "sequences")
+# run kinds declared by a Settings class and a run(settings, out, progress, resume) function
+RUN_KINDS = {
+    "grammar": ("gfnem_jax.experiments.grammar", "GrammarSettings",
+                "grammar induction: a neural PCFG / NCFG (or a given grammar) by marginalisation, "
+                "exact-sampling EM or MC-EM"),
+    "dvae": ("gfnem_jax.experiments.dvae", "DVAESettings",
+             "discrete VAE (a grid of K codes) with a GFlowNet encoder by GFlowNet-EM, or baselines"),
+    "ebm": ("gfnem_jax.experiments.ebm", "EBMSettings",
+            "an energy model and its GFlowNet sampler trained jointly (EB-GFN), or PCD / GwG"),
+}
+
+
+def _settings_class(mod_name, cls_name):
+    import importlib
+    return getattr(importlib.import_module(mod_name), cls_name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
     mp = tasks.add_parser("mixture", help=mixture.HELP, description=mixture.HELP)
     config.add_arguments(mp, mixture.MixtureSettings, group="GFlowNet-EM")
     _add_run_args(mp, resume=False)
+    for name, (mod_name, cls_name, help_) in RUN_KINDS.items():
+        kp = tasks.add_parser(name, help=help_, description=help_)
+        config.add_arguments(kp, _settings_class(mod_name, cls_name), group=name)
+        _add_run_args(kp)
+
+    from gfnem_jax.experiments import grammar_cli
+    pp = sub.add_parser("parse", help="parse a corpus with a grammar run or a grammar file",
+                        description="Write one JSON object per sentence: {logprob, spans}.")
+    grammar_cli.add_parse_args(pp)
+    pe = sub.add_parser("export-grammar", help="export a learned CFG as a .npz grammar file")
+    grammar_cli.add_export_args(pe)
+    pv = sub.add_parser("eval", help="evaluate a run (test NLL by importance sampling)")
+    ek = pv.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser)
+    ek.required = True
+    from gfnem_jax.experiments import dvae_cli
+    dvae_cli.add_eval_args(ek.add_parser("dvae", help="discrete VAE: test NLL by importance sampling"))
 
     ps = sub.add_parser("sample", help="draw terminal states from a trained run",
                         description="Write the terminal states of N fresh on-policy samples as an integer .npy array [N, ...].")
@@ -147,6 +178,39 @@ def _train_mixture(args):
                       "seconds": round(res["timing"]["total_s"], 1)}))
 
 
+def _train_kind(args):
+    import importlib
+    from gfnem_jax import config
+    from gfnem_jax.loop import NonFiniteLoss
+    mod_name, cls_name, _ = RUN_KINDS[args.task]
+    cls = _settings_class(mod_name, cls_name)
+    try:
+        s = config.from_args(cls, args)
+        s.validate()
+    except ValueError as e:
+        _fail(str(e), (cls,))
+    if not args.resume:
+        check_out(args)
+        _clear_for_overwrite(args)
+    try:
+        res = importlib.import_module(mod_name).run(s, args.out, progress=not args.quiet,
+                                                    resume=args.resume)
+    except NonFiniteLoss as e:
+        sys.stderr.write(f"gfnem: stopped: {e}\n")
+        sys.exit(1)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e), (cls,))
+    final = res.get("final", res) if isinstance(res, dict) else res
+    print(json.dumps(final, default=float))
+
+
+def _run_glue(fn, args, classes=()):
+    try:
+        return fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e), classes)
+
+
 def _sample(args):
     import numpy as np
     from gfnem_jax.experiments import runner
@@ -156,6 +220,16 @@ def _sample(args):
         _fail(f"--run {args.run!r} is not a directory")
     if os.path.exists(args.out):
         _fail(f"--out {args.out!r} already exists; choose a new file")
+    kind = _run_kind(args.run)
+    if kind == "ebm":
+        from gfnem_jax.experiments import ebm
+        try:
+            x = ebm.sample_run(args.run, args.n, args.seed)
+        except ValueError as e:
+            _fail(str(e).replace("run ", "--run ", 1))
+        np.save(args.out, x)
+        print(f"wrote {args.out}: {x.dtype} array of shape {list(x.shape)}")
+        return
     try:
         cfg, env, gfn, params = runner.load_run(args.run)
     except ValueError as e:
@@ -163,6 +237,14 @@ def _sample(args):
     x = runner.sample_terminals(env, gfn, params, args.n, args.seed).astype(np.int64)
     np.save(args.out, x)
     print(f"wrote {args.out}: {x.dtype} array of shape {list(x.shape)}")
+
+
+def _run_kind(run_dir):
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            return json.load(f).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _bench(args):
@@ -181,7 +263,16 @@ def main(argv=None):
         if args.command == "train":
             if args.task == "mixture":
                 return _train_mixture(args)
+            if args.task in RUN_KINDS:
+                return _train_kind(args)
             return _train_gfn(args)
+        if args.command in ("parse", "export-grammar"):
+            from gfnem_jax.experiments import grammar, grammar_cli
+            fn = grammar_cli.parse_main if args.command == "parse" else grammar_cli.export_main
+            return _run_glue(fn, args, (grammar.GrammarSettings,))
+        if args.command == "eval":
+            from gfnem_jax.experiments import dvae, dvae_cli
+            return _run_glue(dvae_cli.eval_main, args, (dvae.DVAESettings,))
         if args.command == "sample":
             return _sample(args)
         if args.command == "bench":
