@@ -52,6 +52,9 @@ def _add_run_args(p, resume=True):
     g.add_argument("--overwrite", action="store_true",
                    help="allow --out to be a directory holding an earlier gfnem run (it is replaced)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (on by default in "
+                        "~/.cache/gfnem_jax/jax_cache; also off with GFNEM_NO_COMPILE_CACHE=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,8 +260,19 @@ def _bench(args):
     runpy.run_path(script, run_name="__main__")
 
 
+def _compile_cache(args):
+    if getattr(args, "no_compile_cache", False) or os.environ.get("GFNEM_NO_COMPILE_CACHE") == "1":
+        return
+    from gfnem_jax.startup import enable_compilation_cache
+    try:
+        enable_compilation_cache("default")
+    except (OSError, ValueError):  # an unwritable cache directory costs speed, not the run
+        pass
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    _compile_cache(args)
     try:
         if args.command == "train":
             if args.task == "mixture":

@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# CLI runs in tests compile afresh (no persistent cache shared between parallel workers)
+os.environ.setdefault("GFNEM_NO_COMPILE_CACHE", "1")
 
 from hypothesis import settings  # noqa: E402
 
