@@ -43,7 +43,7 @@ def speed(s: dvae.DVAESettings, n: int = 20) -> dict:
     sides = [("m", b.step)] if s.method == "vqvae" else [("e", b.e_step), ("m", b.step)]
     res = {"n": n}
     for name, step in sides:
-        chunk = loop.make_chunk(step, n, bf)
+        chunk = dvae.make_runner(step, n, bf)
         times, st = [], b.state
         for _ in range(2):
             t0 = time.perf_counter()

@@ -207,6 +207,27 @@ def _vq_step(vq: VQVAE, tx):
     return step
 
 
+def make_runner(step, n: int, batch_fn, scan: bool = None):
+    """run_chunk(state, data) -> (state, metrics[n]): ``loop.make_chunk`` (n steps in one
+    lax.scan) on accelerators; on XLA:CPU, n calls of a jitted one-step chunk (the convolutions
+    run about 40x slower inside a scan's while loop there: 6.7 s vs 0.16 s per M-step measured).
+    Same keys and results either way (step t uses fold_in(run_key, t))."""
+    if scan is None:
+        scan = jax.default_backend() != "cpu"
+    if scan:
+        return loop.make_chunk(step, n, batch_fn)
+    one = loop.make_chunk(step, 1, batch_fn)
+
+    def run_chunk(state, data=None):
+        ms = []
+        for _ in range(n):
+            state, m = one(state, data)
+            ms.append(m)
+        return state, jax.tree.map(lambda *a: jnp.concatenate(a), *ms)
+
+    return run_chunk
+
+
 class Built:
     """Everything a run needs, rebuilt from settings: model, env, policy, step, initial state."""
 
@@ -237,10 +258,10 @@ class Built:
         """run_chunk(state, data) of n steps: E- or M-steps by the fixed schedule at state.step
         (n divides e_steps and m_steps, so a chunk never straddles a phase)."""
         bf = em.batch_fn(self.ecfg, n_train)
-        m_chunk = loop.make_chunk(self.step, n, bf)
+        m_chunk = make_runner(self.step, n, bf)
         if self.s.method == "vqvae":
             return m_chunk
-        e_chunk = loop.make_chunk(self.e_step, n, bf)
+        e_chunk = make_runner(self.e_step, n, bf)
         cyc = self.s.e_steps + self.s.m_steps
 
         def run_chunk(state, data):
