@@ -23,6 +23,7 @@ def test_settings_errors():
         dvae.load_data(dvae.DVAESettings(grid=9))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gflownet", "vqvae"])
 def test_tiny_run_resume_eval(tmp_path, method):
     out = str(tmp_path / method)
@@ -47,6 +48,7 @@ def test_tiny_run_resume_eval(tmp_path, method):
         dvae.run(dvae.DVAESettings(**dict(kw, steps=6, codes=4)), out, progress=False, resume=True)
 
 
+@pytest.mark.slow
 def test_cli_glue(tmp_path, capsys):
     p = argparse.ArgumentParser()
     dvae_cli.add_train_args(p)

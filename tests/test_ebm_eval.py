@@ -74,6 +74,7 @@ def test_sampler_tv_exact_for_small_d():
     assert how == "exact" and abs(tv - 0.5 * np.abs(q - p).sum()) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gfn-cd", "gwg"])
 def test_run_writes_files(tmp_path, method):
     s = ebm.EBMSettings(data="moons", bits=2, n_train=500, n_test=50, method=method, steps=4,

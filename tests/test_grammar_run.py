@@ -23,6 +23,7 @@ def _rows(out):
     return [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, grammar", [("marginal", "cfg"), ("exact-sampling", "cfg"),
                                              ("mc-em", "cfg"), ("mc-em", "ncfg")])
 def test_each_method_writes_metrics(tmp_path, method, grammar):
@@ -44,6 +45,7 @@ def test_each_method_writes_metrics(tmp_path, method, grammar):
     assert os.path.isdir(os.path.join(out, "checkpoint"))
 
 
+@pytest.mark.slow
 def test_parse_export_resume_and_cli(tmp_path, capsys):
     out = str(tmp_path / "run")
     p = argparse.ArgumentParser()
