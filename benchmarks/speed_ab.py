@@ -46,13 +46,15 @@ def main(argv=None):
     p.add_argument("--ref", required=True, help="the other commit")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--min-time", type=float, default=2.0)
+    p.add_argument("--configs", nargs="+", default=["2,8,16", "2,8,1024", "4,8,16", "4,8,1024"],
+                   help="ndim,height,batch triples (default: 2D/4D height 8, batch 16 and 1024)")
     p.add_argument("--out", default="bench_out/speed_ab.json")
     a = p.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="speed_ab_")
     other = os.path.join(tmp, "other")
     subprocess.run(["git", "-C", HERE, "worktree", "add", "-f", "--detach", other, a.ref],
                    check=True, capture_output=True)
-    cfgs = [(2, 8, 16, True), (2, 8, 1024, True), (4, 8, 16, True), (4, 8, 1024, True)]
+    cfgs = [tuple(int(v) for v in c.split(",")) + (True,) for c in a.configs]
     rows = []
     try:
         print(f"| config | {a.ref} steps/s | this checkout steps/s | ratio (this / {a.ref}) |")
