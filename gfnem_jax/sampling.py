@@ -225,24 +225,32 @@ class Evaluation(NamedTuple):
 def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
     """The policy on the B*(T+1) states (obs leaves [B, T+1, ...]; ctx leaves [B, ...]).
 
-    Without ``buckets``: one vmapped pass over every state, the context of trajectory b shared by
-    its T+1 states. With ``buckets`` (increasing fractions of B*(T+1), the last 1.0) the real
+    Without ``buckets``: one vmapped pass over the B*(T+1) states flattened, the context of
+    trajectory b gathered for its T+1 rows. With ``buckets`` (increasing fractions of B*(T+1), the last 1.0) the real
     states (t <= L_b; the rest is padding after termination) are packed, in order, into the
     smallest bucket that holds them (``lax.switch``: every bucket is compiled, one runs), the
     network runs on that many rows with their trajectory's context gathered, and the outputs are
     scattered back (zeros at padding). Outputs have leaves [B, T+1, ...] either way.
     """
-    per_traj = jax.vmap(lambda o, c: jax.vmap(lambda oo: policy.apply(params, oo, c))(o))
-    if not buckets or len(buckets) == 1:
-        return per_traj(obs, ctx)
     B = lengths.shape[0]
     N = B * (T + 1)
     flat = jax.tree.map(lambda a: a.reshape((N,) + a.shape[2:]), obs)
+    unflat = lambda out: jax.tree.map(lambda o: o.reshape((B, T + 1) + o.shape[1:]), out)
+
+    def per_traj(o_, c_):
+        # one flat pass over the N rows (a 2-D matmul for vector observations); the context of
+        # trajectory b is shared by its T+1 rows (gathered, not re-encoded)
+        if c_ is None:
+            return unflat(jax.vmap(policy.apply, (None, 0, None))(params, flat, None))
+        crow = jax.tree.map(lambda c: jnp.repeat(c, T + 1, axis=0), c_)
+        return unflat(jax.vmap(policy.apply, (None, 0, 0))(params, flat, crow))
+
+    if not buckets or len(buckets) == 1:
+        return per_traj(obs, ctx)
     valid = (jnp.arange(T + 1)[None, :] <= lengths[:, None]).reshape(N)
     count = jnp.sum(valid)
     order = jnp.argsort(~valid, stable=True)  # real states first, in order
     sizes = [min(N, max(1, int(-(-f * N // 1)))) for f in buckets]
-    unflat = lambda out: jax.tree.map(lambda o: o.reshape((B, T + 1) + o.shape[1:]), out)
 
     def branch(k):
         def run(_):
