@@ -2,7 +2,8 @@
 
 A latent variable model is a pair of pure functions, ``LatentModel(log_joint, sample)``:
   log_joint(theta, x, z) -> float[]       log p_theta(x, z) for one data point and one latent
-  sample(theta, key, n) -> (x[n,..], z[n,..])   ancestral samples (only for the sleep phase)
+  sample(theta, key, n) -> (x[n,..], z[n,..]) or (x, z, ok bool[n])   ancestral samples (only for
+      the sleep phase; rows with ok False, e.g. sentences over the length limit, are left out)
 The GFlowNet's log-reward is ``log_joint(theta, x, to_z(state))`` with the current theta, and the
 GFlowNet is conditioned on x (``cond``).
 
@@ -34,7 +35,7 @@ import optax
 
 from gfnem_jax import loop
 from gfnem_jax.gflownet import GFlowNet, sampler_update
-from gfnem_jax.sampling import Exploration, forward_rollout, sample_keys
+from gfnem_jax.sampling import Exploration, sample_keys
 
 SCHEDULES = ("fixed", "adaptive")
 
@@ -224,16 +225,17 @@ def em_updates(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
         kr, kl = jax.random.split(key)
         x = batch["m"]
         b = jax.tree.leaves(x)[0].shape[0]
-        traj = forward_rollout(env, gfn.policy, params, kr, b, log_reward, theta, x,
-                               Exploration(), shard.offset(b), sampling_pass=True)
+        traj = gfn.rollout(params, kr, b, log_reward, theta, x, shard.offset(b),
+                           explore=Exploration())
         term, acc = traj.terminal, jnp.zeros((b,), jnp.float32)
         if cfg.ls_rounds > 0:
             term, acc = local_search(gfn, log_reward, theta, params, kl, term, x, cfg.ls_rounds,
                                      cfg.ls_back, shard.offset(b))
-        return {"x": x, "z": jax.vmap(to_z)(term)[:, None], "acc": acc}
+        z = jax.tree.map(lambda a: a[:, None], jax.vmap(to_z)(term))  # S = 1 sample per point
+        return {"x": x, "z": z, "acc": acc}
 
     def m_terms(theta, params, aux):
-        w = jnp.ones(aux["z"].shape[:2], jnp.float32)
+        w = jnp.ones(jax.tree.leaves(aux["z"])[0].shape[:2], jnp.float32)
         return joint_terms(model.log_joint, theta, aux["x"], aux["z"], w)
 
     def m_reduce(q, aux):
@@ -244,16 +246,22 @@ def em_updates(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
 
     def s_prepare(params, theta, batch, key, shard):
         kx, kb = jax.random.split(key)
-        xs, zs = model.sample(theta, kx, Bs)  # the global batch, identical on every device
+        drawn = model.sample(theta, kx, Bs)  # the global batch, identical on every device
+        xs, zs = drawn[0], drawn[1]
+        ok = drawn[2] if len(drawn) > 2 else jnp.ones((Bs,), bool)
         b = Bs // shard.count
-        xs, zs = shard.local((xs, zs)) if shard.axis else (xs, zs)
+        xs, zs, ok = shard.local((xs, zs, ok)) if shard.axis else (xs, zs, ok)
         term = jax.vmap(z_to_state)(zs)
-        return gfn.sample_backward(params, kb, term, None, None, xs, shard.offset(b))
+        return gfn.sample_backward(params, kb, term, None, None, xs, shard.offset(b)), ok
 
-    def s_terms(params, theta, traj):
-        return jnp.sum(gfn.evaluate(params, traj).log_pf, axis=1)
+    def s_terms(params, theta, aux):
+        return jnp.sum(gfn.evaluate(params, aux[0]).log_pf, axis=1)
 
-    sleep_update = loop.Update(s_prepare, s_terms, lambda q, aux: (-jnp.mean(q), {}), gfn_tx)
+    def s_reduce(q, aux):
+        w = aux[1].astype(q.dtype)
+        return -jnp.sum(jnp.where(aux[1], q, 0.0)) / jnp.maximum(jnp.sum(w), 1.0), {}
+
+    sleep_update = loop.Update(s_prepare, s_terms, s_reduce, gfn_tx)
 
     def after_sampler(st, batch, key, shard):
         if cfg.sleep_prob <= 0:

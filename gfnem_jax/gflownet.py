@@ -6,8 +6,20 @@ policy is any ``gfnem_jax.nets.policy.Policy`` and the objective any ``objective
 keys. Training goes through one path, split so that data parallelism can see the global batch:
 
     traj = gfn.rollout(params, key, B, log_reward_fn, reward_params, cond, index_offset)
-    terms = gfn.terms(params, traj)            # per-trajectory differentiable quantities [B, ...]
+    terms = gfn.terms(params, traj, reward_params)  # per-trajectory differentiable quantities
     loss = gfn.value(terms, traj)              # the objective on (possibly gathered) terms
+
+Two optional hooks specialise the bundle without copying it:
+  engine        an object with ``rollout(env, policy, params, key, B, log_reward_fn, reward_params,
+                cond, explore, index_offset) -> Trajectories`` and ``evaluate(env, policy, params,
+                traj, ctx) -> Evaluation``: the training rollout and the differentiable pass (e.g.
+                ``models.parse_buckets.Buckets``, which shrinks the parse forest's root slots as
+                trees grow). None = ``gfnem_jax.sampling``. ``sample``/``sample_backward`` (local
+                search, sleep, decoding) always use the core's full pass.
+  flow_offset   (reward_params, cond, state) -> float: a known part of log F(s) added to the
+                network's flow at every non-terminal state, so log F(s) = offset(s) + NN(s) (the
+                forward-looking flows of GFlowNet-EM: the log-probs of the rules already fixed).
+                It must be 0 at s_0 for log Z to keep its meaning, and carries no gradient.
 
 ``loss`` and ``traj_loss`` compose them on one device; ``sampler_update`` hands the three pieces to
 ``gfnem_jax.loop`` (plain training, the E-step of GFlowNet-EM, energy-based training).
@@ -49,6 +61,8 @@ class GFlowNet:
     # Pack the real (non-padding) states of a batch into the smallest of these fractions of
     # B*(T+1) before the differentiable policy pass (sampling.evaluate); None = no packing.
     eval_buckets: Optional[tuple] = None
+    engine: Optional[Any] = None
+    flow_offset: Optional[Any] = None
 
     def __post_init__(self):
         if not isinstance(self.objective, objectives.Objective):
@@ -69,7 +83,26 @@ class GFlowNet:
         return jax.vmap(self.policy.log_z, (None, 0))(params, encode_batch(self.policy, params, cond))
 
     def evaluate(self, params, traj: Trajectories, ctx=None) -> Evaluation:
+        if self.engine is not None:
+            if ctx is None:
+                ctx = encode_batch(self.policy, params, traj.cond)
+            return self.engine.evaluate(self.env, self.policy, params, traj, ctx)
         return evaluate(self.env, self.policy, params, traj, self.eval_buckets, ctx)
+
+    def with_flow_offset(self, ev: Evaluation, traj: Trajectories, reward_params) -> Evaluation:
+        """``ev`` with log F(s_t) += flow_offset(reward_params, cond, s_t) at every visited state
+        (padding untouched; the objectives replace F at the terminal state by R anyway)."""
+        if self.flow_offset is None:
+            return ev
+        rp = jax.lax.stop_gradient(reward_params)
+        per = lambda c, st: jax.vmap(lambda s: self.flow_offset(rp, c, s))(st)
+        if traj.cond is None:
+            g = jax.vmap(lambda st: per(None, st))(traj.states)
+        else:
+            g = jax.vmap(per)(traj.cond, traj.states)
+        B = traj.actions.shape[0]
+        live = jnp.concatenate([jnp.ones((B, 1), bool), traj.mask], axis=1)
+        return ev._replace(log_flow=ev.log_flow + jnp.where(live, g, 0.0))
 
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
@@ -86,15 +119,20 @@ class GFlowNet:
                                 reward_params, cond, index_offset)
 
     def rollout(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
-                index_offset=0) -> Trajectories:
-        """The training batch: the behaviour policy (``explore``) with the cheap sampling pass."""
+                index_offset=0, explore: Optional[Exploration] = None) -> Trajectories:
+        """The training batch: the behaviour policy (``explore``, default the bundle's) with the
+        cheap sampling pass (log_pb and log_flow of the result are not meaningful)."""
+        explore = self.explore if explore is None else explore
+        if self.engine is not None:
+            return self.engine.rollout(self.env, self.policy, params, key, batch_size,
+                                       log_reward_fn, reward_params, cond, explore, index_offset)
         return forward_rollout(self.env, self.policy, params, key, batch_size, log_reward_fn,
-                               reward_params, cond, self.explore, index_offset,
-                               sampling_pass=True)
+                               reward_params, cond, explore, index_offset, sampling_pass=True)
 
     # -- objective ----------------------------------------------------------------------------
-    def terms(self, params, traj: Trajectories) -> Terms:
-        """Per-trajectory differentiable quantities of ``traj`` under ``params``."""
+    def terms(self, params, traj: Trajectories, reward_params=None) -> Terms:
+        """Per-trajectory differentiable quantities of ``traj`` under ``params``
+        (``reward_params`` only feed ``flow_offset``)."""
         B = traj.actions.shape[0]
         ctx = encode_batch(self.policy, params, traj.cond)  # once per trajectory
         if ctx is None:
@@ -104,7 +142,8 @@ class GFlowNet:
         if self.objective.name == "fm":
             ev = self.evaluate(jax.lax.stop_gradient(params), traj)
             return Terms(ev, lz, self._flow_matching_terms(params, traj, ctx))
-        return Terms(self.evaluate(params, traj, ctx), lz)
+        ev = self.with_flow_offset(self.evaluate(params, traj, ctx), traj, reward_params)
+        return Terms(ev, lz)
 
     def value(self, terms: Terms, traj: Trajectories) -> jax.Array:
         """The objective on given terms; a function of the whole batch it is given."""
@@ -113,9 +152,9 @@ class GFlowNet:
         log_z = terms.log_z if traj.cond is not None else terms.log_z[0]
         return self.objective(terms.ev, traj, log_z)
 
-    def traj_loss(self, params, traj: Trajectories) -> jax.Array:
+    def traj_loss(self, params, traj: Trajectories, reward_params=None) -> jax.Array:
         """The objective on given trajectories, differentiable in ``params``."""
-        return self.value(self.terms(params, traj), traj)
+        return self.value(self.terms(params, traj, reward_params), traj)
 
     def loss(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
              index_offset=0):
@@ -124,7 +163,7 @@ class GFlowNet:
         The returned traj's log_pf, log_pb and log_flow are those of the evaluation pass.
         """
         traj = self.rollout(params, key, batch_size, log_reward_fn, reward_params, cond, index_offset)
-        t = self.terms(params, traj)
+        t = self.terms(params, traj, reward_params)
         sg = jax.lax.stop_gradient(t.ev)
         return self.value(t, traj), traj._replace(log_pf=sg.log_pf, log_pb=sg.log_pb,
                                                   log_flow=sg.log_flow)
@@ -183,7 +222,7 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
         return gfn.rollout(params, key, b, log_reward_fn, model, cond, shard.offset(b))
 
     def terms(params, model, traj):
-        return gfn.terms(params, traj)
+        return gfn.terms(params, traj, model)
 
     def reduce(q, traj):
         loss = gfn.value(q, traj)

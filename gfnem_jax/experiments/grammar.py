@@ -38,7 +38,8 @@ from gfnem_jax.models.neural_grammar import NeuralGrammar, TableGrammar
 
 @dataclasses.dataclass(frozen=True)
 class GrammarSettings(Settings):
-    method: str = setting("marginal", "training method", choices=GB.METHODS)
+    method: str = setting("marginal", "training method (gflownet: GFlowNet-EM, the E-step a "
+                          "parse-tree GFlowNet)", choices=GB.METHODS + ("gflownet",))
     grammar: str = setting("cfg", "cfg (neural PCFG), ncfg (neural non-context-free grammar) or the "
                                   "path of a .npz grammar file (kept fixed)")
     corpus: str = setting("synthetic", "synthetic, or a text file with one sentence per line")
@@ -67,11 +68,59 @@ class GrammarSettings(Settings):
     synth_nt: int = setting(5, "synthetic corpus: nonterminals of the generating grammar", min=1)
     synth_pt: int = setting(10, "synthetic corpus: preterminals of the generating grammar", min=1)
     synth_vocab: int = setting(50, "synthetic corpus: words of the generating grammar", min=2)
+    # -- method gflownet (GFlowNet-EM; experiments/grammar_gfn.py) --
+    policy_layers: int = setting(6, "gflownet: transformer layers over the roots", min=1)
+    policy_dim: int = setting(512, "gflownet: transformer width", min=1)
+    policy_heads: int = setting(4, "gflownet: attention heads", min=1)
+    policy_enc_layers: int = setting(2, "gflownet: sentence-encoder layers", min=0)
+    loss: str = setting("subtb", "gflownet: E-step objective",
+                        choices=("tb", "db", "subtb", "logvar", "reverse_kl", "forward_kl", "renyi",
+                                 "tsallis", "alpha_kl", "wake_sleep", "reverse_wake_sleep"))
+    lam: float = setting(1.0, "gflownet: SubTB lambda", gt=0)
+    alpha: float = setting(0.5, "gflownet: alpha of renyi / tsallis / alpha_kl")
+    temperature: float = setting(1.1, "gflownet: exploration temperature of the E-step's sampler", gt=0)
+    gfn_lr: float = setting(3e-4, "gflownet: Adam learning rate of the policy", gt=0)
+    gfn_lr_logz: float = setting(3e-3, "gflownet: Adam learning rate of log Z(x)", gt=0)
+    schedule: str = setting("adaptive", "gflownet: M-step schedule: adaptive (loss threshold) or "
+                            "fixed (e_steps then m_steps)", choices=("adaptive", "fixed"))
+    e_steps: int = setting(10, "gflownet: fixed schedule: E-steps per cycle", min=1)
+    m_steps: int = setting(1, "gflownet: fixed schedule: M-steps per cycle", min=1)
+    threshold_start: float = setting(0.0, "gflownet: adaptive schedule: threshold at step 0 (0 = the "
+                                     "paper's: 6 for cfg, 7 for ncfg)", min=0)
+    threshold_end: float = setting(0.0, "gflownet: adaptive schedule: final threshold (0 = half the "
+                                   "start)", min=0)
+    threshold_steps: int = setting(10000, "gflownet: adaptive schedule: steps of the linear fall", min=0)
+    sleep: float = setting(0.0, "gflownet: probability of a sleep-phase update after each E-step",
+                           min=0, max=1)
+    local_search: int = setting(0, "gflownet: local-search rounds before each M-step (paper: 10)", min=0)
+    ls_back: int = setting(2, "gflownet: local search: steps undone with P_B", min=1)
+    forward_looking: bool = setting(True, "gflownet: plain learned flows instead of forward-looking "
+                                    "ones", flag="--no-forward-looking")
+    n_buckets: int = setting(4, "gflownet: time buckets of the shrinking root set (0 = no shrinking)",
+                             min=0)
+    posterior_only: bool = setting(False, "gflownet: train only the E-step for the fixed grammar of "
+                                   "--grammar G.npz (amortised parsing)")
+    eval_samples: int = setting(8, "gflownet: GFlowNet samples per sentence for best-of-K F1 and "
+                                "the importance-sampling NLL bound", min=1)
+    enum_len: int = setting(4, "gflownet posterior-only: exact TV / KL on sentences up to this many "
+                            "words (enumerated)", min=2)
 
     def check(self) -> None:
-        if self.grammar == "ncfg" and self.method != "mc-em":
+        if self.grammar == "ncfg" and self.method not in ("mc-em", "gflownet"):
             raise ValueError(f"method {self.method} needs a context-free grammar (grammar cfg or a "
-                             f".npz file); grammar ncfg trains with method mc-em")
+                             f".npz file); grammar ncfg trains with method mc-em or gflownet")
+        if self.posterior_only and (self.method != "gflownet" or self.grammar in ("cfg", "ncfg")):
+            raise ValueError("posterior_only needs method gflownet and a fixed grammar file (grammar G.npz)")
+        if self.method == "gflownet":
+            if self.policy_dim % self.policy_heads:
+                raise ValueError(f"policy_dim {self.policy_dim} must be a multiple of policy_heads "
+                                 f"{self.policy_heads}")
+            if self.n_buckets > self.max_len:
+                raise ValueError(f"n_buckets must be in 0..max_len={self.max_len}, got {self.n_buckets}")
+            if self.ls_back > self.max_len - 1:
+                raise ValueError(f"ls_back must be in 1..max_len-1={self.max_len - 1}, got {self.ls_back}")
+            if self.threshold_end > (self.threshold_start or 7.0):
+                raise ValueError(f"threshold_end {self.threshold_end} must not exceed threshold_start")
         if self.grammar not in ("cfg", "ncfg") and not os.path.isfile(self.grammar):
             raise ValueError(f"grammar must be cfg, ncfg or an existing .npz file, got {self.grammar!r}")
         if self.valid_gold and not self.valid:
@@ -222,6 +271,38 @@ def init_state(s: GrammarSettings, model, params0, n_train: int, lengths, tx) ->
     return GrammarState(params, tx.init(params), jnp.zeros((), jnp.int32), key, chains)
 
 
+class Plan(NamedTuple):
+    """What differs between the methods of a run: the state at step 0, the jitted chunk
+    (``make_chunk(n) -> run_chunk(state, data)``), the evaluation row of a state, the
+    per-chunk summary of the step metrics (or None) and the grammar parameters of a state."""
+
+    state: Any
+    make_chunk: Any
+    evaluate: Any
+    summarize: Any
+    theta: Any
+
+
+def make_plan(s: GrammarSettings, model, params0, fixed: bool, tr: C.Corpus, ev: C.Corpus, tx,
+              decode, key, n_train: Optional[int] = None) -> Plan:
+    """The ``Plan`` of a run (``tr`` may be None when only the state's structure is needed, with
+    ``n_train`` the number of training sentences)."""
+    grammar_eval = lambda theta: evaluate(decode, theta, ev, s.eval_batch, key)
+    if s.method == "gflownet":
+        from gfnem_jax.experiments import grammar_gfn
+        return grammar_gfn.plan(s, model, params0, fixed, tr, ev, tx, grammar_eval, key)
+    n = len(tr) if tr is not None else n_train
+    lengths = tr.lengths if tr is not None else np.full((n,), 2, np.int32)
+    state = init_state(s, model, params0, n, lengths, tx)
+
+    def chunk(c):
+        run_chunk = make_chunk(make_update(s, model, tx, fixed), c)
+        W, L = jnp.asarray(tr.words), jnp.asarray(tr.lengths)
+        return lambda st, _: run_chunk(st, W, L)
+
+    return Plan(state, chunk, lambda st: grammar_eval(st.params), None, lambda st: st.params)
+
+
 def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
     """Train as configured; write the run directory (module doc); return the summary dict."""
     from gfnem_jax.loop import host_loop, pick_chunk
@@ -246,7 +327,10 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
     json.dump(tr.vocab, open(os.path.join(out, "vocab.json"), "w"))
     json.dump({"n_train": len(tr)}, open(os.path.join(out, "data.json"), "w"))
     tx = make_optimizer(s)
-    state = init_state(s, model, params0, len(tr), tr.lengths, tx)
+    decode = make_decoder(model, s.max_len, s.eval_mcmc_steps)
+    ek = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x7FFFFFFD)
+    plan = make_plan(s, model, params0, fixed, tr, ev, tx, decode, ek)
+    state = plan.state
     rows = []
     if resume:
         state = checkpoint.restore(checkpoint.latest(out), state)
@@ -255,11 +339,8 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
     done = int(state.step)
     if done >= s.steps:
         raise ValueError(f"steps {s.steps}: the run in {out!r} already has {done} steps")
-    decode = make_decoder(model, s.max_len, s.eval_mcmc_steps)
-    ek = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x7FFFFFFD)
-    W, L = jnp.asarray(tr.words), jnp.asarray(tr.lengths)
     chunk = pick_chunk(s.steps - done, s.log_every)
-    run_chunk = make_chunk(make_update(s, model, tx, fixed), chunk)
+    run_chunk = plan.make_chunk(chunk)
     log = open(os.path.join(out, "metrics.jsonl"), "w")
     for r in rows:
         log.write(json.dumps(r) + "\n")
@@ -272,15 +353,16 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
         log.flush()
 
     if not rows:
-        on_log({"step": 0, **evaluate(decode, state.params, ev, s.eval_batch, ek), "loss": None,
+        on_log({"step": 0, **plan.evaluate(state), "loss": None,
                 "wall_s": round(time.perf_counter() - t0, 4)})
     try:
-        state = host_loop(state, lambda st, _: run_chunk(st, W, L), s.steps - done, chunk,
-                          evaluate=lambda st: evaluate(decode, st.params, ev, s.eval_batch, ek),
+        state = host_loop(state, run_chunk, s.steps - done, chunk, summarize=plan.summarize,
+                          evaluate=plan.evaluate,
                           on_log=on_log, on_checkpoint=lambda st: checkpoint.save(out, st),
                           checkpoint_every=s.checkpoint_every, progress=progress,
                           desc=f"grammar/{s.method}",
                           postfix=tuple(k for k, ok in (("loss", True), ("nll_per_token", s.grammar != "ncfg"),
+                                                        ("is_nll_per_token", s.method == "gflownet"),
                                                         ("corpus_f1", ev.gold is not None)) if ok))
     finally:
         log.close()

@@ -257,3 +257,83 @@ def load_npz(path: str):
         g = {k: jnp.asarray(np.log(np.asarray(probs[k], np.float64)), jnp.float32)
              for k in ("root", "binary", "emit")}
     return g, [str(w) for w in probs["vocab"]]
+
+
+# -- ancestral sampling (sleep phase, synthetic non-context-free corpora) ---------------------
+def sample(grammar, key, max_len: int):
+    """One top-down draw (x, z) ~ p(x, z) of a PCFG or NCFG, jittable.
+
+    Returns (words int32[max_len] (0-padded), ``Tree`` with node slots in pre-order, ok bool[]),
+    ok False when the draw has more than ``max_len`` words or fewer than 2 (then discard it).
+    The stack holds pending symbols with their parent's node and side; a popped nonterminal opens
+    a node (left = the word cursor), a popped right child fixes its parent's split, and each
+    node's right end is read back from its right child afterwards (children follow their parent
+    in pre-order, so one reverse pass resolves them).
+    """
+    nt, pt, _ = sizes(grammar)
+    S = nt + pt
+    M = max_len - 1
+    T = 2 * max_len - 1
+    cap = max_len + 2
+    ncfg = is_ncfg(grammar)
+    k0 = jax.random.fold_in(key, 0)
+    root = jax.random.categorical(k0, grammar["root"]).astype(jnp.int32)
+    zi = lambda n: jnp.zeros((n,), jnp.int32)
+    neg = lambda n: jnp.full((n,), -1, jnp.int32)
+    # stack rows: symbol, parent node (-1 none), side (1 = right child)
+    st_sym, st_par, st_side = zi(cap).at[0].set(root), neg(cap), zi(cap)
+
+    def body(t, c):
+        st_sym, st_par, st_side, top, cnt, pos, words, left, split, label, rcn, rcw, ok = c
+        k = jax.random.fold_in(key, t + 1)
+        live = top > 0
+        i = jnp.maximum(top - 1, 0)
+        X, par, side = st_sym[i], st_par[i], st_side[i]
+        top = jnp.where(live, top - 1, top)
+        pslot = jnp.clip(par, 0, M - 1)
+        is_right = live & (side == 1) & (par >= 0)
+        split = split.at[pslot].set(jnp.where(is_right, pos, split[pslot]))
+        is_nt = X < nt
+        # a preterminal emits a word at the cursor
+        w = jax.random.categorical(k, grammar["emit"][jnp.clip(X - nt, 0, pt - 1)]).astype(jnp.int32)
+        emit = live & ~is_nt
+        wslot = jnp.clip(pos, 0, max_len - 1)
+        words = words.at[wslot].set(jnp.where(emit & (pos < max_len), w, words[wslot]))
+        rcw = rcw.at[pslot].set(jnp.where(emit & is_right, pos, rcw[pslot]))
+        ok = ok & ~(emit & (pos >= max_len))
+        # a nonterminal opens node cnt and pushes its children (right first, left on top)
+        opens = live & is_nt
+        kslot = jnp.clip(cnt, 0, M - 1)
+        ok = ok & ~(opens & (cnt >= M)) & ~(opens & (top + 2 > cap))
+        left = left.at[kslot].set(jnp.where(opens, pos, left[kslot]))
+        label = label.at[kslot].set(jnp.where(opens, X, label[kslot]))
+        rcn = rcn.at[pslot].set(jnp.where(opens & is_right, cnt, rcn[pslot]))
+        pl = jnp.where(par >= 0, label[pslot], nt)
+        rules = grammar["binary"][pl, jnp.minimum(X, nt - 1)] if ncfg else grammar["binary"][jnp.minimum(X, nt - 1)]
+        bc = jax.random.categorical(jax.random.fold_in(k, 1), rules.reshape(-1)).astype(jnp.int32)
+        Bsym, Csym = bc // S, bc % S
+        a, b = jnp.minimum(top, cap - 1), jnp.minimum(top + 1, cap - 1)
+        put = lambda arr, j, v: arr.at[j].set(jnp.where(opens, v, arr[j]))
+        st_sym, st_par, st_side = put(st_sym, a, Csym), put(st_par, a, cnt), put(st_side, a, 1)
+        st_sym, st_par, st_side = put(st_sym, b, Bsym), put(st_par, b, cnt), put(st_side, b, 0)
+        top = jnp.where(opens, jnp.minimum(top + 2, cap), top)
+        cnt = cnt + opens
+        pos = pos + emit
+        return st_sym, st_par, st_side, top, cnt, pos, words, left, split, label, rcn, rcw, ok
+
+    c = (st_sym, st_par, st_side, jnp.ones((), jnp.int32), jnp.zeros((), jnp.int32),
+         jnp.zeros((), jnp.int32), zi(max_len), zi(M), zi(M), zi(M), neg(M), neg(M),
+         jnp.ones((), bool))
+    c = jax.lax.fori_loop(0, T, body, c)
+    _, _, _, top, cnt, pos, words, left, split, label, rcn, rcw, ok = c
+
+    def resolve(right, j):  # reverse pre-order: a right child node is resolved before its parent
+        r = jnp.where(rcn[j] >= 0, right[jnp.maximum(rcn[j], 0)], rcw[j] + 1)
+        return right.at[j].set(r), None
+
+    right, _ = jax.lax.scan(resolve, zi(M), jnp.arange(M - 1, -1, -1))
+    n = pos
+    valid = jnp.arange(M) < n - 1
+    tree = Tree(*(jnp.where(valid, a, 0) for a in (left, split, right, label)), n.astype(jnp.int32))
+    ok = ok & (top == 0) & (n >= 2) & (n <= max_len) & (cnt == n - 1)
+    return jnp.where(jnp.arange(max_len) < n, words, 0), tree, ok

@@ -17,6 +17,7 @@ of a real state (slots beyond r, and states after termination).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
@@ -164,6 +165,25 @@ def estep_loss(env: ParseTree, policy: ParsePolicy, objective, params, traj: Tra
         ev = forward_looking(env, jax.lax.stop_gradient(grammar), traj, ev)
     log_z = jax.vmap(policy.log_z, (None, 0))(params, ctx)
     return objective(ev, traj, log_z)
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """The shrinking-root-set engine of a ``gfnem_jax.gflownet.GFlowNet`` over ``ParseTree``
+    (``GFlowNet(env, policy, objective, engine=Buckets(4))``): its training rollout is
+    ``rollout`` and its differentiable pass ``evaluate`` with ``n_buckets`` time buckets."""
+
+    n_buckets: int = 4
+
+    def rollout(self, env, policy, params, key, batch_size, log_reward_fn, reward_params, cond,
+                explore, index_offset):
+        if cond is None or cond["length"].shape[0] != batch_size:
+            raise ValueError("Buckets.rollout needs one sentence (cond row) per trajectory")
+        return rollout(env, policy, params, key, cond, log_reward_fn, reward_params, explore,
+                       self.n_buckets, index_offset)
+
+    def evaluate(self, env, policy, params, traj, ctx):
+        return evaluate(env, policy, params, traj, self.n_buckets, ctx)
 
 
 def _onepass_one(env, policy, params, explore, buckets, key, s0, ctx):

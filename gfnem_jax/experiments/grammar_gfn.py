@@ -1,0 +1,284 @@
+"""GFlowNet-EM for grammar induction (Hu et al. 2023, section 5.1): `gfnem train grammar --method gflownet`.
+
+Nothing here is a new algorithm: it configures the library's pieces for parse trees.
+  environment   ``envs.parse_tree.ParseTree(max_len, NT)``: bottom-up merges of adjacent roots.
+  policy        ``models.parse_policy.ParsePolicy``: a transformer over the current roots,
+                conditioned on the sentence (encoded once per trajectory); log Z(x) an MLP of it.
+  engine        ``models.parse_buckets.Buckets(n_buckets)``: the training rollout and its
+                differentiable pass look only at the root slots still live (K(t) = L - t).
+  flows         forward-looking: log F(s) = g_theta(x, s) + NN(s), g = the log-probs of the rules
+                the forest has fixed (``ParseTree.partial_log_reward``), via ``GFlowNet.flow_offset``.
+  E-step        ``em.em_updates``' sampler update: the objective (SubTB(1) by default) with tempered
+                exploration on log R = log p_theta(x, z); sleep and local search from ``em.py``.
+  M-step        ``em.em_updates``' expected NLL -mean log p_theta(x, z), z ~ P_F(. | x).
+  schedule      ``loop.Schedule``: adaptive (an M-step when the EMA(0.9) of the E-step loss is under
+                a threshold falling linearly, paper: 6 -> 3 for CFG, 7 -> 3.5 for NCFG) or fixed.
+The loop state is ``loop.LoopState`` (sampler = policy parameters, model = grammar parameters).
+
+Evaluation (``make_gfn_decoder``), on the evaluation corpus:
+  gfn_*_f1        F1 of one GFlowNet sample per sentence (line i: key fold_in(key, i)) and of the
+                  best of K samples under p_theta(x, z) (``best_*``), sentence and corpus level;
+  is_nll_per_token  -sum_i log p_hat(x_i) / tokens, p_hat(x) = (1/K) sum_k p(x, z_k) P_B(tau_k | z_k)
+                  / P_F(tau_k | x) over K forward trajectories: an upper bound in expectation
+                  (Jensen) on the NLL, the only one for an NCFG; reported with its K;
+  posterior-only runs add the exact tv / kl of the GFlowNet's terminal distribution (by dynamic
+  programming over all states, no sampling) to the grammar's posterior, on the sentences of at
+  most ``enum_len`` words.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gfnem_jax import em, loop, metrics, objectives, parse_metrics
+from gfnem_jax.envs.parse_tree import ParseTree
+from gfnem_jax.gflownet import GFlowNet
+from gfnem_jax.models import grammar as G
+from gfnem_jax.models.parse_buckets import Buckets
+from gfnem_jax.models.parse_policy import ParsePolicy
+from gfnem_jax.nets.policy import PolicyOutput
+from gfnem_jax.optim import OptimConfig, policy_optimizer
+from gfnem_jax.sampling import Exploration
+
+PARAMS_TAG = 0x7FFFFFFC  # policy parameters from fold_in(run_key, PARAMS_TAG)
+GREEDY = Exploration(temperature=1e-6)  # argmax of P_F at every step
+
+
+class Built(NamedTuple):
+    env: ParseTree
+    gfn: GFlowNet
+    latent: em.LatentModel
+    cfg: em.EMConfig
+
+
+def thresholds(s, ncfg: bool):
+    start = s.threshold_start or (7.0 if ncfg else 6.0)
+    return start, s.threshold_end or start / 2
+
+
+def build(s, model, vocab_size: int) -> Built:
+    """The GFlowNet, the latent variable model and the EM settings of a run's settings ``s``
+    (``experiments.grammar.GrammarSettings``) and grammar ``model`` (Neural/TableGrammar)."""
+    env = ParseTree(s.max_len, model.nt)
+    policy = ParsePolicy(s.max_len, model.nt, vocab_size, dim=s.policy_dim, layers=s.policy_layers,
+                         heads=s.policy_heads, enc_layers=s.policy_enc_layers)
+    objective = objectives.get(s.loss, lam=s.lam, alpha=s.alpha)
+    rules = model.rule_log_probs
+
+    def flow_offset(theta, cond, state):
+        return env.partial_log_reward(rules(theta), cond, state)
+
+    gfn = GFlowNet(env, policy, objective, Exploration(s.temperature),
+                   engine=Buckets(s.n_buckets) if s.n_buckets else None,
+                   flow_offset=flow_offset if s.forward_looking else None)
+
+    def log_joint(theta, x, z):
+        return G.log_joint(rules(theta), x["tokens"], z)
+
+    def sample(theta, key, n):
+        words, trees, ok = jax.vmap(lambda k: G.sample(rules(theta), k, s.max_len))(
+            jax.random.split(key, n))
+        return {"tokens": words, "length": trees.length}, trees, ok
+
+    start, end = thresholds(s, getattr(model, "ncfg", False))
+    cfg = em.EMConfig(e_batch=s.batch_size, m_batch=s.batch_size, schedule=s.schedule,
+                      e_steps=s.e_steps, m_steps=s.m_steps, ema_decay=0.9, thr_start=start,
+                      thr_end=end, thr_steps=s.threshold_steps, sleep_prob=s.sleep,
+                      ls_rounds=s.local_search, ls_back=s.ls_back)
+    return Built(env, gfn, em.LatentModel(log_joint, sample), cfg)
+
+
+def init_state(s, b: Built, theta, m_tx):
+    """LoopState at step 0 and the policy's optimizer: grammar parameters ``theta`` in the model
+    slot (``m_tx`` None keeps them fixed), policy parameters from fold_in(key, PARAMS_TAG)."""
+    key = jax.random.PRNGKey(s.seed)
+    cond = {"tokens": jnp.zeros((s.max_len,), jnp.int32), "length": jnp.asarray(s.max_len, jnp.int32)}
+    params = b.gfn.init(jax.random.fold_in(key, PARAMS_TAG), cond)
+    tx = policy_optimizer(b.gfn, OptimConfig(s.gfn_lr, s.gfn_lr_logz, s.grad_clip), params)
+    return loop.init_state(params, tx, theta, m_tx, key), tx
+
+
+def make_step(b: Built, gfn_tx, m_tx, train_grammar: bool):
+    """The one alternating step: E-step (+ sleep) and, when the grammar trains, the M-step."""
+    e, m, after = em.em_updates(b.gfn, b.latent, b.cfg, gfn_tx, m_tx or gfn_tx, b.env.tree,
+                                b.env.from_tree)
+    if not train_grammar:
+        return loop.make_step(e, None, loop.Schedule("sampler"), after_sampler=after)
+    return loop.make_step(e, m, b.cfg.loop_schedule(), after_sampler=after)
+
+
+def corpus_data(c) -> Dict[str, jax.Array]:
+    return {"tokens": jnp.asarray(c.words), "length": jnp.asarray(c.lengths)}
+
+
+# -- decoding and evaluation ------------------------------------------------------------------
+def make_gfn_decoder(b: Built, rules, k: int):
+    """Jitted ``decode(params, theta, key, words[B, L], lengths[B], offset)`` ->
+    (is_logp float[B], one sample's trees, best-of-k trees, greedy trees) (``grammar.Tree``s).
+
+    Sample j of sentence i (global index offset + i) uses key fold_in(key, (offset + i) * k + j),
+    so with k = 1 line i draws with fold_in(key, i) whatever the batching."""
+    env, gfn = b.env, b.gfn
+
+    def log_reward(theta, c, st):
+        return G.log_joint(rules(theta), c["tokens"], env.tree(st))
+
+    @jax.jit
+    def decode(params, theta, key, words, lengths, offset):
+        B = words.shape[0]
+        cond = {"tokens": words, "length": lengths}
+        rep = jax.tree.map(lambda a: jnp.repeat(a, k, 0), cond)
+        tr = gfn.sample(params, key, B * k, log_reward, theta, rep, index_offset=offset * k)
+        lr = tr.log_reward.reshape(B, k)
+        logw = lr + (jnp.sum(tr.log_pb, 1) - jnp.sum(tr.log_pf, 1)).reshape(B, k)
+        is_logp = jax.nn.logsumexp(logw, axis=1) - jnp.log(float(k))
+        trees = jax.vmap(env.tree)(tr.terminal)
+        pick = lambda idx: jax.tree.map(lambda a: a.reshape((B, k) + a.shape[1:])[jnp.arange(B), idx],
+                                        trees)
+        greedy = gfn.sample(params, key, B, log_reward, theta, cond, explore=GREEDY)
+        return (is_logp, pick(jnp.zeros((B,), jnp.int32)), pick(jnp.argmax(lr, axis=1)),
+                jax.vmap(env.tree)(greedy.terminal))
+
+    return decode
+
+
+def decode_corpus(decode, params, theta, key, words, lengths, batch: int):
+    """Host loop over fixed-size batches (the last padded): (is_logp [N], {name: spans})."""
+    N = len(lengths)
+    logp, spans = [], {"gfn_": [], "best_": [], "greedy_": []}
+    for lo in range(0, N, batch):
+        hi = min(lo + batch, N)
+        pad = batch - (hi - lo)
+        w = np.concatenate([words[lo:hi], np.repeat(words[lo:lo + 1], pad, 0)])
+        n = np.concatenate([lengths[lo:hi], np.repeat(lengths[lo:lo + 1], pad, 0)])
+        lp, *trees = decode(params, theta, key, jnp.asarray(w), jnp.asarray(n), lo)
+        logp.append(np.asarray(lp)[: hi - lo])
+        for name, t in zip(spans, trees):
+            spans[name] += parse_metrics.tree_spans_batch(jax.device_get(t))[: hi - lo]
+    return np.concatenate(logp), spans
+
+
+def evaluate_gfn(decode, params, theta, ev, batch: int, key, k: int) -> Dict[str, Any]:
+    logp, spans = decode_corpus(decode, params, theta, key, ev.words, ev.lengths, batch)
+    row: Dict[str, Any] = {"is_nll_per_token": parse_metrics.nll_per_token(logp, ev.lengths),
+                           "is_samples": k}
+    for name, sp in spans.items():
+        f = parse_metrics.span_f1(sp, ev.gold, ev.lengths) if ev.gold is not None else {}
+        row[name + "sentence_f1"] = f.get("sentence_f1")
+        row[name + "corpus_f1"] = f.get("corpus_f1")
+    return row
+
+
+def _cut_policy(policy: ParsePolicy, small: ParseTree):
+    """(params, obs, ctx) -> PolicyOutput of ``policy`` on the action spaces of ``small`` (a
+    ParseTree with fewer slots: its actions are a prefix of the full ones)."""
+    A, Ab = small.n_actions, small.n_bwd_actions
+
+    def apply(params, obs, ctx):
+        out = policy.apply(params, obs, ctx)
+        return PolicyOutput(out.fwd_logits[:A], out.bwd_logits[:Ab], out.log_flow)
+
+    return apply
+
+
+def exact_posterior_metrics(b: Built, rules, params, theta, words, lengths, enum_len: int,
+                            max_sentences: int = 16) -> Dict[str, Any]:
+    """Exact tv and kl (both directions) between the GFlowNet's terminal distribution and the
+    posterior p_theta(z | x), by dynamic programming over every state (no sampling), averaged over
+    the first ``max_sentences`` sentences of 2..``enum_len`` words. None if there is none."""
+    pick = [i for i, n in enumerate(lengths) if 2 <= n <= enum_len][:max_sentences]
+    if not pick:
+        return {"exact_tv": None, "exact_kl": None, "exact_kl_reverse": None, "exact_sentences": 0}
+    small = ParseTree(enum_len, b.env.n_nt)
+    pair = _exact_pair(small, b.gfn.policy)
+    g = rules(theta)
+    tv, kl, rkl = [], [], []
+    for i in pick:
+        cond = {"tokens": jnp.asarray(words[i]), "length": jnp.asarray(lengths[i], jnp.int32)}
+        p, q = pair(params, g, _table(small, int(lengths[i])), cond)
+        p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+        tv.append(0.5 * np.abs(p - q).sum())
+        m = p > 0
+        kl.append(float(np.sum(p[m] * (np.log(p[m]) - np.log(np.maximum(q[m], 1e-300))))))
+        m = q > 0
+        rkl.append(float(np.sum(q[m] * (np.log(q[m]) - np.log(np.maximum(p[m], 1e-300))))))
+    return {"exact_tv": float(np.mean(tv)), "exact_kl": float(np.mean(kl)),
+            "exact_kl_reverse": float(np.mean(rkl)), "exact_sentences": len(pick)}
+
+
+@functools.lru_cache(maxsize=32)
+def _table(small: ParseTree, n: int):
+    return metrics.transition_table(small, {"tokens": jnp.zeros((small.max_len,), jnp.int32),
+                                            "length": jnp.asarray(n, jnp.int32)})
+
+
+@functools.lru_cache(maxsize=8)
+def _exact_pair(small: ParseTree, policy: ParsePolicy):
+    """Jitted (params, grammar, table, cond) -> (GFlowNet terminal distribution, exact posterior)
+    over the states of ``table`` (float[S] each, 0 at non-terminal states)."""
+    apply = _cut_policy(policy, small)
+    lr = lambda gg, c, st: G.log_joint(gg, c["tokens"], small.tree(st))
+
+    @jax.jit
+    def pair(params, g, table, cond):
+        ctx = policy.encode_cond(params, cond)
+        p = metrics.terminal_distribution(small, apply, params, table, ctx)
+        return p, metrics.target_distribution(small, lr, g, table, cond)
+
+    return pair
+
+
+# -- the run (``experiments.grammar.run`` calls ``plan`` for method gflownet) ------------------
+def plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, key):
+    """``experiments.grammar.Plan`` of a GFlowNet-EM run (``tr`` None: structure only)."""
+    from gfnem_jax.experiments.grammar import Plan
+    vocab = model.vocab_size
+    b = build(s, model, vocab)
+    theta = params0 if params0 is not None else model.init(
+        jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x7FFFFFFF))  # the baselines' initialisation
+    train_grammar = not (fixed or s.posterior_only)
+    state, gfn_tx = init_state(s, b, theta, m_tx if train_grammar else None)
+    rules = model.rule_log_probs
+    k = s.eval_samples
+    decode = make_gfn_decoder(b, rules, k)
+    ncfg = getattr(model, "ncfg", False)
+
+    def make_chunk(n):
+        if train_grammar:
+            b.cfg.validate(len(tr), b.env.max_steps)
+        run_chunk = loop.make_chunk(make_step(b, gfn_tx, m_tx, train_grammar), n,
+                                    em.batch_fn(b.cfg, len(tr)))
+        data = corpus_data(tr)
+        return lambda st, _: run_chunk(st, data)
+
+    def evaluate(st):
+        row: Dict[str, Any] = {} if ncfg else grammar_eval(st.model)
+        if ncfg:
+            row["nll_per_token"] = None
+        row.update(evaluate_gfn(decode, st.sampler, st.model, ev, s.eval_batch, key, k))
+        if s.posterior_only:
+            row.update(exact_posterior_metrics(b, rules, st.sampler, st.model, ev.words,
+                                               ev.lengths, min(s.enum_len, s.max_len)))
+        return row
+
+    def summarize(m):
+        out = {}
+        if "m_step" in m:
+            sel = np.asarray(m["m_step"], bool)
+            out["m_steps"] = int(sel.sum())
+            out["m_loss"] = float(np.asarray(m["m_loss"])[sel].mean()) if sel.any() else None
+            if "ls_accept" in m:
+                acc = np.asarray(m["ls_accept"])[sel]
+                out["ls_accept"] = float(acc.mean()) if sel.any() else None
+        if "sleep" in m:
+            out["sleep_updates"] = int(np.asarray(m["sleep"]).sum())
+        for name in ("ema", "threshold"):
+            if name in m:
+                out[name] = float(np.asarray(m[name])[-1])
+        return out
+
+    return Plan(state, make_chunk, evaluate, summarize, lambda st: st.model)
