@@ -379,42 +379,67 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
     return summary
 
 
-def load_run(run_dir: str):
-    """(settings, model, params, vocab) of a run directory."""
+def load_state(run_dir: str):
+    """(settings, model, the restored training state, vocab) of a run directory."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise ValueError(f"run {run_dir!r} holds no config.json (not a grammar run directory)")
     s = GrammarSettings.from_dict(json.load(open(path)))
     vocab = json.load(open(os.path.join(run_dir, "vocab.json")))
-    model, params0, _, _ = build_model(s, len(vocab))
+    model, params0, fixed, _ = build_model(s, len(vocab))
     ck = checkpoint.latest(run_dir)
     if ck is None:
         raise ValueError(f"run {run_dir!r} holds no checkpoint")
-    tx = make_optimizer(s)
     n = json.load(open(os.path.join(run_dir, "data.json")))["n_train"] if s.method == "mc-em" else 1
-    like = init_state(s, model, params0, n, np.full((n,), 2, np.int32), tx)
-    return s, model, checkpoint.restore(ck, like).params, vocab
+    like = make_plan(s, model, params0, fixed, None, None, make_optimizer(s), None, None, n).state
+    return s, model, checkpoint.restore(ck, like), vocab
+
+
+def load_run(run_dir: str):
+    """(settings, model, grammar params, vocab) of a run directory."""
+    s, model, st, vocab = load_state(run_dir)
+    return s, model, st.model if s.method == "gflownet" else st.params, vocab
+
+
+DECODERS = ("viterbi", "sample", "greedy", "best-of-K")
 
 
 def parse(corpus: str, out: str, run: Optional[str] = None, grammar: Optional[str] = None,
           decoder: str = "viterbi", max_len: int = 20, seed: int = 0, batch: int = 64) -> Dict[str, int]:
     """Parse every sentence of 2..max_len words of ``corpus``; write JSON lines
-    {"logprob": log p(x) or null (NCFG), "spans": [[i, j], ...]} in order. Returns counts."""
+    {"logprob": log p(x) or null (NCFG), "spans": [[i, j], ...]} in order. Returns counts.
+
+    decoder: viterbi (the grammar's most likely tree; NCFG: an MH chain), sample (a posterior
+    sample: exact for a CFG, or the GFlowNet's for a gflownet run; line i uses key fold_in(key, i)),
+    greedy (argmax of the GFlowNet's P_F at every step) or best-of-K, e.g. best-of-8 (the best of K
+    GFlowNet samples under p(x, z)); the last two need a gflownet run."""
     if (run is None) == (grammar is None):
         raise ValueError("parse needs exactly one of run (a run directory) or grammar (a .npz file)")
-    if decoder not in ("viterbi", "sample"):
-        raise ValueError(f"decoder must be viterbi or sample, got {decoder!r}")
+    best = decoder.startswith("best-of-") and decoder[8:].isdigit() and int(decoder[8:]) >= 1
+    if decoder not in DECODERS[:3] and not best:
+        raise ValueError(f"decoder must be viterbi, sample, greedy or best-of-K (K >= 1, e.g. "
+                         f"best-of-8), got {decoder!r}")
+    state = None
     if run is not None:
-        s, model, params, vocab = load_run(run)
+        s, model, state, vocab = load_state(run)
+        params = state.model if s.method == "gflownet" else state.params
         max_len, unknown, mcmc = s.max_len, "unk", s.eval_mcmc_steps
+        if s.method != "gflownet":
+            state = None
     else:
         params, vocab = G.load_npz(grammar)
         model, unknown, mcmc = TableGrammar(*G.sizes(params)), "error", 200
+    if (decoder == "greedy" or best) and state is None:
+        raise ValueError(f"decoder {decoder} needs a run trained with method gflownet")
     sents = [l.split() for l in C._read_lines(corpus, "corpus")]
     keep = [t for t in sents if 2 <= len(t) <= max_len]
     words, lengths, n_unk = C.encode(keep, vocab, max_len, unknown)
     decode = make_decoder(model, max_len, mcmc)
-    logp, vsp, ssp = decode_all(decode, params, jax.random.PRNGKey(seed), words, lengths, batch)
+    key = jax.random.PRNGKey(seed)
+    logp, vsp, ssp = decode_all(decode, params, key, words, lengths, batch)
+    if state is not None and decoder != "viterbi":
+        from gfnem_jax.experiments import grammar_gfn
+        ssp = grammar_gfn.parse_spans(s, model, state, key, words, lengths, decoder, batch)
     with open(out, "w") as f:
         for lp, sp in zip(logp, vsp if decoder == "viterbi" else ssp):
             f.write(json.dumps({"logprob": None if np.isnan(lp) else float(lp), "spans": sp}) + "\n")

@@ -37,8 +37,10 @@ def add_parse_args(parser) -> None:
     g.add_argument("--grammar", help="a .npz grammar file (unknown words are an error)")
     parser.add_argument("--corpus", required=True, help="text file, one sentence per line")
     parser.add_argument("--out", required=True, help="output JSON lines {logprob, spans}")
-    parser.add_argument("--decoder", default="viterbi", choices=("viterbi", "sample"),
-                        help="most likely tree or an exact posterior sample (default viterbi)")
+    parser.add_argument("--decoder", default="viterbi",
+                        help="viterbi (most likely tree), sample (a posterior sample: exact for a CFG, "
+                             "the GFlowNet's for a gflownet run), greedy or best-of-K (e.g. best-of-8; "
+                             "GFlowNet runs) (default viterbi)")
     parser.add_argument("--max-len", dest="max_len", type=int, default=20,
                         help="longest sentence parsed with --grammar (a run uses its own; default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")

@@ -282,3 +282,13 @@ def plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, key):
         return out
 
     return Plan(state, make_chunk, evaluate, summarize, lambda st: st.model)
+
+
+def parse_spans(s, model, state, key, words, lengths, decoder: str, batch: int):
+    """Spans of the GFlowNet decoder ``decoder`` (sample, greedy or best-of-K) of a gflownet run's
+    restored ``state`` for every sentence (line i of ``sample`` draws with fold_in(key, i))."""
+    b = build(s, model, model.vocab_size)
+    k = int(decoder[8:]) if decoder.startswith("best-of-") else 1
+    decode = make_gfn_decoder(b, model.rule_log_probs, k)
+    _, spans = decode_corpus(decode, state.sampler, state.model, key, words, lengths, batch)
+    return spans["greedy_" if decoder == "greedy" else "best_" if k > 1 else "gfn_"]
