@@ -47,7 +47,8 @@ def _add_run_args(p, resume=True):
     g.add_argument("--out", required=True, help="run directory to create (must not hold another run)")
     if resume:
         g.add_argument("--resume", action="store_true",
-                       help="continue the run in --out from its latest checkpoint up to --steps "
+                       help="continue the run in --out from its latest checkpoint (from step 0 "
+                            "if it has none) up to --steps, exactly as if it had never stopped "
                             "(other settings must match)")
     g.add_argument("--overwrite", action="store_true",
                    help="allow --out to be a directory holding an earlier gfnem run (it is replaced)")
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gfnem_jax.experiments import mixture
     mp = tasks.add_parser("mixture", help=mixture.HELP, description=mixture.HELP)
     config.add_arguments(mp, mixture.MixtureSettings, group="GFlowNet-EM")
-    _add_run_args(mp, resume=False)
+    _add_run_args(mp)
     for name, (mod_name, cls_name, help_) in RUN_KINDS.items():
         kp = tasks.add_parser(name, help=help_, description=help_)
         config.add_arguments(kp, _settings_class(mod_name, cls_name), group=name)
@@ -136,13 +137,37 @@ def _clear_for_overwrite(args):
         shutil.rmtree(args.out)
 
 
+def _settings_or_fail(args, classes, make):
+    """``make()`` (building and validating the settings, and the resume check), or exit 2."""
+    try:
+        return make()
+    except ValueError as e:
+        _fail(str(e), classes)
+
+
+def _train_run(args, classes, run):
+    """Prepare --out (nothing is cleared when resuming), then ``run()``: a non-finite loss stops
+    with exit 1, a bad setting or input with one line and exit 2."""
+    from gfnem_jax.loop import NonFiniteLoss
+    check_out(args, resuming=args.resume)
+    if not args.resume:
+        _clear_for_overwrite(args)
+    try:
+        return run()
+    except NonFiniteLoss as e:
+        sys.stderr.write(f"gfnem: stopped: {e}\n")
+        sys.exit(1)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e), classes)
+
+
 def _train_gfn(args):
     from gfnem_jax import config
     from gfnem_jax.experiments import runner
-    from gfnem_jax.loop import NonFiniteLoss
     mod = runner.task_module(args.task)
     classes = (mod.SETTINGS, runner.TrainSettings)
-    try:
+
+    def make():
         env_s = config.from_args(mod.SETTINGS, args)
         train_s = config.from_args(runner.TrainSettings, args)
         env_s.validate()
@@ -150,31 +175,29 @@ def _train_gfn(args):
         cfg = runner.config_dict(args.task, env_s, train_s)
         if args.resume:
             runner.check_resume(cfg, args.out)
-    except ValueError as e:
-        _fail(str(e), classes)
-    check_out(args, resuming=args.resume)
-    _clear_for_overwrite(args)
-    try:
-        res = runner.run(cfg, args.out, progress=not args.quiet, resume=args.resume)
-    except NonFiniteLoss as e:
-        sys.stderr.write(f"gfnem: stopped: {e}\n")
-        sys.exit(1)
-    except ValueError as e:
-        _fail(str(e), classes)
+        return cfg
+
+    cfg = _settings_or_fail(args, classes, make)
+    res = _train_run(args, classes, lambda: runner.run(cfg, args.out, progress=not args.quiet,
+                                                      resume=args.resume))
     print(json.dumps(res["final"]))
 
 
 def _train_mixture(args):
-    from gfnem_jax import config
+    from gfnem_jax import config, run_dir
     from gfnem_jax.experiments import mixture
-    try:
+    classes = (mixture.MixtureSettings,)
+
+    def make():
         s = config.from_args(mixture.MixtureSettings, args)
         s.validate()
-    except ValueError as e:
-        _fail(str(e), (mixture.MixtureSettings,))
-    check_out(args)
-    _clear_for_overwrite(args)
-    res = mixture.run(s, args.out, progress=not args.quiet)
+        if args.resume:
+            run_dir.check_resume(s.to_dict(), args.out)
+        return s
+
+    s = _settings_or_fail(args, classes, make)
+    res = _train_run(args, classes, lambda: mixture.run(s, args.out, progress=not args.quiet,
+                                                       resume=args.resume))
     summ = res["summary"]
     print(json.dumps({"loglik": summ["loglik"], "gap_to_exact_em": summ["gap_to_exact_em"],
                       "posterior_tv_gflownet": summ["posterior_tv_gflownet"],
@@ -184,25 +207,17 @@ def _train_mixture(args):
 def _train_kind(args):
     import importlib
     from gfnem_jax import config
-    from gfnem_jax.loop import NonFiniteLoss
     mod_name, cls_name, _ = RUN_KINDS[args.task]
     cls = _settings_class(mod_name, cls_name)
-    try:
+
+    def make():
         s = config.from_args(cls, args)
         s.validate()
-    except ValueError as e:
-        _fail(str(e), (cls,))
-    if not args.resume:
-        check_out(args)
-        _clear_for_overwrite(args)
-    try:
-        res = importlib.import_module(mod_name).run(s, args.out, progress=not args.quiet,
-                                                    resume=args.resume)
-    except NonFiniteLoss as e:
-        sys.stderr.write(f"gfnem: stopped: {e}\n")
-        sys.exit(1)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e), (cls,))
+        return s
+
+    s = _settings_or_fail(args, (cls,), make)
+    res = _train_run(args, (cls,), lambda: importlib.import_module(mod_name).run(
+        s, args.out, progress=not args.quiet, resume=args.resume))
     final = res.get("final", res) if isinstance(res, dict) else res
     print(json.dumps(final, default=float))
 

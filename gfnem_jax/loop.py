@@ -345,20 +345,27 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
               on_checkpoint: Optional[Callable[[Any], None]] = None,
               checkpoint_every: int = 0, last_checkpoint: Optional[int] = None,
               progress: bool = True, desc: str = "train",
-              postfix: tuple = ("loss", "l1", "log_z", "nll"), wall_offset: float = 0.0):
+              postfix: tuple = ("loss", "l1", "log_z", "nll"), wall_offset: float = 0.0,
+              checkpoint_minutes: float = 0.0):
     """Run ``steps`` steps in chunks of ``chunk`` (a divisor); log and checkpoint between chunks.
 
     data_fn(chunk_index) -> the ``data`` argument of each chunk (host-fed batches); None = none.
     A logged row is {"step", "loss" (mean over the chunk's sampler steps), "loss_last"} plus
     ``summarize(metrics of the chunk)`` and ``evaluate(state)`` and "wall_s" (seconds since the
-    loop started, compilation included, plus ``wall_offset`` carried over a resume). A non-finite loss raises NonFiniteLoss naming the 1-based step and the last good
-    checkpoint (or that there is none). No host sync inside a chunk.
+    loop started, compilation included, plus ``wall_offset`` carried over a resume); "loss" and
+    "loss_last" only if the chunk's metrics hold a "loss". A non-finite float metric raises
+    NonFiniteLoss naming the 1-based step and the last good checkpoint (or that there is none).
+    No host sync inside a chunk.
+    Checkpoints (``on_checkpoint(state)``) after a chunk ending at a multiple of
+    ``checkpoint_every`` steps, and after the first chunk ending more than ``checkpoint_minutes``
+    minutes after the last checkpoint (or the loop's start); 0 turns either off.
     """
     from tqdm.auto import tqdm
     bar = tqdm(total=steps, desc=desc, disable=not progress, file=sys.stderr, mininterval=0.5,
                dynamic_ncols=True)
     last_ck = last_checkpoint
     t0 = time.perf_counter()
+    t_ck = t0
     try:
         for c in range(steps // chunk):
             data = None if data_fn is None else data_fn(c)
@@ -371,11 +378,12 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
                          else "no checkpoint had been written yet")
                 raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]}; {where}")
             row: Dict[str, Any] = {"step": step}
-            loss = np.asarray(m["loss"])
-            sel = np.asarray(m["e_step"], bool) if "e_step" in m else np.ones(loss.shape, bool)
-            if sel.any():
-                row["loss"] = float(loss[sel].mean())
-                row["loss_last"] = float(loss[sel][-1])
+            if "loss" in m:
+                loss = np.asarray(m["loss"])
+                sel = np.asarray(m["e_step"], bool) if "e_step" in m else np.ones(loss.shape, bool)
+                if sel.any():
+                    row["loss"] = float(loss[sel].mean())
+                    row["loss_last"] = float(loss[sel][-1])
             if summarize is not None:
                 row.update(summarize(m))
             if evaluate is not None:
@@ -385,9 +393,12 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
                 on_log(row)
             bar.update(chunk)
             bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix if k in row}, refresh=False)
-            if on_checkpoint is not None and checkpoint_every and step % checkpoint_every == 0:
+            due = bool(checkpoint_every) and step % checkpoint_every == 0
+            due |= checkpoint_minutes > 0 and time.perf_counter() - t_ck > 60 * checkpoint_minutes
+            if on_checkpoint is not None and due:
                 on_checkpoint(state)
                 last_ck = step
+                t_ck = time.perf_counter()
     finally:
         bar.close()
     return state

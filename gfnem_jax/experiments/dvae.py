@@ -13,8 +13,9 @@ The learned autoregressive prior (``prior`` = learned) is part of theta: trained
 Every learning rate is multiplied by ``lr_drop`` after ``lr_drop_at`` of the run.
 
 Run directory: config.json, metrics.jsonl (one row per chunk: step, loss, m_loss, test_bound =
--ELBO or the VQ bound on up to 256 held-out images, wall_s), checkpoint/step_N, summary.json,
-reconstructions.png, prior_samples.png; ``evaluate_run`` adds eval.json (IS test NLL).
+-ELBO or the VQ bound on up to 256 held-out images, wall_s), checkpoint/step_N (the policy and the
+resume of ``gfnem_jax.run_dir``), summary.json, reconstructions.png, prior_samples.png;
+``evaluate_run`` adds eval.json (IS test NLL).
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gfnem_jax import checkpoint, em, loop, objectives
-from gfnem_jax.config import Settings, setting
+from gfnem_jax import checkpoint, em, loop, objectives, run_dir
+from gfnem_jax.config import setting
 from gfnem_jax.data.images import load
 from gfnem_jax.envs.sequence import SeqState, Sequence
 from gfnem_jax.experiments import dvae_eval as ev
@@ -42,11 +43,10 @@ NAME = "dvae"
 HELP = "discrete VAE (grid of K codes) with a GFlowNet encoder trained by GFlowNet-EM, or baselines"
 METHODS = ("gflownet", "greedy", "factorized", "vqvae")
 EVAL_SUBSET = 256
-RESUMABLE_CHANGES = ("steps", "checkpoint_every")
 
 
 @dataclasses.dataclass(frozen=True)
-class DVAESettings(Settings):
+class DVAESettings(run_dir.CheckpointSettings):
     method: str = setting("gflownet", "gflownet (GFlowNet-EM), greedy (M-step on the argmax code "
                           "grid), factorized (independent codes given x) or vqvae", choices=METHODS)
     codes: int = setting(8, "number of codes K", min=2)
@@ -75,7 +75,6 @@ class DVAESettings(Settings):
     hidden: int = setting(256, "encoder state-MLP width", min=1)
     n_test: int = setting(0, "held-out images used (0 = all)", min=0)
     log_every: int = setting(200, "steps per jitted chunk / metrics row", min=1)
-    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
     plot: bool = setting(True, "write reconstructions.png and prior_samples.png", flag="--no-plot")
 
     def check(self):
@@ -272,8 +271,8 @@ class Built:
 
     def chunk_size(self, done: int) -> int:
         s = self.s
-        g = s.steps - done if s.method == "vqvae" else math.gcd(s.e_steps, s.m_steps, s.steps - done, done)
-        return loop.pick_chunk(g, s.log_every)
+        g = s.steps if s.method == "vqvae" else math.gcd(s.e_steps, s.m_steps, s.steps)
+        return run_dir.chunk_size(g, done, s.log_every)
 
     def test_bound(self, state, x, key):
         """float[N]: -ELBO (one sample) per image, or the VQ-VAE bound."""
@@ -298,72 +297,48 @@ class Built:
         return self.model.sample_prior(state.model, key, n)
 
 
-def _check_resume(cfg: Dict[str, Any], out: str) -> None:
-    path = os.path.join(out, "config.json")
-    if not os.path.isfile(path) or checkpoint.latest(out) is None:
-        raise ValueError(f"resume: {out!r} holds no run with a checkpoint to resume")
-    with open(path) as f:
-        saved = json.load(f)
-    diff = sorted(k for k in set(saved) | set(cfg) if k not in RESUMABLE_CHANGES and saved.get(k) != cfg.get(k))
-    if diff:
-        raise ValueError(f"resume: settings differ from the saved run in {', '.join(diff)}")
-
-
 def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
     """Train as configured and write the run directory (module docstring). Returns
-    {"final": last metrics row, "summary": summary dict, "state": LoopState}."""
+    {"final": last metrics row, "summary": summary dict, "state": LoopState}. resume: continue
+    from the latest checkpoint in OUT (step 0 if none), identical to a run never stopped."""
     s = _settings(settings)
     train, test = load_data(s)
     cfg = s.to_dict()
     if resume:
-        _check_resume(cfg, out)
+        run_dir.check_resume(cfg, out)
     b = Built(s, train.shape[1:], jnp.asarray(train[0]))
-    state = b.state
-    old_rows = []
-    if resume:
-        state = checkpoint.restore(checkpoint.latest(out), state)
-        with open(os.path.join(out, "metrics.jsonl")) as f:
-            old_rows = [l for l in f if l.strip() and json.loads(l)["step"] <= int(state.step)]
+    state, ck = run_dir.restore_latest(out, b.state, resume)
     done = int(state.step)
-    if done >= s.steps:
-        raise ValueError(f"steps {s.steps}: the run in {out!r} already has {done} steps")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
+    run_dir.check_steps(s.steps, done, out)
+    run_dir.write_config(out, cfg)
     chunk = b.chunk_size(done)
     run_chunk = b.chunks(chunk, len(train))
     x_train, x_sub = jnp.asarray(train), jnp.asarray(test[:EVAL_SUBSET])
     bound = jax.jit(lambda st, x, k: jnp.mean(b.test_bound(st, x, k)))
     ekey = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x65766131)
-    rows = []
+    cks = run_dir.Checkpoints(out, s, last=done if ck else None)
     t0 = time.perf_counter()
-    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-        f.writelines(old_rows)
 
-        def summarize(m):
-            r = {}
-            for k in ("m_loss", "log_z", "sleep"):
-                if k in m:
-                    v = np.asarray(m[k], np.float64)
-                    sel = np.asarray(m["m_step"], bool) if k == "m_loss" and "m_step" in m else slice(None)
-                    if np.size(v[sel]):
-                        r[k] = float(np.mean(v[sel]))
-            return r
+    def summarize(m):
+        r = {}
+        for k in ("m_loss", "log_z", "sleep"):
+            if k in m:
+                v = np.asarray(m[k], np.float64)
+                sel = np.asarray(m["m_step"], bool) if k == "m_loss" and "m_step" in m else slice(None)
+                if np.size(v[sel]):
+                    r[k] = float(np.mean(v[sel]))
+        return r
 
-        def on_log(row):
-            rows.append(row)
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
         state = loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=lambda c: x_train,
                                summarize=summarize,
                                evaluate=lambda st: {"test_bound": float(bound(st, x_sub, ekey))},
-                               on_log=on_log, on_checkpoint=lambda st: checkpoint.save(out, st),
-                               checkpoint_every=s.checkpoint_every,
-                               last_checkpoint=done if resume else None, progress=progress,
-                               desc=f"dvae/{s.method}", postfix=("loss", "test_bound"))
+                               on_log=log.write, progress=progress, desc=f"dvae/{s.method}",
+                               postfix=("loss", "test_bound"), wall_offset=log.wall_offset(),
+                               **cks.loop_kwargs())
+    rows = log.rows
     train_s = time.perf_counter() - t0
-    checkpoint.save(out, state)
+    cks.save(state)
     summary = {"method": s.method, "codes": s.codes, "grid": s.grid, "steps": s.steps,
                "data": s.data, "n_train": int(len(train)), "n_test": int(len(test)),
                "final": rows[-1] if rows else {}, "test_bound": rows[-1]["test_bound"] if rows else None,

@@ -14,7 +14,8 @@ p_phi(x) ∝ exp(-E_phi(x)) on x in {0,1}^d (``gfnem_jax.models.energy``), the G
              gwg     persistent chains, mcmc_steps Gibbs-with-gradients steps per update.
 The step key is fold_in(run_key, step). ``run`` writes config.json, metrics.jsonl, energies.npy
 (float32[2^d], index = bits as binary, first bit most significant; d <= 20), test.npy
-(uint8[n, d]), summary.json (test_nll exact for d <= 20, sampler_tv) and heatmaps.png (2-D data).
+(uint8[n, d]), summary.json (test_nll exact for d <= 20, sampler_tv), heatmaps.png (2-D data) and
+checkpoint/step_N (the EBMState; ``gfnem_jax.run_dir``'s checkpoint policy and exact resume).
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gfnem_jax import mcmc
-from gfnem_jax.config import Settings, setting
+from gfnem_jax import mcmc, run_dir
+from gfnem_jax.config import setting
 from gfnem_jax.data import toy2d
 from gfnem_jax.envs.bits import Bits, BitsState
 from gfnem_jax.models import energy as em
@@ -41,7 +42,7 @@ METHODS = ("gfn", "gfn-cd", "pcd", "gwg")
 
 
 @dataclasses.dataclass(frozen=True)
-class EBMSettings(Settings):
+class EBMSettings(run_dir.CheckpointSettings):
     data: str = setting("2spirals", f"a 2-D density ({', '.join(toy2d.NAMES)}) or a .npy of {{0,1}} vectors")
     bits: int = setting(8, "bits per coordinate for 2-D densities (d = 2 bits)", min=1, max=16)
     n_train: int = setting(50000, "training points drawn from a 2-D density", min=1)
@@ -248,47 +249,39 @@ def load_data(s: EBMSettings):
 def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = False) -> dict:
     """Train and write the run files into ``out`` (see the module docstring). Returns the summary.
 
-    The final EBMState is checkpointed (gfnem_jax.checkpoint) under out/checkpoint; with
-    ``resume`` a run continues from its latest checkpoint up to ``settings.steps``.
+    The EBMState is checkpointed under out/checkpoint (``run_dir.Checkpoints``); with ``resume``
+    a run continues from its latest checkpoint (step 0 if none) up to ``settings.steps``, identical
+    to a run never stopped.
     """
-    from gfnem_jax import checkpoint
     from gfnem_jax.experiments import ebm_eval
+    from gfnem_jax.loop import host_loop
 
     settings.validate()
-    os.makedirs(out, exist_ok=True)
     train, test, is_2d = load_data(settings)
     d = train.shape[1]
     ebm = build(settings, d)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"task": "ebm", "d": d, **settings.to_dict()}, f, indent=2)
-    np.save(os.path.join(out, "test.npy"), test.astype(np.uint8))
-    st = init_state(ebm, settings.seed)
-    ck = checkpoint.latest(out) if resume else None
-    if ck is not None:
-        st = checkpoint.restore(ck, st)
+    cfg = {"task": "ebm", "d": d, **settings.to_dict()}
+    if resume:
+        run_dir.check_resume(cfg, out)
+    st, ck = run_dir.restore_latest(out, init_state(ebm, settings.seed), resume)
     done = int(st.step)
-    if done > settings.steps:
-        raise ValueError(f"steps must be >= the checkpoint's step {done}, got {settings.steps}")
-    chunk = max(c for c in range(1, min(settings.log_every, settings.steps) + 1) if settings.steps % c == 0)
+    run_dir.check_steps(settings.steps, done, out)
+    run_dir.write_config(out, cfg)
+    np.save(os.path.join(out, "test.npy"), test.astype(np.uint8))
+    chunk = run_dir.chunk_size(settings.steps, done, settings.log_every)
     run_chunk = make_chunk(make_step(ebm, jnp.asarray(train, jnp.float32)), chunk)
     exact = d <= em.MAX_EXACT_D
+    cks = run_dir.Checkpoints(out, settings, last=done if ck else None)
     t0 = time.perf_counter()
-    with open(os.path.join(out, "metrics.jsonl"), "a" if ck else "w") as log:
-        for _ in range((settings.steps - done) // chunk):
-            st, m = run_chunk(st)
-            m = jax.device_get(m)
-            if not np.all(np.isfinite(m["e_loss"])):
-                raise FloatingPointError(f"non-finite energy loss before step {int(st.step)}")
-            row = {"step": int(st.step), **{k: float(np.mean(v)) for k, v in m.items()}}
-            if exact:
-                row["test_nll"] = float(em.exact_nll(ebm.model, st.phi, test))
-            row["wall_s"] = round(time.perf_counter() - t0, 3)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            if progress:
-                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                      flush=True)
-    checkpoint.save(out, st)
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
+        st = host_loop(st, lambda s, _: run_chunk(s), settings.steps - done, chunk,
+                       summarize=lambda m: {k: float(np.mean(v)) for k, v in m.items()},
+                       evaluate=(lambda s: {"test_nll": float(em.exact_nll(ebm.model, s.phi,
+                                                                           test))}) if exact else None,
+                       on_log=log.write, progress=progress, desc=f"ebm/{settings.method}",
+                       postfix=("e_loss", "gfn_loss", "test_nll"), wall_offset=log.wall_offset(),
+                       **cks.loop_kwargs())
+    cks.save(st)
     summary = ebm_eval.summarize(ebm, st.gfn_params, st.phi, test, jax.random.fold_in(st.key, -2 & 0x7FFFFFFF),
                                  gfn_based=settings.method in ("gfn", "gfn-cd"),
                                  n_mmd=min(2000, settings.n_eval_samples))

@@ -11,7 +11,9 @@ and share the M-step code path (``gfnem_jax.em.m_update``, SGD at ``--lr-m``). W
   summary.json    {"loglik": {gflownet_em, exact_em, mean_field_em, generating}, "means":
                   {method: [[x, y]] * C}, gaps, TV of the final GFlowNet posterior, counts};
   mixture.png     the data, the true means, the initialization and each method's fit;
-  timing.json     wall-clock seconds (kept out of summary.json so that it is reproducible).
+  timing.json     wall-clock seconds (kept out of summary.json so that it is reproducible);
+  checkpoint/     the GFlowNet-EM loop state (``gfnem_jax.run_dir``'s policy); ``--resume``
+                  continues from the latest one exactly (the baselines are recomputed).
 """
 from __future__ import annotations
 
@@ -26,15 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gfnem_jax import em
-from gfnem_jax.config import Settings, setting
+from gfnem_jax import em, run_dir
+from gfnem_jax.config import setting
 
 NAME = "mixture"
 HELP = ("GFlowNet-EM on the hierarchical Gaussian mixture (4 superclusters x 4 petals), against "
         "exact EM and mean-field VI-EM from the same initialization")
 
 @dataclasses.dataclass(frozen=True)
-class MixtureSettings(Settings):
+class MixtureSettings(run_dir.CheckpointSettings):
     """Every setting of ``gfnem train mixture`` (flags, validation and config.json come from here)."""
 
     seed: int = setting(0, "seed of the data, the initialization and every key", min=0, max=2 ** 32 - 1)
@@ -120,23 +122,24 @@ def posterior_tv(model, env, gfn, params, theta, x) -> jax.Array:
     return jnp.mean(0.5 * jnp.sum(jnp.abs(q - model.exact_posterior(theta, x)), axis=-1))
 
 
-def run(cfg, out: str, progress: bool = True) -> Dict[str, Any]:
+def run(cfg, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
     """Run the three methods; write the run directory (see the module docstring).
 
-    cfg: ``MixtureSettings`` or a dict of its fields."""
+    cfg: ``MixtureSettings`` or a dict of its fields. resume: continue GFlowNet-EM from the latest
+    checkpoint in OUT (step 0 if none), identical to a run never stopped."""
     from gfnem_jax import loop
     from gfnem_jax.experiments.mixture_baselines import run_exact_em, run_mean_field_em
     from gfnem_jax.models.mixture import GENERATING_MEANS, generate_data, latent_to_state
     s = _settings(cfg)
+    if resume:
+        run_dir.check_resume(s.to_dict(), out)
     t_start = time.perf_counter()
     model, env, gfn, gfn_tx, m_tx = build(s)
     x_np, _ = generate_data(model, s.seed, s.n_data)
     x = jnp.asarray(x_np)
     run_key = jax.random.PRNGKey(s.seed)
     theta0 = model.init_means(jax.random.fold_in(run_key, 1), x)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(s.to_dict(), f, indent=2, sort_keys=True)
+    run_dir.write_config(out, s.to_dict())
     np.save(os.path.join(out, "data.npy"), x_np)
     timing = {}
 
@@ -154,20 +157,27 @@ def run(cfg, out: str, progress: bool = True) -> Dict[str, Any]:
                            z_to_state=latent_to_state, mesh=loop.make_mesh(s.devices))
     params = gfn.init(jax.random.fold_in(run_key, 0x7FFFFFFF), x[0])
     state = loop.init_state(params, gfn_tx, theta0, m_tx, run_key)
-    chunk = loop.pick_chunk(s.steps, s.log_every)
+    state, ck = run_dir.restore_latest(out, state, resume)
+    done = int(state.step)
+    run_dir.check_steps(s.steps, done, out)
+    chunk = run_dir.chunk_size(s.steps, done, s.log_every)
     run_chunk = loop.make_chunk(step, chunk, em.batch_fn(ecfg, s.n_data),
                                 eval_fn=lambda st, data: {"loglik": model.loglik(st.model, data)})
     t0 = time.perf_counter()
-    n_m = [0]
-    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-        for method, res in (("exact_em", ex), ("mean_field_em", mf)):
-            for i, ll in enumerate(np.asarray(res.loglik)):
-                row = {"method": method, "step": i, "loglik": float(ll)}
-                if i < len(res.m_loss):
-                    row["m_loss"] = float(res.m_loss[i])
-                    row["m_step"] = True
-                f.write(json.dumps(row) + "\n")
-
+    rows = []
+    for method, res in (("exact_em", ex), ("mean_field_em", mf)):
+        for i, ll in enumerate(np.asarray(res.loglik)):
+            row = {"method": method, "step": i, "loglik": float(ll)}
+            if i < len(res.m_loss):
+                row["m_loss"] = float(res.m_loss[i])
+                row["m_step"] = True
+            rows.append(row)
+    if ck is not None:
+        rows += run_dir.read_rows(out, lambda r: r.get("method") == "gflownet_em"
+                                  and r["step"] <= done)
+    n_m = [sum(bool(r.get("m_step")) for r in rows if r["method"] == "gflownet_em")]
+    cks = run_dir.Checkpoints(out, s, last=done if ck else None)
+    with run_dir.MetricsLog(out, rows) as log:
         def per_step_rows(m):
             """Writes one row per GFlowNet-EM step (the chunk's metrics); returns the chunk row."""
             n = len(np.asarray(m["loss"]))
@@ -177,15 +187,16 @@ def run(cfg, out: str, progress: bool = True) -> Dict[str, Any]:
                 for k, v in m.items():
                     v = np.asarray(v)[i]
                     row[k] = bool(v) if v.dtype == bool else float(v)
-                f.write(json.dumps(row) + "\n")
+                log.write(row)
             n_m_steps_done[0] += n
             n_m[0] += int(np.sum(m["m_step"]))
             return {"loglik": float(np.asarray(m["loglik"])[-1]), "M": n_m[0]}
 
-        n_m_steps_done = [0]
-        state = loop.host_loop(state, run_chunk, s.steps, chunk, data_fn=lambda c: x,
+        n_m_steps_done = [done]
+        state = loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=lambda c: x,
                                summarize=per_step_rows, progress=progress, desc="gflownet-em",
-                               postfix=("loss", "loglik", "M"))
+                               postfix=("loss", "loglik", "M"), **cks.loop_kwargs())
+    cks.save(state)
     n_m = n_m[0]
     timing["gflownet_em_s"] = time.perf_counter() - t0
 

@@ -1,7 +1,8 @@
 """Train a GFlowNet on an enumerable task (hypergrid, sets, sequences) and write a run directory.
 
 A run directory holds config.json (everything needed to rebuild the run), metrics.jsonl (one JSON
-object per logged step) and checkpoint/step_N (orbax). ``gfnem sample`` rebuilds the sampler
+object per logged step) and checkpoint/step_N (orbax; ``gfnem_jax.run_dir`` owns the files, the
+resume check and the checkpoint policy). ``gfnem sample`` rebuilds the sampler
 from it. A task is a thin module of ``gfnem_jax.experiments`` declaring its ``SETTINGS`` (a
 ``config.Settings`` dataclass), ``build_env`` and ``mode_indices``; the training settings shared
 by every task are ``TrainSettings``. The run is the one alternating loop of ``gfnem_jax.loop`` with
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import checkpoint, loop, metrics, objectives
+from gfnem_jax import checkpoint, loop, metrics, objectives, run_dir
 from gfnem_jax.config import Settings, setting
 from gfnem_jax.gflownet import GFlowNet, sampler_update
 from gfnem_jax.nets.mlp import MLPPolicy
@@ -38,7 +39,7 @@ def task_module(name: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSettings(Settings):
+class TrainSettings(run_dir.CheckpointSettings):
     """The settings of GFlowNet training shared by every enumerable task."""
 
     loss: str = setting("tb", "training objective", choices=tuple(sorted(objectives.OBJECTIVES)))
@@ -64,7 +65,6 @@ class TrainSettings(Settings):
     seed: int = setting(0, "random seed; the same seed gives identical results", min=0, max=2 ** 32 - 1)
     devices: int = setting(1, "split each batch over this many devices (shard_map data parallelism)", min=1)
     log_every: int = setting(100, "steps between logged rows (exact metrics computed there)", min=1)
-    checkpoint_every: int = setting(0, "steps between checkpoints (0 = only at the end)", min=0)
 
     def check(self):
         n = jax.device_count()
@@ -81,9 +81,6 @@ class TrainSettings(Settings):
 
     def explore(self) -> Exploration:
         return Exploration(self.temperature, self.epsilon)
-
-
-RESUMABLE_CHANGES = ("steps", "checkpoint_every")
 
 
 def settings_of(cfg: Dict[str, Any]):
@@ -166,24 +163,15 @@ def make_train(cfg: Dict[str, Any]):
 
 def check_resume(cfg: Dict[str, Any], out: str) -> Dict[str, Any]:
     """The saved config of OUT if ``cfg`` may resume it; ValueError naming what differs."""
-    path = os.path.join(out, "config.json")
-    if not os.path.isfile(path) or checkpoint.latest(out) is None:
-        raise ValueError(f"resume: {out!r} holds no run with a checkpoint to resume")
-    with open(path) as f:
-        saved = json.load(f)
-    diff = sorted(k for k in set(saved) | set(cfg)
-                  if k not in RESUMABLE_CHANGES and saved.get(k) != cfg.get(k))
-    if diff:
-        raise ValueError(f"resume: settings differ from the saved run in {', '.join(diff)} "
-                         f"(only {', '.join(RESUMABLE_CHANGES)} may change)")
-    return saved
+    return run_dir.check_resume(cfg, out)
 
 
 def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
-    """Train as configured, writing OUT/config.json, OUT/metrics.jsonl and a checkpoint.
+    """Train as configured, writing OUT/config.json, OUT/metrics.jsonl and checkpoints.
 
-    resume: continue the run in OUT from its latest checkpoint up to ``steps``; the result is
-    identical to a run that was never stopped (keys depend only on seed and step).
+    resume: continue the run in OUT from its latest checkpoint (step 0 if it has none) up to
+    ``steps``; the result is identical to a run that was never stopped (keys depend only on seed
+    and step).
     """
     mod, env_s, s = settings_of(cfg)
     cfg = config_dict(mod.NAME, env_s, s)
@@ -193,28 +181,17 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
     state, tx = init_state(gfn, optim, s.seed)
     exact, _, _ = make_evaluator(env, gfn)
     mode_idx = np.asarray(mod.mode_indices(env))
-    seen = np.zeros(env.num_states(), bool)
-    old_rows = []
-    if resume:
-        ck = checkpoint.latest(out)
-        state = checkpoint.restore(ck, state)
-        if os.path.isfile(ck + ".seen.npy"):
-            seen = np.load(ck + ".seen.npy")
-        with open(os.path.join(out, "metrics.jsonl")) as f:
-            old_rows = [l for l in f if l.strip() and json.loads(l)["step"] <= int(state.step)]
+    state, ck = run_dir.restore_latest(out, state, resume)
     done = int(state.step)
-    if done >= s.steps:
-        raise ValueError(f"steps {s.steps}: the run in {out!r} already has {done} steps")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
+    run_dir.check_steps(s.steps, done, out)
+    seen = np.zeros(env.num_states(), bool)
+    if ck is not None and checkpoint.load_extra(ck, "seen") is not None:
+        seen = checkpoint.load_extra(ck, "seen")
+    run_dir.write_config(out, cfg)
     step = make_step(gfn, tx, s.batch_size, s.devices)
-    chunk = loop.pick_chunk(s.steps - done, s.log_every)
+    chunk = run_dir.chunk_size(s.steps, done, s.log_every)
     run_chunk = loop.make_chunk(step, chunk)
-
-    def save(st):
-        path = checkpoint.save(out, st)
-        np.save(path + ".seen.npy", seen)
+    cks = run_dir.Checkpoints(out, s, extras=lambda: {"seen": seen}, last=done if ck else None)
 
     def summarize(m):
         seen[np.asarray(m["visited"]).reshape(-1)] = True
@@ -227,22 +204,13 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
         vals, _ = exact(st.sampler)
         return {k: float(v) for k, v in vals.items()}
 
-    rows = []
-    with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-        f.writelines(old_rows)
-
-        def on_log(row):
-            rows.append(row)
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
         state = loop.host_loop(state, run_chunk, s.steps - done, chunk, summarize=summarize,
-                               evaluate=evaluate, on_log=on_log, on_checkpoint=save,
-                               checkpoint_every=s.checkpoint_every,
-                               last_checkpoint=done if resume else None, progress=progress,
-                               desc=f"{mod.NAME}/{s.loss}")
-    save(state)
-    return {"final": rows[-1], "state": state}
+                               evaluate=evaluate, on_log=log.write, progress=progress,
+                               desc=f"{mod.NAME}/{s.loss}", wall_offset=log.wall_offset(),
+                               **cks.loop_kwargs())
+    cks.save(state)
+    return {"final": log.rows[-1] if log.rows else {}, "state": state}
 
 
 def load_run(run_dir: str):

@@ -1,0 +1,207 @@
+"""What every run directory shares: config.json, metrics.jsonl, the resume check, checkpoints.
+
+A run kind writes ``config.json`` with ``write_config``, logs rows through ``MetricsLog``,
+checkpoints through ``Checkpoints`` (its settings inherit ``CheckpointSettings``) and resumes with::
+
+    saved = check_resume(cfg, out)        # the saved config; ValueError naming what differs
+    state, ck = restore_latest(out, state, resume)
+    rows = read_rows(out, upto(step of ck)) if ck else []    # the log cut back to the checkpoint
+
+so after a resume each logged step appears exactly once, and the rows and final parameters equal
+those of a run never stopped (keys depend only on the seed and the step; ``chunk_size`` keeps the
+chunks of a resumed run those of the uninterrupted one). A run killed before its first checkpoint
+resumes from step 0 with an empty log. Checkpoints are written every ``checkpoint_every`` steps,
+after ``checkpoint_minutes`` of wall clock (``loop.host_loop``) and at the end, atomically
+(``gfnem_jax.checkpoint``); the newest ``keep_checkpoints`` are kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from gfnem_jax import checkpoint
+from gfnem_jax.config import Settings, setting
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+# settings a resumed run may change (any other difference is refused, naming the setting)
+RESUMABLE = ("steps", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSettings(Settings):
+    """The checkpoint policy of a run kind (its settings class inherits these fields)."""
+
+    checkpoint_every: int = setting(0, "steps between checkpoints (0 = by time and at the end "
+                                    "only)", min=0)
+    checkpoint_minutes: float = setting(5.0, "also checkpoint after the first logged chunk ending "
+                                        "this many minutes after the last checkpoint (0 = off)",
+                                        min=0)
+    keep_checkpoints: int = setting(3, "keep only the newest K checkpoints (0 = all)", min=0,
+                                    flag="--keep")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_config(out: str, cfg: Dict[str, Any]) -> None:
+    """Write OUT/config.json (atomically; keys sorted), creating OUT."""
+    os.makedirs(out, exist_ok=True)
+    _write_atomic(os.path.join(out, CONFIG), json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def read_config(out: str) -> Optional[Dict[str, Any]]:
+    """The saved config of OUT, or None if it has none (or it is not a JSON object)."""
+    try:
+        with open(os.path.join(out, CONFIG)) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+_MISSING = object()
+
+
+def _differences(saved: Dict[str, Any], new: Dict[str, Any], allowed: Iterable[str],
+                 prefix: str = "") -> List[str]:
+    out = []
+    for k in sorted(set(saved) | set(new)):
+        if prefix + k in allowed:
+            continue
+        a, b = saved.get(k, _MISSING), new.get(k, _MISSING)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, allowed, prefix + k + ".")
+        elif a != b:
+            show = lambda v: "unset" if v is _MISSING else repr(v)
+            out.append(f"{k} (saved {show(a)}, now {show(b)})")  # a setting's own name
+    return out
+
+
+def check_resume(cfg: Dict[str, Any], out: str,
+                 allowed: Tuple[str, ...] = RESUMABLE) -> Dict[str, Any]:
+    """The saved config of OUT if ``cfg`` may resume it; else ValueError naming each setting that
+    differs (only ``allowed`` may change). OUT needs a config.json, not a checkpoint: a run
+    killed before its first checkpoint resumes from step 0."""
+    saved = read_config(out)
+    if saved is None:
+        raise ValueError(f"resume: {out!r} holds no run to resume (no readable {CONFIG})")
+    diff = _differences(saved, cfg, allowed)
+    if diff:
+        raise ValueError(f"resume: settings differ from the saved run in {'; '.join(diff)} "
+                         f"(only {', '.join(allowed)} may change)")
+    return saved
+
+
+def restore_latest(out: str, like: Any, resume: bool) -> Tuple[Any, Optional[str]]:
+    """(state, checkpoint path): the latest complete checkpoint of OUT restored with the structure
+    of ``like`` when resuming and there is one; else (``like``, None)."""
+    ck = checkpoint.latest(out) if resume else None
+    return (like, None) if ck is None else (checkpoint.restore(ck, like), ck)
+
+
+def check_steps(steps: int, done: int, out: str) -> None:
+    """A resumed run must not be asked for fewer steps than its checkpoint has."""
+    if done > steps:
+        raise ValueError(f"steps must be >= the {done} steps the run in {out!r} already has, "
+                         f"got {steps}")
+
+
+def chunk_size(steps: int, done: int, log_every: int) -> int:
+    """Steps per chunk: the largest divisor of ``steps`` (and of ``done``) not above
+    ``log_every``; the same for a run resumed at a chunk boundary as for the uninterrupted run."""
+    from gfnem_jax.loop import pick_chunk
+    return pick_chunk(math.gcd(steps, done), log_every)
+
+
+def upto(step: int) -> Callable[[Dict[str, Any]], bool]:
+    """Row filter: the rows logged at or before ``step``."""
+    return lambda r: r.get("step", 0) <= step
+
+
+def read_rows(out: str,
+              keep: Callable[[Dict[str, Any]], bool] = lambda r: True) -> List[Dict[str, Any]]:
+    """The rows of OUT/metrics.jsonl for which ``keep`` holds (a torn last line is dropped)."""
+    path = os.path.join(out, METRICS)
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(r, dict) and keep(r):
+                    rows.append(r)
+    return rows
+
+
+class MetricsLog:
+    """OUT/metrics.jsonl: starts as ``rows`` (written atomically; [] = empty), then each
+    ``write(row)`` appends one JSON line and flushes. ``rows`` holds every row of the file."""
+
+    def __init__(self, out: str, rows: Optional[List[Dict[str, Any]]] = None):
+        os.makedirs(out, exist_ok=True)
+        self.path = os.path.join(out, METRICS)
+        self.rows = list(rows or [])
+        _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+        self._f = open(self.path, "a")
+
+    def write(self, row: Dict[str, Any]) -> None:
+        self.rows.append(row)
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+
+    def wall_offset(self) -> float:
+        """wall_s of the last row that has one (0.0 if none): a resumed run keeps counting."""
+        for r in reversed(self.rows):
+            if isinstance(r.get("wall_s"), (int, float)):
+                return float(r["wall_s"])
+        return 0.0
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Checkpoints:
+    """A run kind's checkpoint policy: ``loop_kwargs()`` for ``loop.host_loop`` (every
+    ``checkpoint_every`` steps, after ``checkpoint_minutes``), ``save(state)`` at the end (a step
+    already saved is not written twice); the newest ``keep_checkpoints`` are kept.
+
+    extras: () -> {name: array} saved with each checkpoint (``checkpoint.load_extra``).
+    last: the step of the checkpoint the run resumed from (None for a fresh run).
+    """
+
+    def __init__(self, out: str, s: CheckpointSettings,
+                 extras: Optional[Callable[[], Dict[str, np.ndarray]]] = None,
+                 last: Optional[int] = None):
+        self.out, self.s, self.extras, self.last = out, s, extras, last
+
+    def save(self, state) -> None:
+        step = int(state.step)
+        if step == self.last:
+            return
+        checkpoint.save(self.out, state, keep=self.s.keep_checkpoints or None,
+                        extras=None if self.extras is None else self.extras())
+        self.last = step
+
+    def loop_kwargs(self) -> Dict[str, Any]:
+        return dict(on_checkpoint=self.save, checkpoint_every=self.s.checkpoint_every,
+                    checkpoint_minutes=self.s.checkpoint_minutes, last_checkpoint=self.last)
