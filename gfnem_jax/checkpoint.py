@@ -62,15 +62,23 @@ def save(root: str, state: Any, keep: Optional[int] = None,
     extras: arrays saved beside the state as NAME.npy (read back with ``load_extra``).
     """
     import orbax.checkpoint as ocp  # imported here: it costs ~1.7 s of start-up
-    step = int(state.step) if hasattr(state, "step") else 0
+    from gfnem_jax import distributed as D
+    step = int(D.to_local(state.step)) if hasattr(state, "step") else 0
     d = _dir(root)
-    os.makedirs(d, exist_ok=True)
-    _clean(d)
     tmp = os.path.join(d, f"{TMP}step_{step}")
     final = os.path.join(d, f"step_{step}")
+    primary, multi = D.is_primary(), D.process_count() > 1
+    if primary:
+        os.makedirs(d, exist_ok=True)
+        _clean(d)
+    if multi:
+        _barrier(f"ckpt_clean_{step}")
     ck = ocp.StandardCheckpointer()
-    ck.save(tmp, state, force=True)
+    ck.save(tmp, state, force=True)  # collective with several processes: each writes its part
     ck.wait_until_finished()
+    if not primary:
+        _barrier(f"ckpt_done_{step}")
+        return final
     for name, arr in (extras or {}).items():
         with open(os.path.join(tmp, name + ".npy"), "wb") as f:
             np.save(f, np.asarray(arr))
@@ -92,7 +100,14 @@ def save(root: str, state: Any, keep: Optional[int] = None,
     if keep:
         for n in steps(root)[:-keep]:
             shutil.rmtree(os.path.join(d, f"step_{n}"), ignore_errors=True)
+    if multi:
+        _barrier(f"ckpt_done_{step}")
     return final
+
+
+def _barrier(name: str) -> None:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def _clean(d: str) -> None:

@@ -56,6 +56,16 @@ def _add_run_args(p, resume=True):
     g.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (on by default in "
                         "~/.cache/gfnem_jax/jax_cache; also off with GFNEM_NO_COMPILE_CACHE=1)")
+    d = p.add_argument_group("processes (jax.distributed; start the same command in every process)")
+    d.add_argument("--num-processes", type=int, default=None,
+                   help="processes of the run, on one or several hosts (default: JAX_NUM_PROCESSES "
+                        "or 1); --devices then counts the devices of all processes together and "
+                        "defaults to all of them")
+    d.add_argument("--process-id", type=int, default=None,
+                   help="this process's index, 0..P-1 (default: JAX_PROCESS_ID); process 0 writes "
+                        "the run files")
+    d.add_argument("--coordinator", default=None,
+                   help="HOST:PORT of process 0 (default: JAX_COORDINATOR_ADDRESS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,11 +157,17 @@ def _settings_or_fail(args, classes, make):
 
 def _train_run(args, classes, run):
     """Prepare --out (nothing is cleared when resuming), then ``run()``: a non-finite loss stops
-    with exit 1, a bad setting or input with one line and exit 2."""
+    with exit 1, a bad setting or input with one line and exit 2. With several processes only
+    process 0 checks and prepares --out."""
+    from gfnem_jax import distributed
     from gfnem_jax.loop import NonFiniteLoss
-    check_out(args, resuming=args.resume)
-    if not args.resume:
-        _clear_for_overwrite(args)
+    if distributed.is_primary():
+        check_out(args, resuming=args.resume)
+        if not args.resume:
+            _clear_for_overwrite(args)
+    if distributed.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("gfnem_out_ready")
     try:
         return run()
     except NonFiniteLoss as e:
@@ -285,11 +301,35 @@ def _compile_cache(args):
         pass
 
 
+MULTI_PROCESS = ("hypergrid", "sets", "sequences", "mixture", "grammar")
+
+
+def _join_processes(args):
+    """jax.distributed for a train command (before any JAX computation); with several processes
+    --devices defaults to every device of every process."""
+    from gfnem_jax import distributed
+    try:
+        joined = distributed.initialize(args.num_processes, args.process_id, args.coordinator)
+    except ValueError as e:
+        _fail(str(e).replace("num_processes", "--num-processes").replace("process_id", "--process-id")
+              .replace("coordinator", "--coordinator"))
+    if not joined:
+        return
+    import jax
+    if args.task not in MULTI_PROCESS or (args.task == "grammar" and args.method != "gflownet"):
+        _fail(f"--num-processes {jax.process_count()}: train {args.task} runs in one process "
+              f"(several processes: {', '.join(MULTI_PROCESS[:-1])}, grammar --method gflownet)")
+    if getattr(args, "devices", None) == 1 and "--devices" not in (sys.argv if args._argv is None else args._argv):
+        args.devices = jax.device_count()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args._argv = argv
     _compile_cache(args)
     try:
         if args.command == "train":
+            _join_processes(args)
             if args.task == "mixture":
                 return _train_mixture(args)
             if args.task in RUN_KINDS:

@@ -264,10 +264,25 @@ def shard_step(inner, mesh=None):
 
 
 def make_mesh(n_devices: int, devices=None):
-    """A 1-D mesh with axis "batch" over the first ``n_devices`` devices (None for 1)."""
-    if n_devices <= 1 and devices is None:
+    """A 1-D mesh with axis "batch" over the first ``n_devices`` devices (None for 1).
+
+    With several processes (``gfnem_jax.distributed``) the mesh takes n_devices / P devices of
+    each of the P processes (n_devices must be a multiple of P), ordered by process."""
+    if n_devices <= 1 and devices is None and jax.process_count() == 1:
         return None
-    devs = list(devices if devices is not None else jax.devices())[:n_devices]
+    if devices is None and jax.process_count() > 1:
+        P_ = jax.process_count()
+        if n_devices % P_:
+            raise ValueError(f"devices {n_devices} must be a multiple of the {P_} processes")
+        per = n_devices // P_
+        by_proc = {}
+        for d in jax.devices():
+            by_proc.setdefault(d.process_index, []).append(d)
+        if any(len(v) < per for v in by_proc.values()):
+            raise ValueError(f"devices {n_devices} needs {per} devices in each of the {P_} processes")
+        devs = [d for p in sorted(by_proc) for d in by_proc[p][:per]]
+    else:
+        devs = list(devices if devices is not None else jax.devices())[:n_devices]
     return jax.sharding.Mesh(np.asarray(devs), (AXIS,))
 
 
@@ -355,14 +370,19 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     loop started, compilation included, plus ``wall_offset`` carried over a resume); "loss" and
     "loss_last" only if the chunk's metrics hold a "loss". A non-finite float metric raises
     NonFiniteLoss naming the 1-based step and the last good checkpoint (or that there is none).
-    No host sync inside a chunk.
+    No host sync inside a chunk. With several processes (``gfnem_jax.distributed``) the state
+    stays a global array between chunks; metrics, ``evaluate`` and ``summarize`` see this
+    process's replica, only the primary process draws progress, and the checkpoint decision is
+    the primary's (every process takes part in a checkpoint).
     Checkpoints (``on_checkpoint(state)``) after a chunk ending at a multiple of
     ``checkpoint_every`` steps, and after the first chunk ending more than ``checkpoint_minutes``
     minutes after the last checkpoint (or the loop's start); 0 turns either off.
     """
     from tqdm.auto import tqdm
-    bar = tqdm(total=steps, desc=desc, disable=not progress, file=sys.stderr, mininterval=0.5,
-               dynamic_ncols=True)
+    from gfnem_jax import distributed as D
+    multi = D.process_count() > 1
+    bar = tqdm(total=steps, desc=desc, disable=not progress or not D.is_primary(), file=sys.stderr,
+               mininterval=0.5, dynamic_ncols=True)
     last_ck = last_checkpoint
     t0 = time.perf_counter()
     t_ck = t0
@@ -370,8 +390,8 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
         for c in range(steps // chunk):
             data = None if data_fn is None else data_fn(c)
             state, m = run_chunk(state, data)
-            m = jax.device_get(m)
-            step = int(state.step)
+            m = jax.device_get(D.to_local(m))
+            step = int(D.to_local(state.step))
             bad = _first_non_finite(m, step - chunk)
             if bad is not None:
                 where = (f"the last good checkpoint (step {last_ck}) is kept" if last_ck is not None
@@ -387,7 +407,7 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
             if summarize is not None:
                 row.update(summarize(m))
             if evaluate is not None:
-                row.update(evaluate(state))
+                row.update(evaluate(D.to_local(state)))
             row["wall_s"] = round(wall_offset + time.perf_counter() - t0, 4)
             if on_log is not None:
                 on_log(row)
@@ -395,6 +415,9 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
             bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix if k in row}, refresh=False)
             due = bool(checkpoint_every) and step % checkpoint_every == 0
             due |= checkpoint_minutes > 0 and time.perf_counter() - t_ck > 60 * checkpoint_minutes
+            if multi:  # one decision for all processes: a checkpoint is collective
+                from jax.experimental import multihost_utils
+                due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
             if on_checkpoint is not None and due:
                 on_checkpoint(state)
                 last_ck = step

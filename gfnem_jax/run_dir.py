@@ -55,8 +55,15 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _primary() -> bool:
+    from gfnem_jax import distributed
+    return distributed.is_primary()
+
+
 def write_config(out: str, cfg: Dict[str, Any]) -> None:
-    """Write OUT/config.json (atomically; keys sorted), creating OUT."""
+    """Write OUT/config.json (atomically; keys sorted), creating OUT (primary process only)."""
+    if not _primary():
+        return
     os.makedirs(out, exist_ok=True)
     _write_atomic(os.path.join(out, CONFIG), json.dumps(cfg, indent=2, sort_keys=True))
 
@@ -149,19 +156,23 @@ def read_rows(out: str,
 
 class MetricsLog:
     """OUT/metrics.jsonl: starts as ``rows`` (written atomically; [] = empty), then each
-    ``write(row)`` appends one JSON line and flushes. ``rows`` holds every row of the file."""
+    ``write(row)`` appends one JSON line and flushes. ``rows`` holds every row of the file.
+    Only the primary process writes the file (the others keep ``rows`` in memory)."""
 
     def __init__(self, out: str, rows: Optional[List[Dict[str, Any]]] = None):
-        os.makedirs(out, exist_ok=True)
         self.path = os.path.join(out, METRICS)
         self.rows = list(rows or [])
-        _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self._f = open(self.path, "a")
+        self._f = None
+        if _primary():
+            os.makedirs(out, exist_ok=True)
+            _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+            self._f = open(self.path, "a")
 
     def write(self, row: Dict[str, Any]) -> None:
         self.rows.append(row)
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        if self._f is not None:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
 
     def wall_offset(self) -> float:
         """wall_s of the last row that has one (0.0 if none): a resumed run keeps counting."""
@@ -171,7 +182,8 @@ class MetricsLog:
         return 0.0
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
     def __enter__(self):
         return self
@@ -195,7 +207,8 @@ class Checkpoints:
         self.out, self.s, self.extras, self.last = out, s, extras, last
 
     def save(self, state) -> None:
-        step = int(state.step)
+        from gfnem_jax import distributed
+        step = int(distributed.to_local(state.step))
         if step == self.last:
             return
         checkpoint.save(self.out, state, keep=self.s.keep_checkpoints or None,

@@ -6,7 +6,8 @@ A run directory (``run``) holds:
   metrics.jsonl   one row per evaluation: step, nll_per_token (null for NCFG), sentence_f1,
                   corpus_f1 (Viterbi trees; null without gold trees), sample_sentence_f1,
                   sample_corpus_f1 (trees sampled from the posterior), loss, wall_s;
-  checkpoint/     the TrainState (``gfnem_jax.checkpoint``), every ``checkpoint_every`` steps and at the end;
+  checkpoint/     the training state (``gfnem_jax.checkpoint``, atomic; ``run_dir.Checkpoints``:
+                  every ``checkpoint_every`` steps, after ``checkpoint_minutes``, at the end);
   summary.json    final metrics, the generating grammar's NLL (synthetic corpus), corpus statistics.
 The data are jit arguments of the jitted chunk (never constants); the batch of step t is drawn
 with fold_in(fold_in(run_key, t), 0), so a resumed run equals an uninterrupted one.
@@ -28,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gfnem_jax import checkpoint, inside, parse_metrics
+from gfnem_jax import checkpoint, inside, parse_metrics, run_dir
+from gfnem_jax import distributed as D
 from gfnem_jax.config import Settings, setting
 from gfnem_jax.data import corpus as C
 from gfnem_jax.experiments import grammar_baselines as GB
@@ -37,7 +39,7 @@ from gfnem_jax.models.neural_grammar import NeuralGrammar, TableGrammar
 
 
 @dataclasses.dataclass(frozen=True)
-class GrammarSettings(Settings):
+class GrammarSettings(run_dir.CheckpointSettings):
     method: str = setting("marginal", "training method (gflownet: GFlowNet-EM, the E-step a "
                           "parse-tree GFlowNet)", choices=GB.METHODS + ("gflownet",))
     grammar: str = setting("cfg", "cfg (neural PCFG), ncfg (neural non-context-free grammar) or the "
@@ -60,7 +62,6 @@ class GrammarSettings(Settings):
     mcmc_steps: int = setting(20, "mc-em: MH steps per training step and sentence", min=1)
     eval_mcmc_steps: int = setting(200, "NCFG evaluation / parsing: MH steps from near-uniform trees", min=1)
     log_every: int = setting(100, "steps between evaluations", min=1)
-    checkpoint_every: int = setting(0, "steps between checkpoints (0 = at the end only)", min=0)
     eval_size: int = setting(0, "sentences evaluated (0 = all)", min=0)
     eval_batch: int = setting(64, "sentences per evaluation batch", min=1)
     synth_train: int = setting(2000, "synthetic corpus: training sentences", min=1)
@@ -102,6 +103,8 @@ class GrammarSettings(Settings):
                                    "--grammar G.npz (amortised parsing)")
     eval_samples: int = setting(8, "gflownet: GFlowNet samples per sentence for best-of-K F1 and "
                                 "the importance-sampling NLL bound", min=1)
+    devices: int = setting(1, "gflownet: split each batch over this many devices (of all processes)",
+                           min=1)
     enum_len: int = setting(4, "gflownet posterior-only: exact TV / KL on sentences up to this many "
                             "words (enumerated)", min=2)
 
@@ -111,6 +114,15 @@ class GrammarSettings(Settings):
                              f".npz file); grammar ncfg trains with method mc-em or gflownet")
         if self.posterior_only and (self.method != "gflownet" or self.grammar in ("cfg", "ncfg")):
             raise ValueError("posterior_only needs method gflownet and a fixed grammar file (grammar G.npz)")
+        if self.devices > 1:
+            if self.method != "gflownet":
+                raise ValueError(f"devices {self.devices}: only method gflownet runs on several devices")
+            if self.devices > jax.device_count():
+                raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} visible "
+                                 f"devices (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
+                                 f"{self.devices})")
+            if self.batch_size % self.devices:
+                raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")
         if self.method == "gflownet":
             if self.policy_dim % self.policy_heads:
                 raise ValueError(f"policy_dim {self.policy_dim} must be a multiple of policy_heads "
@@ -305,68 +317,49 @@ def make_plan(s: GrammarSettings, model, params0, fixed: bool, tr: C.Corpus, ev:
 
 def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
     """Train as configured; write the run directory (module doc); return the summary dict."""
-    from gfnem_jax.loop import host_loop, pick_chunk
+    from gfnem_jax.loop import host_loop
     s = settings
     s.validate()
-    cfg_path = os.path.join(out, "config.json")
     if resume:
-        if not os.path.isfile(cfg_path) or checkpoint.latest(out) is None:
-            raise ValueError(f"resume: {out!r} holds no grammar run with a checkpoint")
-        saved = json.load(open(cfg_path))
-        diff = sorted(k for k, v in s.to_dict().items() if k not in ("steps", "checkpoint_every")
-                      and saved.get(k) != v)
-        if diff:
-            raise ValueError(f"resume: settings differ from the saved run in {', '.join(diff)}")
+        run_dir.check_resume(s.to_dict(), out)
     t0 = time.perf_counter()
     fvocab = None if s.grammar in ("cfg", "ncfg") else G.load_npz(s.grammar)[1]
     tr, ev, gen = load_data(s, fvocab)
     model, params0, fixed, _ = build_model(s, len(tr.vocab))
     ev = _subset(ev, s.eval_size)
-    os.makedirs(out, exist_ok=True)
-    json.dump(s.to_dict(), open(cfg_path, "w"), indent=2, sort_keys=True)
-    json.dump(tr.vocab, open(os.path.join(out, "vocab.json"), "w"))
-    json.dump({"n_train": len(tr)}, open(os.path.join(out, "data.json"), "w"))
+    run_dir.write_config(out, s.to_dict())
+    if D.is_primary():
+        json.dump(tr.vocab, open(os.path.join(out, "vocab.json"), "w"))
+        json.dump({"n_train": len(tr)}, open(os.path.join(out, "data.json"), "w"))
     tx = make_optimizer(s)
     decode = make_decoder(model, s.max_len, s.eval_mcmc_steps)
     ek = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x7FFFFFFD)
     plan = make_plan(s, model, params0, fixed, tr, ev, tx, decode, ek)
-    state = plan.state
-    rows = []
-    if resume:
-        state = checkpoint.restore(checkpoint.latest(out), state)
-        rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
-        rows = [r for r in rows if r["step"] <= int(state.step)]
-    done = int(state.step)
-    if done >= s.steps:
-        raise ValueError(f"steps {s.steps}: the run in {out!r} already has {done} steps")
-    chunk = pick_chunk(s.steps - done, s.log_every)
+    state, ck = run_dir.restore_latest(out, plan.state, resume)
+    done = int(D.to_local(state.step))
+    run_dir.check_steps(s.steps, done, out)
+    chunk = run_dir.chunk_size(s.steps, done, s.log_every)
     run_chunk = plan.make_chunk(chunk)
-    log = open(os.path.join(out, "metrics.jsonl"), "w")
-    for r in rows:
-        log.write(json.dumps(r) + "\n")
+    cks = run_dir.Checkpoints(out, s, last=done if ck else None)
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
+        offset = log.wall_offset()
+        rows = log.rows
 
-    def on_log(row):
-        row = {k: v for k, v in row.items() if k != "loss_last"}
-        row["wall_s"] = round(time.perf_counter() - t0, 4)  # since the start of run()
-        rows.append(row)
-        log.write(json.dumps(row) + "\n")
-        log.flush()
+        def on_log(row):
+            log.write({k: v for k, v in row.items() if k != "loss_last"})
 
-    if not rows:
-        on_log({"step": 0, **plan.evaluate(state), "loss": None,
-                "wall_s": round(time.perf_counter() - t0, 4)})
-    try:
+        if not rows:
+            on_log({"step": 0, **plan.evaluate(D.to_local(state)), "loss": None,
+                    "wall_s": round(time.perf_counter() - t0, 4)})
         state = host_loop(state, run_chunk, s.steps - done, chunk, summarize=plan.summarize,
-                          evaluate=plan.evaluate,
-                          on_log=on_log, on_checkpoint=lambda st: checkpoint.save(out, st),
-                          checkpoint_every=s.checkpoint_every, progress=progress,
-                          desc=f"grammar/{s.method}",
+                          evaluate=plan.evaluate, on_log=on_log, progress=progress,
+                          desc=f"grammar/{s.method}", wall_offset=offset + time.perf_counter() - t0,
                           postfix=tuple(k for k, ok in (("loss", True), ("nll_per_token", s.grammar != "ncfg"),
                                                         ("is_nll_per_token", s.method == "gflownet"),
-                                                        ("corpus_f1", ev.gold is not None)) if ok))
-    finally:
-        log.close()
-    checkpoint.save(out, state)
+                                                        ("corpus_f1", ev.gold is not None)) if ok),
+                          **cks.loop_kwargs())
+    cks.save(state)
+    state = D.to_local(state)
     final = rows[-1]
     summary = {"final": final, "steps": int(state.step), "method": s.method, "grammar": s.grammar,
                "train_stats": tr.stats, "eval_stats": ev.stats, "seconds": round(time.perf_counter() - t0, 2)}
@@ -375,7 +368,8 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
         summary["generating_nll_per_token"] = true
         if final["nll_per_token"] is not None:
             summary["nll_gap"] = final["nll_per_token"] - true
-    json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+    if D.is_primary():
+        json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
     return summary
 
 

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfnem_jax import distributed as D
 from gfnem_jax import em, loop, metrics, objectives, parse_metrics
 from gfnem_jax.envs.parse_tree import ParseTree
 from gfnem_jax.gflownet import GFlowNet
@@ -102,13 +103,14 @@ def init_state(s, b: Built, theta, m_tx):
     return loop.init_state(params, tx, theta, m_tx, key), tx
 
 
-def make_step(b: Built, gfn_tx, m_tx, train_grammar: bool):
-    """The one alternating step: E-step (+ sleep) and, when the grammar trains, the M-step."""
+def make_step(b: Built, gfn_tx, m_tx, train_grammar: bool, mesh=None):
+    """The one alternating step: E-step (+ sleep) and, when the grammar trains, the M-step;
+    sharded over ``mesh`` (``loop.make_mesh``) when given."""
     e, m, after = em.em_updates(b.gfn, b.latent, b.cfg, gfn_tx, m_tx or gfn_tx, b.env.tree,
                                 b.env.from_tree)
     if not train_grammar:
-        return loop.make_step(e, None, loop.Schedule("sampler"), after_sampler=after)
-    return loop.make_step(e, m, b.cfg.loop_schedule(), after_sampler=after)
+        return loop.make_step(e, None, loop.Schedule("sampler"), after_sampler=after, mesh=mesh)
+    return loop.make_step(e, m, b.cfg.loop_schedule(), after_sampler=after, mesh=mesh)
 
 
 def corpus_data(c) -> Dict[str, jax.Array]:
@@ -249,13 +251,20 @@ def plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, key):
 
     def make_chunk(n):
         if train_grammar:
-            b.cfg.validate(len(tr), b.env.max_steps)
-        run_chunk = loop.make_chunk(make_step(b, gfn_tx, m_tx, train_grammar), n,
+            b.cfg.validate(len(tr), b.env.max_steps, n_devices=s.devices)
+        mesh = loop.make_mesh(s.devices)
+        run_chunk = loop.make_chunk(make_step(b, gfn_tx, m_tx, train_grammar, mesh), n,
                                     em.batch_fn(b.cfg, len(tr)))
-        data = corpus_data(tr)
-        return lambda st, _: run_chunk(st, data)
+        data = D.to_global(corpus_data(tr), mesh)
+
+        def chunk(st, _):
+            st, m = run_chunk(D.to_global(st, mesh), data)
+            return st, D.to_local(m)
+
+        return chunk
 
     def evaluate(st):
+        st = D.to_local(st)
         row: Dict[str, Any] = {} if ncfg else grammar_eval(st.model)
         if ncfg:
             row["nll_per_token"] = None

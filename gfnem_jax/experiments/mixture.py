@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gfnem_jax import distributed as D
 from gfnem_jax import em, run_dir
 from gfnem_jax.config import setting
 
@@ -140,7 +141,9 @@ def run(cfg, out: str, progress: bool = True, resume: bool = False) -> Dict[str,
     run_key = jax.random.PRNGKey(s.seed)
     theta0 = model.init_means(jax.random.fold_in(run_key, 1), x)
     run_dir.write_config(out, s.to_dict())
-    np.save(os.path.join(out, "data.npy"), x_np)
+    primary = D.is_primary()
+    if primary:
+        np.save(os.path.join(out, "data.npy"), x_np)
     timing = {}
 
     # -- baselines (one lax.scan each) --
@@ -153,16 +156,19 @@ def run(cfg, out: str, progress: bool = True, resume: bool = False) -> Dict[str,
 
     # -- GFlowNet-EM: the one alternating loop --
     ecfg = s.em_config()
+    mesh = loop.make_mesh(s.devices)
     step = em.make_em_step(gfn, em.LatentModel(model.log_joint, model.sample), ecfg, gfn_tx, m_tx,
-                           z_to_state=latent_to_state, mesh=loop.make_mesh(s.devices))
+                           z_to_state=latent_to_state, mesh=mesh)
     params = gfn.init(jax.random.fold_in(run_key, 0x7FFFFFFF), x[0])
     state = loop.init_state(params, gfn_tx, theta0, m_tx, run_key)
     state, ck = run_dir.restore_latest(out, state, resume)
     done = int(state.step)
     run_dir.check_steps(s.steps, done, out)
     chunk = run_dir.chunk_size(s.steps, done, s.log_every)
-    run_chunk = loop.make_chunk(step, chunk, em.batch_fn(ecfg, s.n_data),
-                                eval_fn=lambda st, data: {"loglik": model.loglik(st.model, data)})
+    compiled = loop.make_chunk(step, chunk, em.batch_fn(ecfg, s.n_data),
+                               eval_fn=lambda st, data: {"loglik": model.loglik(st.model, data)})
+    x_all = D.to_global(x, mesh)
+    run_chunk = lambda st, data: compiled(D.to_global(st, mesh), x_all)
     t0 = time.perf_counter()
     rows = []
     for method, res in (("exact_em", ex), ("mean_field_em", mf)):
@@ -197,6 +203,7 @@ def run(cfg, out: str, progress: bool = True, resume: bool = False) -> Dict[str,
                                summarize=per_step_rows, progress=progress, desc="gflownet-em",
                                postfix=("loss", "loglik", "M"), **cks.loop_kwargs())
     cks.save(state)
+    state = D.to_local(state)
     n_m = n_m[0]
     timing["gflownet_em_s"] = time.perf_counter() - t0
 
@@ -214,6 +221,9 @@ def run(cfg, out: str, progress: bool = True, resume: bool = False) -> Dict[str,
                                    "mean_field_em": ll["exact_em"] - ll["mean_field_em"]},
                "posterior_tv_gflownet": tv, "gflownet_m_steps": n_m, "steps": s.steps,
                "em_iters": s.em_iters, "n_data": s.n_data, "seed": s.seed}
+    if not primary:  # only process 0 writes the run files
+        timing["total_s"] = time.perf_counter() - t_start
+        return {"summary": summary, "state": state, "timing": timing}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     flat = {"theta_" + k: np.asarray(v, np.float32) for k, v in means.items()}

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import checkpoint, loop, metrics, objectives, run_dir
+from gfnem_jax import checkpoint, distributed, loop, metrics, objectives, run_dir
 from gfnem_jax.config import Settings, setting
 from gfnem_jax.gflownet import GFlowNet, sampler_update
 from gfnem_jax.nets.mlp import MLPPolicy
@@ -190,7 +190,8 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
     run_dir.write_config(out, cfg)
     step = make_step(gfn, tx, s.batch_size, s.devices)
     chunk = run_dir.chunk_size(s.steps, done, s.log_every)
-    run_chunk = loop.make_chunk(step, chunk)
+    compiled, mesh = loop.make_chunk(step, chunk), loop.make_mesh(s.devices)
+    run_chunk = lambda st, data: compiled(distributed.to_global(st, mesh))  # noqa: E731
     cks = run_dir.Checkpoints(out, s, extras=lambda: {"seen": seen}, last=done if ck else None)
 
     def summarize(m):
@@ -210,7 +211,7 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
                                desc=f"{mod.NAME}/{s.loss}", wall_offset=log.wall_offset(),
                                **cks.loop_kwargs())
     cks.save(state)
-    return {"final": log.rows[-1] if log.rows else {}, "state": state}
+    return {"final": log.rows[-1] if log.rows else {}, "state": distributed.to_local(state)}
 
 
 def load_run(run_dir: str):
@@ -223,7 +224,8 @@ def load_run(run_dir: str):
     if cfg.get("task") not in TASKS:
         raise ValueError(f"run {run_dir!r} is a {cfg.get('task', 'different')!r} run; sampling "
                          f"from it is not supported here")
-    env, gfn, optim = build(cfg)
+    # the devices it trained on need not be here: sampling runs on one device
+    env, gfn, optim = build(dict(cfg, devices=1))
     ck = checkpoint.latest(run_dir)
     if ck is None:
         raise ValueError(f"run {run_dir!r} holds no checkpoint")
