@@ -16,7 +16,8 @@ GFN_TASKS = ("hypergrid", "sets", "sequences")
 # run kinds declared by a Settings class and a run(settings, out, progress, resume) function
 RUN_KINDS = {
     "grammar": ("gfnem_jax.experiments.grammar", "GrammarSettings",
-                "grammar induction: a neural PCFG / NCFG (or a given grammar) by marginalisation, "
+                "grammar induction: a neural PCFG / NCFG (or a given grammar) by GFlowNet-EM "
+                "(--method gflownet: a parse-tree GFlowNet as the E-step), marginalisation, "
                 "exact-sampling EM or MC-EM"),
     "dvae": ("gfnem_jax.experiments.dvae", "DVAESettings",
              "discrete VAE (a grid of K codes) with a GFlowNet encoder by GFlowNet-EM, or baselines"),
