@@ -26,13 +26,15 @@ def _cli(args):
     return [sys.executable, "-m", "gfnem_jax.cli"] + args
 
 
-def run_processes(args, out, n=2):
-    """Start n processes of `gfnem <args> --out OUT`; return their (returncode, stdout, stderr)."""
+def run_processes(args, out, n=2, devices=1):
+    """Start n processes (``devices`` CPU devices each) of `gfnem <args> --out OUT`; return their
+    (returncode, stdout, stderr)."""
     port = _port()
     procs = [subprocess.Popen(_cli(args + ["--out", str(out), "--num-processes", str(n),
                                            "--process-id", str(i), "--coordinator",
                                            f"127.0.0.1:{port}"]),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env(devices))
              for i in range(n)]
     return [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
 
@@ -73,22 +75,30 @@ def _same(a, b, rtol=1e-5, atol=1e-6):
             assert x == y
 
 
-HG = ["train", "hypergrid", "--ndim", "2", "--height", "4", "--loss", "subtb", "--steps", "40",
-      "--batch-size", "8", "--log-every", "20", "--checkpoint-every", "20", "--quiet", "--seed", "3"]
+# reverse KL with a leave-one-out baseline: a batch statistic, taken over the global batch
+HG = ["train", "hypergrid", "--ndim", "2", "--height", "4", "--loss", "reverse_kl", "--baseline",
+      "loo", "--steps", "40", "--batch-size", "16", "--log-every", "20", "--checkpoint-every", "20",
+      "--quiet", "--seed", "3"]
 
 
-def test_two_processes_equal_one_process_with_two_devices(tmp_path):
-    res = run_processes(HG, tmp_path / "multi")
+def test_two_processes_of_two_devices_equal_one_process_of_four(tmp_path):
+    res = run_processes(HG, tmp_path / "multi", devices=2)
     for rc, _, err in res:
         assert rc == 0, err[-3000:]
-    one = subprocess.run(_cli(HG + ["--out", str(tmp_path / "one"), "--devices", "2"]),
-                         capture_output=True, text=True, env=_env(2))
+    again = run_processes(HG, tmp_path / "again", devices=2)
+    assert all(rc == 0 for rc, _, _ in again)
+    one = subprocess.run(_cli(HG + ["--out", str(tmp_path / "one"), "--devices", "4"]),
+                         capture_output=True, text=True, env=_env(4))
     assert one.returncode == 0, one.stderr[-3000:]
     assert [r["step"] for r in rows(tmp_path / "multi")] == [20, 40]
     _same(rows(tmp_path / "multi"), rows(tmp_path / "one"))
     _same(final_params(tmp_path / "multi"), final_params(tmp_path / "one"))
+    # the same 2-process run again: bitwise
+    assert rows(tmp_path / "again") == rows(tmp_path / "multi")
+    for a, b in zip(final_params(tmp_path / "again"), final_params(tmp_path / "multi")):
+        assert np.array_equal(a, b)
     cfg = json.load(open(tmp_path / "multi" / "config.json"))
-    assert cfg["devices"] == 2  # defaults to every device of every process
+    assert cfg["devices"] == 4  # defaults to every device of every process
     # both processes end with the same final row (replicated state)
     last = [json.loads(r[1].strip().splitlines()[-1]) for r in res]
     strip = lambda x: {k: v for k, v in x.items() if k != "wall_s"}  # noqa: E731
@@ -118,10 +128,10 @@ def test_em_runs_over_two_processes(tmp_path, kind):
                 "--max-len", "6", "--synth-train", "40", "--synth-valid", "10", "--synth-nt", "2",
                 "--synth-pt", "3", "--synth-vocab", "8", "--threshold-start", "100",
                 "--eval-samples", "2", "--quiet"]
-    for rc, _, err in run_processes(args, tmp_path / "multi"):
+    for rc, _, err in run_processes(args, tmp_path / "multi", devices=2):
         assert rc == 0, err[-3000:]
-    one = subprocess.run(_cli(args + ["--out", str(tmp_path / "one"), "--devices", "2"]),
-                         capture_output=True, text=True, env=_env(2))
+    one = subprocess.run(_cli(args + ["--out", str(tmp_path / "one"), "--devices", "4"]),
+                         capture_output=True, text=True, env=_env(4))
     assert one.returncode == 0, one.stderr[-3000:]
     _same(rows(tmp_path / "multi"), rows(tmp_path / "one"), rtol=1e-4, atol=1e-5)
     _same(final_params(tmp_path / "multi"), final_params(tmp_path / "one"), rtol=1e-4, atol=1e-5)
