@@ -118,8 +118,8 @@ class GrammarSettings(run_dir.CheckpointSettings):
             if self.method != "gflownet":
                 raise ValueError(f"devices {self.devices}: only method gflownet runs on several devices")
             if self.devices > jax.device_count():
-                raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} visible "
-                                 f"devices (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
+                raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that JAX "
+                                 f"sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
                                  f"{self.devices})")
             if self.batch_size % self.devices:
                 raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")
@@ -377,7 +377,7 @@ def load_state(run_dir: str):
     """(settings, model, the restored training state, vocab) of a run directory."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
-        raise ValueError(f"run {run_dir!r} holds no config.json (not a grammar run directory)")
+        raise ValueError(f"run {run_dir!r} holds no config.json (not a gfnem run directory)")
     s = GrammarSettings.from_dict(json.load(open(path)))
     vocab = json.load(open(os.path.join(run_dir, "vocab.json")))
     model, params0, fixed, _ = build_model(s, len(vocab))

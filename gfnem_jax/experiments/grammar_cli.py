@@ -46,9 +46,18 @@ def add_parse_args(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
 
 
+def _named_run(fn):
+    """ValueErrors about the run directory name the --run flag."""
+    try:
+        return fn()
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError("--" + msg if msg.startswith("run ") else msg) from None
+
+
 def parse_main(args) -> int:
-    counts = parse(args.corpus, args.out, run=args.run, grammar=args.grammar, decoder=args.decoder,
-                   max_len=args.max_len, seed=args.seed)
+    counts = _named_run(lambda: parse(args.corpus, args.out, run=args.run, grammar=args.grammar, decoder=args.decoder,
+                   max_len=args.max_len, seed=args.seed))
     if counts["skipped"]:
         print(f"skipped {counts['skipped']} sentences outside the length range 2..max-len",
               file=sys.stderr)
@@ -62,6 +71,6 @@ def add_export_args(parser) -> None:
 
 
 def export_main(args) -> int:
-    export_grammar(args.run, args.out)
+    _named_run(lambda: export_grammar(args.run, args.out))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

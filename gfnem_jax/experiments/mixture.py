@@ -73,8 +73,8 @@ class MixtureSettings(run_dir.CheckpointSettings):
 
     def check(self):
         if self.devices > jax.device_count():
-            raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} visible "
-                             f"devices (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
+            raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that JAX "
+                             f"sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
                              f"{self.devices})")
         self.em_config().validate(self.n_data, 2, True, self.devices)
 

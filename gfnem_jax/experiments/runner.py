@@ -69,7 +69,7 @@ class TrainSettings(run_dir.CheckpointSettings):
     def check(self):
         n = jax.device_count()
         if self.devices > n:
-            raise ValueError(f"devices {self.devices} is more than the {n} visible devices (on CPU, "
+            raise ValueError(f"devices {self.devices} is more than the {n} that JAX sees (on CPU, "
                              f"set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices})")
         if self.batch_size % self.devices:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")

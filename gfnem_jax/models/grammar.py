@@ -249,7 +249,8 @@ def load_npz(path: str):
         with np.load(path, allow_pickle=False) as f:
             probs = {k: f[k] for k in f.files}
     except (OSError, ValueError) as e:
-        raise ValueError(f"grammar {path!r} is not a readable .npz file ({e})") from None
+        why = str(e).split(".")[0] if "pickle" not in str(e) else "not a zip archive of arrays"
+        raise ValueError(f"grammar {path!r} is not a readable .npz file ({why})") from None
     if "vocab" not in probs:
         raise ValueError(f"grammar {path!r}: missing array 'vocab' (need root, binary, emit, vocab)")
     validate(probs, f"grammar {path!r}")
