@@ -30,7 +30,7 @@ from gfnem_jax.config import Settings, setting
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 # settings a resumed run may change (any other difference is refused, naming the setting)
-RESUMABLE = ("steps", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
+RESUMABLE = ("steps", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +44,8 @@ class CheckpointSettings(Settings):
                                         min=0)
     keep_checkpoints: int = setting(3, "keep only the newest K checkpoints (0 = all)", min=0,
                                     flag="--keep")
+    tensorboard: bool = setting(False, "also write the logged metrics as TensorBoard event files "
+                                "in OUT/tensorboard (tensorboardX)")
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -159,20 +161,30 @@ class MetricsLog:
     ``write(row)`` appends one JSON line and flushes. ``rows`` holds every row of the file.
     Only the primary process writes the file (the others keep ``rows`` in memory)."""
 
-    def __init__(self, out: str, rows: Optional[List[Dict[str, Any]]] = None):
+    def __init__(self, out: str, rows: Optional[List[Dict[str, Any]]] = None,
+                 tensorboard: bool = False):
         self.path = os.path.join(out, METRICS)
         self.rows = list(rows or [])
-        self._f = None
+        self._f = self._tb = None
         if _primary():
             os.makedirs(out, exist_ok=True)
             _write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
             self._f = open(self.path, "a")
+            if tensorboard:
+                from tensorboardX import SummaryWriter  # a maintained event-file writer
+                self._tb = SummaryWriter(os.path.join(out, "tensorboard"))
 
     def write(self, row: Dict[str, Any]) -> None:
         self.rows.append(row)
         if self._f is not None:
             self._f.write(json.dumps(row) + "\n")
             self._f.flush()
+        if self._tb is not None and isinstance(row.get("step"), int):
+            prefix = f"{row['method']}/" if isinstance(row.get("method"), str) else ""
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(prefix + k, float(v), row["step"])
+            self._tb.flush()
 
     def wall_offset(self) -> float:
         """wall_s of the last row that has one (0.0 if none): a resumed run keeps counting."""
@@ -184,6 +196,8 @@ class MetricsLog:
     def close(self) -> None:
         if self._f is not None:
             self._f.close()
+        if self._tb is not None:
+            self._tb.close()
 
     def __enter__(self):
         return self

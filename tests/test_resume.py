@@ -211,3 +211,29 @@ def test_checkpoint_flags_on_every_resumable_kind(kind, capsys):
                                        "--checkpoint-minutes", "0.5", "--checkpoint-every", "7"])
     got = (a.keep_checkpoints, a.checkpoint_minutes, a.checkpoint_every, a.resume)
     assert got == (2, 0.5, 7, True)
+
+
+def test_tensorboard_event_files_hold_the_logged_metrics(tmp_path):
+    """--tensorboard writes the rows of metrics.jsonl as scalar events (tensorboardX), read back
+    here from the TFRecord file with the writer's own protobuf."""
+    import glob
+    import struct
+    from tensorboardX.proto import event_pb2
+    from gfnem_jax import cli
+    out = tmp_path / "tb"
+    cli.main(["train", "hypergrid", "--ndim", "2", "--height", "4", "--steps", "20",
+              "--batch-size", "8", "--log-every", "10", "--quiet", "--tensorboard", "--out", str(out)])
+    files = glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))
+    assert len(files) == 1
+    data, seen = open(files[0], "rb").read(), {}
+    i = 0
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i:i + 8])
+        ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+        i += 12 + n + 4
+        for v in ev.summary.value:
+            seen[(v.tag, ev.step)] = v.simple_value
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    for r in rows:
+        for k in ("loss", "l1"):
+            assert abs(seen[(k, r["step"])] - r[k]) < 1e-6 * max(1.0, abs(r[k]))

@@ -329,7 +329,8 @@ def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict
                     r[k] = float(np.mean(v[sel]))
         return r
 
-    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else [],
+                            tensorboard=s.tensorboard) as log:
         state = loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=lambda c: x_train,
                                summarize=summarize,
                                evaluate=lambda st: {"test_bound": float(bound(st, x_sub, ekey))},

@@ -273,7 +273,8 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
     exact = d <= em.MAX_EXACT_D
     cks = run_dir.Checkpoints(out, settings, last=done if ck else None)
     t0 = time.perf_counter()
-    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else [],
+                            tensorboard=settings.tensorboard) as log:
         st = host_loop(st, lambda s, _: run_chunk(s), settings.steps - done, chunk,
                        summarize=lambda m: {k: float(np.mean(v)) for k, v in m.items()},
                        evaluate=(lambda s: {"test_nll": float(em.exact_nll(ebm.model, s.phi,

@@ -341,7 +341,8 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
     chunk = run_dir.chunk_size(s.steps, done, s.log_every)
     run_chunk = plan.make_chunk(chunk)
     cks = run_dir.Checkpoints(out, s, last=done if ck else None)
-    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else [],
+                            tensorboard=s.tensorboard) as log:
         offset = log.wall_offset()
         rows = log.rows
 

@@ -183,7 +183,7 @@ def run(cfg, out: str, progress: bool = True, resume: bool = False) -> Dict[str,
                                   and r["step"] <= done)
     n_m = [sum(bool(r.get("m_step")) for r in rows if r["method"] == "gflownet_em")]
     cks = run_dir.Checkpoints(out, s, last=done if ck else None)
-    with run_dir.MetricsLog(out, rows) as log:
+    with run_dir.MetricsLog(out, rows, tensorboard=s.tensorboard) as log:
         def per_step_rows(m):
             """Writes one row per GFlowNet-EM step (the chunk's metrics); returns the chunk row."""
             n = len(np.asarray(m["loss"]))

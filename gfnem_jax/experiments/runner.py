@@ -205,7 +205,8 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
         vals, _ = exact(st.sampler)
         return {k: float(v) for k, v in vals.items()}
 
-    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else []) as log:
+    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else [],
+                            tensorboard=s.tensorboard) as log:
         state = loop.host_loop(state, run_chunk, s.steps - done, chunk, summarize=summarize,
                                evaluate=evaluate, on_log=log.write, progress=progress,
                                desc=f"{mod.NAME}/{s.loss}", wall_offset=log.wall_offset(),
