@@ -143,3 +143,15 @@ def test_cli_gflownet_em_run_and_parse(tmp_path):
         assert r.returncode == 0, r.stderr[-2000:]
         spans = json.loads(open(tmp_path / "p.jsonl").readline())["spans"]
         assert len(spans) == 2 and [0, 2] in spans
+
+
+def test_synthetic_ncfg_corpus_has_valid_gold_trees_and_depends_on_parents():
+    from gfnem_jax.data import corpus as C
+    tr, va, g = C.synthetic_ncfg(1, 60, 20, 6, 2, 3, 8)
+    assert G.is_ncfg(g) and g["binary"].shape == (3, 2, 5, 5)
+    assert not np.allclose(g["binary"][0], g["binary"][1])  # the parent's label matters
+    for b in range(len(va)):
+        n = int(va.lengths[b])
+        G.tree_from_spans(va.gold[b], None, n, 6)  # raises unless a binary tree over n words
+        assert 2 <= n <= 6 and (va.words[b, n:] == 0).all()
+    assert va.stats["true_nll_per_token"] is None and va.stats["true_log_joint_per_token"] > 0

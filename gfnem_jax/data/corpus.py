@@ -273,3 +273,56 @@ def synthetic(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: i
                  "true_nll_per_token": float(-np.sum(logp[lo:hi], dtype=np.float64) / l.sum())}
         out.append(Corpus(x, l, vocab, gold, stats, [[vocab[i] for i in x[b, :l[b]]] for b in range(len(l))]))
     return out[0], out[1], g
+
+
+def synthetic_ncfg_grammar(key, nt: int = 5, pt: int = 10, v: int = 50):
+    """A non-context-free grammar (log-prob pytree, ``binary`` [NT+1, NT, S, S]): the rules of a
+    nonterminal depend on its parent's label (index NT = the root's "parent"), each parent label
+    drawing its own peaked rule table as ``synthetic_grammar`` does; root and emissions shared."""
+    base = synthetic_grammar(jax.random.fold_in(key, 0), nt, pt, v)
+    tables = [synthetic_grammar(jax.random.fold_in(key, 1 + p), nt, pt, v)["binary"]
+              for p in range(nt + 1)]
+    return {"root": base["root"], "binary": jnp.stack(tables), "emit": base["emit"]}
+
+
+@functools.lru_cache(maxsize=4)
+def synthetic_ncfg(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: int = 20,
+                   nt: int = 5, pt: int = 10, v: int = 50):
+    """(train Corpus, valid Corpus, generating NCFG): sentences and gold trees drawn by
+    ``models.grammar.sample`` from ``synthetic_ncfg_grammar``. An NCFG has no inside algorithm,
+    so ``stats["true_nll_per_token"]`` is None; ``stats["true_log_joint_per_token"]`` is
+    -sum log p(x, z_gold) / tokens (an upper bound on the generating grammar's NLL)."""
+    from gfnem_jax.models import grammar as gm
+    key = jax.random.PRNGKey(seed)
+    g = synthetic_ncfg_grammar(jax.random.fold_in(key, 0), nt, pt, v)
+    gen = jax.jit(jax.vmap(lambda k: gm.sample(g, k, max_len)))
+    lj = jax.jit(jax.vmap(lambda w, t: gm.log_joint(g, w, t)))
+    need = n_train + n_valid
+    words, trees, ljs = [], [], []
+    for rnd in range(100):
+        w, t, ok = gen(jax.random.split(jax.random.fold_in(key, 1 + rnd), 4096))
+        keep = np.flatnonzero(np.asarray(ok))
+        words.append(np.asarray(w)[keep])
+        trees.append(jax.tree.map(lambda a: np.asarray(a)[keep], t))
+        ljs.append(np.asarray(lj(w, t))[keep])
+        if sum(len(x) for x in words) >= need:
+            break
+    else:
+        raise ValueError(f"synthetic corpus: too few sentences of 2..{max_len} words (max_len)")
+    X = np.concatenate(words)[:need].astype(np.int32)
+    T = jax.tree.map(lambda *a: np.concatenate(a)[:need], *trees)
+    LJ = np.concatenate(ljs)[:need]
+    L = np.asarray(T.length, np.int32)
+    vocab = [UNK] + [f"w{i}" for i in range(1, v)]
+    out = []
+    for lo, hi in ((0, n_train), (n_train, need)):
+        gold = [[[int(T.left[b, m]), int(T.right[b, m]) - 1] for m in range(L[b] - 1)]
+                for b in range(lo, hi)]
+        l = L[lo:hi]
+        stats = {"sentences_read": hi - lo, "sentences_kept": hi - lo, "dropped_too_short": 0,
+                 "dropped_too_long": 0, "tokens": int(l.sum()), "unk_tokens": 0,
+                 "true_nll_per_token": None,
+                 "true_log_joint_per_token": float(-LJ[lo:hi].sum(dtype=np.float64) / l.sum())}
+        out.append(Corpus(X[lo:hi], l, vocab, gold, stats,
+                          [[vocab[i] for i in X[b, :L[b]]] for b in range(lo, hi)]))
+    return out[0], out[1], g

@@ -69,6 +69,8 @@ class GrammarSettings(run_dir.CheckpointSettings):
     synth_nt: int = setting(5, "synthetic corpus: nonterminals of the generating grammar", min=1)
     synth_pt: int = setting(10, "synthetic corpus: preterminals of the generating grammar", min=1)
     synth_vocab: int = setting(50, "synthetic corpus: words of the generating grammar", min=2)
+    synth_ncfg: bool = setting(False, "synthetic corpus: generate from a random non-context-free "
+                               "grammar (each rule conditioned on the parent's label)")
     # -- method gflownet (GFlowNet-EM; experiments/grammar_gfn.py) --
     policy_layers: int = setting(6, "gflownet: transformer layers over the roots", min=1)
     policy_dim: int = setting(512, "gflownet: transformer width", min=1)
@@ -155,8 +157,9 @@ def load_data(s: GrammarSettings, vocab=None):
     """(train Corpus, eval Corpus, generating grammar or None). vocab: fixed (file grammar)."""
     unknown = "error" if vocab is not None else "unk"
     if s.corpus == "synthetic":
-        tr, va, gen = C.synthetic(s.seed, s.synth_train, s.synth_valid, s.max_len, s.synth_nt,
-                                  s.synth_pt, s.synth_vocab)
+        make = C.synthetic_ncfg if s.synth_ncfg else C.synthetic
+        tr, va, gen = make(s.seed, s.synth_train, s.synth_valid, s.max_len, s.synth_nt,
+                           s.synth_pt, s.synth_vocab)
         if vocab is not None:
             tr, va = [dataclasses.replace(c, words=C.encode(c.tokens, vocab, s.max_len, unknown)[0],
                                           vocab=list(vocab)) for c in (tr, va)]
@@ -367,7 +370,7 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
     if gen is not None:
         true = ev.stats["true_nll_per_token"]
         summary["generating_nll_per_token"] = true
-        if final["nll_per_token"] is not None:
+        if final["nll_per_token"] is not None and true is not None:
             summary["nll_gap"] = final["nll_per_token"] - true
     if D.is_primary():
         json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
