@@ -269,7 +269,7 @@ def _sample(args):
         cfg, env, gfn, params = runner.load_run(args.run)
     except ValueError as e:
         _fail(str(e).replace("run ", "--run ", 1))
-    x = runner.sample_terminals(env, gfn, params, args.n, args.seed).astype(np.int64)
+    x = runner.sample_terminals(env, gfn, params, args.n, args.seed, progress=True).astype(np.int64)
     np.save(args.out, x)
     print(f"wrote {args.out}: {x.dtype} array of shape {list(x.shape)}")
 

@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import json
 import os
+import sys
 from typing import Any, Dict
 
 import jax
@@ -235,8 +236,10 @@ def load_run(run_dir: str):
     return cfg, env, gfn, state.sampler
 
 
-def sample_terminals(env, gfn, params, n: int, seed: int, chunk: int = 8192) -> np.ndarray:
-    """terminal_value of n fresh on-policy samples, [n, ...]; independent of ``chunk``."""
+def sample_terminals(env, gfn, params, n: int, seed: int, chunk: int = 8192,
+                     progress: bool = False) -> np.ndarray:
+    """terminal_value of n fresh on-policy samples, [n, ...]; independent of ``chunk``
+    (``progress``: a progress bar over the chunks on stderr)."""
     key = jax.random.PRNGKey(seed)
 
     @jax.jit
@@ -244,5 +247,9 @@ def sample_terminals(env, gfn, params, n: int, seed: int, chunk: int = 8192) -> 
         traj = gfn.sample(params, key, chunk, env.log_reward, index_offset=offset)
         return jax.vmap(env.terminal_value)(traj.terminal)
 
-    outs = [np.asarray(draw(jnp.int32(i))) for i in range(0, n, chunk)]
+    from tqdm.auto import tqdm
+    starts = range(0, n, chunk)
+    outs = [np.asarray(draw(jnp.int32(i))) for i in tqdm(starts, desc="sample", unit="chunk",
+                                                          disable=not progress or len(starts) < 2,
+                                                          file=sys.stderr)]
     return np.concatenate(outs)[:n]
