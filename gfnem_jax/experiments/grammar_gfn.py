@@ -221,7 +221,8 @@ def _table(small: ParseTree, n: int):
 @functools.lru_cache(maxsize=8)
 def _exact_pair(small: ParseTree, policy: ParsePolicy):
     """Jitted (params, grammar, table, cond) -> (GFlowNet terminal distribution, exact posterior)
-    over the states of ``table`` (float[S] each, 0 at non-terminal states)."""
+    over the states of ``table`` (float[S] each, 0 at non-terminal states). ``cond`` is the
+    sentence padded to the policy's full ``max_len`` (the encoder's shape), not to ``small``'s."""
     apply = _cut_policy(policy, small)
     lr = lambda gg, c, st: G.log_joint(gg, c["tokens"], small.tree(st))
 
