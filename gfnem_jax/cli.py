@@ -305,7 +305,7 @@ def _compile_cache(args):
 MULTI_PROCESS = ("hypergrid", "sets", "sequences", "mixture", "grammar")
 
 
-def _join_processes(args):
+def _join_processes(args, argv):
     """jax.distributed for a train command (before any JAX computation); with several processes
     --devices defaults to every device of every process."""
     from gfnem_jax import distributed
@@ -320,17 +320,17 @@ def _join_processes(args):
     if args.task not in MULTI_PROCESS or (args.task == "grammar" and args.method != "gflownet"):
         _fail(f"--num-processes {jax.process_count()}: train {args.task} runs in one process "
               f"(several processes: {', '.join(MULTI_PROCESS[:-1])}, grammar --method gflownet)")
-    if getattr(args, "devices", None) == 1 and "--devices" not in (sys.argv if args._argv is None else args._argv):
+    if getattr(args, "devices", None) == 1 and "--devices" not in argv:
         args.devices = jax.device_count()
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args._argv = argv
     _compile_cache(args)
     try:
         if args.command == "train":
-            _join_processes(args)
+            _join_processes(args, argv)
             if args.task == "mixture":
                 return _train_mixture(args)
             if args.task in RUN_KINDS:

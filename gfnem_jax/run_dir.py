@@ -80,6 +80,15 @@ def read_config(out: str) -> Optional[Dict[str, Any]]:
     return cfg if isinstance(cfg, dict) else None
 
 
+def load_config(run: str) -> Dict[str, Any]:
+    """The config.json of a run directory (``gfnem sample``, ``parse``, ``eval``); ValueError
+    naming ``run`` when it has none or it is unreadable."""
+    cfg = read_config(run)
+    if cfg is None:
+        raise ValueError(f"run {run!r} holds no {CONFIG} (not a gfnem run directory)")
+    return cfg
+
+
 _MISSING = object()
 
 

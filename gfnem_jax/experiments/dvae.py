@@ -361,21 +361,17 @@ def write_pngs(b: Built, state, test, out: str, seed: int, n: int = 32) -> None:
     ev.save_png(os.path.join(out, "prior_samples.png"), ev.tile(np.asarray(b.decode_mean(state, z)), 16))
 
 
-def load_run(run_dir: str):
+def load_run(run: str):
     """(settings, Built, state, train, test) of a run directory with a checkpoint."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"run {run_dir!r} holds no config.json (not a gfnem run directory)")
-    with open(path) as f:
-        cfg = json.load(f)
+    cfg = run_dir.load_config(run)
     if "method" not in cfg or cfg.get("method") not in METHODS or "codes" not in cfg:
-        raise ValueError(f"run {run_dir!r} is not a dvae run")
+        raise ValueError(f"run {run!r} is not a dvae run")
     s = _settings(cfg)
     train, test = load_data(s)
     b = Built(s, train.shape[1:], jnp.asarray(train[0]))
-    ck = checkpoint.latest(run_dir)
+    ck = checkpoint.latest(run)
     if ck is None:
-        raise ValueError(f"run {run_dir!r} holds no checkpoint")
+        raise ValueError(f"run {run!r} holds no checkpoint")
     return s, b, checkpoint.restore(ck, b.state), train, test
 
 

@@ -298,24 +298,20 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
     return summary
 
 
-def load_run(run_dir: str):
+def load_run(run: str):
     """(settings, ebm, state) of a finished ebm run directory (its config.json and checkpoint)."""
     from gfnem_jax import checkpoint
 
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"run {run_dir!r} holds no config.json (not a gfnem run directory)")
-    with open(path) as f:
-        cfg = json.load(f)
+    cfg = run_dir.load_config(run)
     if cfg.get("task") != "ebm":
-        raise ValueError(f"run {run_dir!r} is a {cfg.get('task', 'different')!r} run, not an ebm run")
+        raise ValueError(f"run {run!r} is a {cfg.get('task', 'different')!r} run, not an ebm run")
     d = cfg.pop("d")
     cfg.pop("task")
     settings = EBMSettings.from_dict(cfg)
     e = build(settings, d)
-    ck = checkpoint.latest(run_dir)
+    ck = checkpoint.latest(run)
     if ck is None:
-        raise ValueError(f"run {run_dir!r} holds no checkpoint")
+        raise ValueError(f"run {run!r} holds no checkpoint")
     return settings, e, checkpoint.restore(ck, init_state(e, settings.seed))
 
 

@@ -377,25 +377,22 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
     return summary
 
 
-def load_state(run_dir: str):
+def load_state(run: str):
     """(settings, model, the restored training state, vocab) of a run directory."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"run {run_dir!r} holds no config.json (not a gfnem run directory)")
-    s = GrammarSettings.from_dict(json.load(open(path)))
-    vocab = json.load(open(os.path.join(run_dir, "vocab.json")))
+    s = GrammarSettings.from_dict(run_dir.load_config(run))
+    vocab = json.load(open(os.path.join(run, "vocab.json")))
     model, params0, fixed, _ = build_model(s, len(vocab))
-    ck = checkpoint.latest(run_dir)
+    ck = checkpoint.latest(run)
     if ck is None:
-        raise ValueError(f"run {run_dir!r} holds no checkpoint")
-    n = json.load(open(os.path.join(run_dir, "data.json")))["n_train"] if s.method == "mc-em" else 1
+        raise ValueError(f"run {run!r} holds no checkpoint")
+    n = json.load(open(os.path.join(run, "data.json")))["n_train"] if s.method == "mc-em" else 1
     like = make_plan(s, model, params0, fixed, None, None, make_optimizer(s), None, None, n).state
     return s, model, checkpoint.restore(ck, like), vocab
 
 
-def load_run(run_dir: str):
+def load_run(run: str):
     """(settings, model, grammar params, vocab) of a run directory."""
-    s, model, st, vocab = load_state(run_dir)
+    s, model, st, vocab = load_state(run)
     return s, model, st.model if s.method == "gflownet" else st.params, vocab
 
 

@@ -216,21 +216,17 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
     return {"final": log.rows[-1] if log.rows else {}, "state": distributed.to_local(state)}
 
 
-def load_run(run_dir: str):
+def load_run(run: str):
     """(cfg, env, gfn, params) of a finished run directory."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"run {run_dir!r} holds no config.json (not a gfnem run directory)")
-    with open(path) as f:
-        cfg = json.load(f)
+    cfg = run_dir.load_config(run)
     if cfg.get("task") not in TASKS:
-        raise ValueError(f"run {run_dir!r} is a {cfg.get('task', 'different')!r} run; sampling "
+        raise ValueError(f"run {run!r} is a {cfg.get('task', 'different')!r} run; sampling "
                          f"from it is not supported here")
     # the devices it trained on need not be here: sampling runs on one device
     env, gfn, optim = build(dict(cfg, devices=1))
-    ck = checkpoint.latest(run_dir)
+    ck = checkpoint.latest(run)
     if ck is None:
-        raise ValueError(f"run {run_dir!r} holds no checkpoint")
+        raise ValueError(f"run {run!r} holds no checkpoint")
     like, _ = init_state(gfn, optim, cfg["seed"])
     state = checkpoint.restore(ck, like)
     return cfg, env, gfn, state.sampler
