@@ -305,7 +305,16 @@ def make_chunk(step, n: int, batch_fn: Optional[Callable] = None,
       data set (``data`` is an argument, never a compile-time constant), or pick row i of
       host-fed per-step batches (``data`` leaves [n, ...]). None: steps take no batch.
     eval_fn(state, data) -> dict of scalars evaluated after every step (e.g. a log-likelihood).
+    n = 1 compiles the step alone, without a loop around it (same keys, same batches).
     """
+    if n == 1:  # no loop: XLA:CPU runs convolutions ~20x slower inside a while loop
+        @jax.jit
+        def run_one(state, data=None):
+            state, m = _body(step, batch_fn, eval_fn, data)(state, jnp.zeros((), jnp.int32))
+            return state, jax.tree.map(lambda a: a[None], m)
+
+        return run_one
+
     @jax.jit
     def run_chunk(state, data=None):
         return jax.lax.scan(_body(step, batch_fn, eval_fn, data), state, jnp.arange(n))
