@@ -147,11 +147,22 @@ def global_grad(update: Update, own, other, aux, shard: Shard):
 
 
 def apply_update(update: Update, own, opt, other, batch, key, shard: Shard):
-    """prepare -> global gradient -> one optimizer step. Returns (own, opt, loss, metrics)."""
+    """prepare -> global gradient -> one optimizer step. Returns (own, opt, loss, metrics).
+
+    A gradient holding a NaN or Inf makes the returned loss NaN, so the host loop stops at the
+    step where it happened, even when the loss itself was finite."""
     aux = update.prepare(own, other, batch, key, shard)
     loss, metrics, g = global_grad(update, own, other, aux, shard)
+    loss = jnp.where(tree_finite(g), loss, jnp.nan)
     upd, opt = update.tx.update(g, opt, own)
     return optax.apply_updates(own, upd), opt, loss, metrics
+
+
+def tree_finite(tree) -> jax.Array:
+    """bool[]: every floating-point leaf of ``tree`` is finite (no NaN, no Inf)."""
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(a), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
 
 
 def _skip_like(fn, *args):
@@ -378,7 +389,10 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     ``summarize(metrics of the chunk)`` and ``evaluate(state)`` and "wall_s" (seconds since the
     loop started, compilation included, plus ``wall_offset`` carried over a resume); "loss" and
     "loss_last" only if the chunk's metrics hold a "loss". A non-finite float metric raises
-    NonFiniteLoss naming the 1-based step and the last good checkpoint (or that there is none).
+    NonFiniteLoss naming the 1-based step and the last good checkpoint (or that there is none);
+    so does a NaN returned by ``evaluate`` (an infinite evaluation, e.g. a KL to a distribution
+    with a zero, is reported as it is), and a state holding a NaN or Inf when a checkpoint is due
+    (which is then not written).
     No host sync inside a chunk. With several processes (``gfnem_jax.distributed``) the state
     stays a global array between chunks; metrics, ``evaluate`` and ``summarize`` see this
     process's replica, only the primary process draws progress, and the checkpoint decision is
@@ -403,9 +417,8 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
             step = int(D.to_local(state.step))
             bad = _first_non_finite(m, step - chunk)
             if bad is not None:
-                where = (f"the last good checkpoint (step {last_ck}) is kept" if last_ck is not None
-                         else "no checkpoint had been written yet")
-                raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]}; {where}")
+                raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]} (a loss, reward or "
+                                    f"gradient went NaN or Inf); {_kept(last_ck)}")
             row: Dict[str, Any] = {"step": step}
             if "loss" in m:
                 loss = np.asarray(m["loss"])
@@ -416,24 +429,41 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
             if summarize is not None:
                 row.update(summarize(m))
             if evaluate is not None:
-                row.update(evaluate(D.to_local(state)))
+                ev = evaluate(D.to_local(state))
+                bad = [k for k, v in ev.items() if isinstance(v, float) and np.isnan(v)]
+                if bad:
+                    raise NonFiniteLoss(f"NaN {bad[0]} in the evaluation after step {step}; "
+                                        + _kept(last_ck))
+                row.update(ev)
             row["wall_s"] = round(wall_offset + time.perf_counter() - t0, 4)
             if on_log is not None:
                 on_log(row)
             bar.update(chunk)
-            bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix if k in row}, refresh=False)
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix
+                             if isinstance(row.get(k), (int, float))}, refresh=False)
             due = bool(checkpoint_every) and step % checkpoint_every == 0
             due |= checkpoint_minutes > 0 and time.perf_counter() - t_ck > 60 * checkpoint_minutes
             if multi:  # one decision for all processes: a checkpoint is collective
                 from jax.experimental import multihost_utils
                 due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
             if on_checkpoint is not None and due:
+                if not bool(_finite_state(D.to_local(state))):
+                    raise NonFiniteLoss(f"non-finite parameters after step {step}; "
+                                        + _kept(last_ck))
                 on_checkpoint(state)
                 last_ck = step
                 t_ck = time.perf_counter()
     finally:
         bar.close()
     return state
+
+
+_finite_state = jax.jit(tree_finite)
+
+
+def _kept(last_ck) -> str:
+    return (f"the last good checkpoint (step {last_ck}) is kept" if last_ck is not None
+            else "no checkpoint had been written yet")
 
 
 def _first_non_finite(m: Dict[str, np.ndarray], start: int):

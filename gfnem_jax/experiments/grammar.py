@@ -262,7 +262,8 @@ def decode_all(decode, params, key, words, lengths, batch: int):
 def evaluate(decode, params, ev: C.Corpus, batch: int, key) -> Dict[str, Optional[float]]:
     logp, vsp, ssp = decode_all(decode, params, key, ev.words, ev.lengths, batch)
     row: Dict[str, Optional[float]] = {
-        "nll_per_token": None if np.isnan(logp).any() else parse_metrics.nll_per_token(logp, ev.lengths)}
+        "nll_per_token": (float("nan") if np.isnan(logp).any()  # a training run stops on it
+                          else parse_metrics.nll_per_token(logp, ev.lengths))}
     for name, sp in (("", vsp), ("sample_", ssp)):
         f = parse_metrics.span_f1(sp, ev.gold, ev.lengths) if ev.gold is not None else {}
         row[name + "sentence_f1"] = f.get("sentence_f1")
