@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gfnem_jax import loop
+from gfnem_jax import loop, mcmc
 from gfnem_jax.gflownet import GFlowNet, sampler_update
-from gfnem_jax.sampling import Exploration, sample_keys
+from gfnem_jax.sampling import Exploration
 
 SCHEDULES = ("fixed", "adaptive")
 
@@ -144,43 +144,18 @@ def local_search(gfn: GFlowNet, log_reward_fn, reward_params, params, key, termi
          log A = [log R(x') + log P_B(tau' | x') + log P_F(tau_seg | s)]
                - [log R(x)  + log P_B(tau_seg | x) + log P_F(tau' | s)],
          where tau_seg is the last ``back`` steps of the backward trajectory and R = p_theta(x, .).
-    Keys are per chain (global index ``index_offset + i``), so a chain's moves do not depend on
-    how the batch is split over devices. The chain leaves R(x) P_B invariant on the path space, hence R on terminal states (exactly
-    so on tree DAGs such as ``Sequence``). Keys: round r uses fold_in(key, r).
+    The one implementation is ``gfnem_jax.mcmc.back_and_forth_chain`` (also EB-GFN's gfn-cd
+    move); this is that function on the GFlowNet's environment and policy. Keys are per chain
+    (global index ``index_offset + i``), so a chain's moves do not depend on how the batch is
+    split over devices; round r uses fold_in(key, r). The chain leaves R(x) P_B invariant on the
+    path space, hence R on terminal states (exactly so on tree DAGs such as ``Sequence``).
 
     Args:
       terminal: pytree [B, ...] of terminal states; cond: conditions [B, ...] or None.
     Returns (terminal states [B, ...], float[B] each chain's acceptance rate over the rounds).
     """
-    env = gfn.env
-    B = jax.tree.leaves(terminal)[0].shape[0]
-    T = env.max_steps
-
-    def one_round(r, carry):
-        term, acc_sum = carry
-        k = jax.random.fold_in(key, r)
-        kb, kf, ku = jax.random.split(k, 3)
-        bt = gfn.sample_backward(params, kb, term, log_reward_fn, reward_params, cond, index_offset)
-        j = jnp.maximum(bt.lengths - back, 0)  # forward time of the cut state s
-        s = jax.tree.map(lambda a: a[jnp.arange(B), j], bt.states)
-        seg = jnp.arange(T)[None, :] >= j[:, None]
-        old_pf = jnp.sum(jnp.where(seg, bt.log_pf, 0.0), axis=1)
-        old_pb = jnp.sum(jnp.where(seg, bt.log_pb, 0.0), axis=1)
-        ft = gfn.sample(params, kf, B, log_reward_fn, reward_params, cond,
-                        index_offset=index_offset, init_states=s)
-        new_pf = jnp.sum(ft.log_pf, axis=1)
-        new_pb = jnp.sum(ft.log_pb, axis=1)
-        log_a = (ft.log_reward + new_pb + old_pf) - (bt.log_reward + old_pb + new_pf)
-        u = jax.vmap(jax.random.uniform)(sample_keys(ku, B, index_offset))
-        accept = jnp.log(u) < log_a
-        term = jax.tree.map(
-            lambda n, o: jnp.where(accept.reshape((B,) + (1,) * (n.ndim - 1)), n, o),
-            ft.terminal, term)
-        return term, acc_sum + accept.astype(jnp.float32)
-
-    params = jax.lax.stop_gradient(params)
-    term, acc = jax.lax.fori_loop(0, rounds, one_round, (terminal, jnp.zeros((B,), jnp.float32)))
-    return term, acc / max(rounds, 1)
+    return mcmc.back_and_forth_chain(gfn.env, gfn.policy, params, key, terminal, back, rounds,
+                                     log_reward_fn, reward_params, cond, index_offset)
 
 
 # -- the updates of one EM step -----------------------------------------------------------------
