@@ -39,18 +39,18 @@ def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True):
     steps, curve = 0, []
     while time.perf_counter() - t0 < budget:
         st, m = run_chunk(st, train)
-        jax.block_until_ready(st.phi)
+        jax.block_until_ready(st.model)
         steps += chunk
-        if not np.isfinite(float(m["e_loss"][-1])):
+        if not np.isfinite(float(m["m_loss"][-1])):
             break
         curve.append((round(time.perf_counter() - t0, 2), steps))
     wall = time.perf_counter() - t0
-    nll = float(em.exact_nll(e.model, st.phi, test))
-    out = {"steps": steps, "train_s": round(wall, 2), "test_nll": nll, "final_gfn_loss": float(m["gfn_loss"][-1]),
-           "final_accept": float(m["accept"][-1])}
+    nll = float(em.exact_nll(e.model, st.model, test))
+    out = {"steps": steps, "train_s": round(wall, 2), "test_nll": nll, "final_gfn_loss": float(m["loss"][-1]),
+           "final_accept": float(m["accept"][-1]) if "accept" in m else 0.0}
     if with_tv and e.settings.method in ("gfn", "gfn-cd"):
         t1 = time.perf_counter()
-        tv, how = ebm_eval.sampler_tv(e, st.gfn_params, st.phi, jax.random.PRNGKey(seed + 1000))
+        tv, how = ebm_eval.sampler_tv(e, st.sampler, st.model, jax.random.PRNGKey(seed + 1000))
         out.update(sampler_tv=tv, sampler_tv_method=how, tv_s=round(time.perf_counter() - t1, 2))
     return out
 
@@ -68,8 +68,8 @@ def run_d32(a, methods, dens):
                             mcmc_steps=a.mcmc_steps, k=a.k, gfn_updates=a.gfn_updates, lr=a.energy_lr,
                             energy_l2=a.energy_l2, lr_logz=a.lr_logz)
         e = ebm.build(s, 32)
-        rc = ebm.make_chunk(ebm.make_step(e), a.chunk)
-        jax.block_until_ready(rc(ebm.init_state(e, 0), jnp.zeros((a.n_train, 32), jnp.float32))[0].phi)
+        rc = ebm.make_chunk(e, a.chunk)
+        jax.block_until_ready(rc(ebm.init_state(e, 0), jnp.zeros((a.n_train, 32), jnp.float32))[0].model)
         for name in dens:
             rng = np.random.default_rng([0, 0])
             train = jnp.asarray(toy2d.make_data(name, 16, a.n_train, rng), jnp.float32)
@@ -78,16 +78,16 @@ def run_d32(a, methods, dens):
             t0, steps = time.perf_counter(), 0
             while time.perf_counter() - t0 < a.budget:
                 st, _ = rc(st, train)
-                jax.block_until_ready(st.phi)
+                jax.block_until_ready(st.model)
                 steps += a.chunk
             key = jax.random.PRNGKey(5)
-            nll, se = ebm_eval.ais_nll(e.model, st.phi, test, key, a.ais_chains, a.ais_temps)
+            nll, se = ebm_eval.ais_nll(e.model, st.model, test, key, a.ais_chains, a.ais_temps)
             n = min(2000, test.shape[0])
             if m in ("gfn", "gfn-cd"):
-                samp = ebm_eval.sample_gfn(e, st.gfn_params, st.phi, key, n)
-            else:  # the persistent chains, run further with Gibbs-with-gradients
-                x = jnp.tile(st.chains, (n // st.chains.shape[0] + 1, 1))[:n]
-                samp = np.asarray(mcmc.gwg(e.model.energy, st.phi, key, x, 100)[0], np.uint8)
+                samp = ebm_eval.sample_gfn(e, st.sampler, st.model, key, n)
+            else:  # the persistent chains (the sampler slot), run further with Gibbs-with-gradients
+                x = jnp.tile(st.sampler, (n // st.sampler.shape[0] + 1, 1))[:n]
+                samp = np.asarray(mcmc.gwg(e.model.energy, st.model, key, x, 100)[0], np.uint8)
             r = {"density": name, "method": m, "steps": steps, "ais_nll": nll, "log_z_se": se,
                  "mmd": ebm_eval.mmd(samp, test[:n]), "paper_nll": PAPER_D32.get(name)}
             print(f"  d=32 {name:12s} {m:7s}: {steps} steps, AIS NLL {nll:.2f} (se {se:.2f}), "
@@ -142,9 +142,9 @@ def main(argv=None):
                             mcmc_steps=a.mcmc_steps, k=a.k, gfn_updates=a.gfn_updates, lr=a.energy_lr,
                             energy_l2=a.energy_l2, lr_logz=a.lr_logz)
         e = ebm.build(s, d)
-        rc = ebm.make_chunk(ebm.make_step(e), a.chunk)
+        rc = ebm.make_chunk(e, a.chunk)
         t0 = time.perf_counter()
-        jax.block_until_ready(rc(ebm.init_state(e, 0), jnp.zeros((a.n_train, d), jnp.float32))[0].phi)
+        jax.block_until_ready(rc(ebm.init_state(e, 0), jnp.zeros((a.n_train, d), jnp.float32))[0].model)
         print(f"  compiled {m} in {time.perf_counter() - t0:.1f} s", flush=True)
         runners[m] = (e, rc)
 

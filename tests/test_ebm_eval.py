@@ -68,9 +68,9 @@ def test_sampler_tv_exact_for_small_d():
     s = ebm.EBMSettings(bits=2, energy_hidden=8, gfn_hidden=8)
     model_ebm = ebm.build(s, 4)
     st = ebm.init_state(model_ebm, 0)
-    tv, how = ebm_eval.sampler_tv(model_ebm, st.gfn_params, st.phi, jax.random.PRNGKey(0))
-    q = np.asarray(ebm_eval.exact_sampler_probs(model_ebm.env, model_ebm.policy, st.gfn_params))
-    p = np.exp(np.asarray(em.log_probs(model_ebm.model, st.phi)))
+    tv, how = ebm_eval.sampler_tv(model_ebm, st.sampler, st.model, jax.random.PRNGKey(0))
+    q = np.asarray(ebm_eval.exact_sampler_probs(model_ebm.env, model_ebm.policy, st.sampler))
+    p = np.exp(np.asarray(em.log_probs(model_ebm.model, st.model)))
     assert how == "exact" and abs(tv - 0.5 * np.abs(q - p).sum()) < 1e-5
 
 

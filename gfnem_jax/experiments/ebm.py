@@ -1,21 +1,43 @@
 """Energy-based GFlowNets (EB-GFN, Zhang et al. 2022): an energy model and its sampler, trained jointly.
 
 p_phi(x) ∝ exp(-E_phi(x)) on x in {0,1}^d (``gfnem_jax.models.energy``), the GFlowNet on the
-``Bits`` environment with R(x) = exp(-E_phi(x) / T). One step of ``make_step`` (pure, jittable):
+``Bits`` environment with R(x) = exp(-E_phi(x) / T). Training is the library's one alternating
+loop (``gfnem_jax.loop``, schedule "both": every step a sampler update, then a model update) with
+the ``loop.LoopState`` slots
 
-  sampler  (gfn, gfn-cd) trajectory balance on B_f = B - B_b forward trajectories from P_F and
-           B_b = round(back_ratio * B) backward trajectories from data x ~ P_B(. | x), with the
-           current phi (no gradient into phi):  L = mean_b (log Z + log P_F - log R - log P_B)^2.
-  energy   one Adam step on cd_loss = mean E(data batch) - mean E(negatives), negatives:
-             gfn     the forward batch's terminals (x' ~ P_F, before this step's sampler update);
+  sampler  gfn, gfn-cd: the GFlowNet's policy parameters (and log Z);
+           pcd, gwg:    the persistent chains float32[B, d] (their "sampler" is MCMC);
+  model    phi, the energy model's parameters.
+
+One step t (key fold_in(run_key, t); the data batch drawn by ``batch_fn`` from the training set,
+an argument of the compiled chunk):
+
+  sampler  gfn, gfn-cd: the objective ``loss`` (``gfnem_jax.objectives``, TB by default) on
+           B_f = B - B_b forward trajectories from P_F and B_b = round(back_ratio * B) backward
+           trajectories from data x ~ P_B(. | x), rewards with the current phi (no gradient into
+           phi); ``gfn_updates`` > 1 takes further updates on fresh batches (``after_sampler``).
+           pcd / gwg: the chains move by ``mcmc_steps`` random-scan Gibbs (pcd) or
+           Gibbs-with-gradients (gwg) steps. Written as an ``Update`` like every other side: the
+           terms are 1/2 ||c - c'||^2 per chain (c' the moved chain), the optimizer SGD at rate 1,
+           which lands exactly on c' (0/1 values: no rounding); its reported loss is 0.
+  model    one Adam step on the contrastive loss
+               mean_i E(x_i) - sum_j w_j E(x'_j)  + energy_l2 (mean_i E(x_i)^2 + sum_j w_j E(x'_j)^2)
+           over the data batch x and the negatives x' (weights w_j = 1/B; the gradient with
+           x' ~ p_phi is that of the NLL), negatives:
+             gfn     B fresh samples of the sampler P_F (after this step's sampler update);
              gfn-cd  one back-and-forth MH step from each data point, k steps back
                      (``gfnem_jax.mcmc.back_and_forth``; k grows 1 -> d over k_warmup steps if > 0);
-             pcd     persistent chains, mcmc_steps random-scan Gibbs steps per update;
-             gwg     persistent chains, mcmc_steps Gibbs-with-gradients steps per update.
-The step key is fold_in(run_key, step). ``run`` writes config.json, metrics.jsonl, energies.npy
-(float32[2^d], index = bits as binary, first bit most significant; d <= 20), test.npy
+             pcd, gwg the persistent chains (after this step's moves).
+Data parallelism: ``devices`` > 1 shards the batch over a mesh (``loop.make_mesh``); every
+per-sample key is keyed by the sample's global index and every statistic is over the global batch,
+so 1 and N devices give the same run to float tolerance.
+
+``run`` writes config.json, metrics.jsonl (per logged chunk: gfn_loss, e_loss, accept for gfn-cd /
+gwg, log_z for objectives with one, test_nll for d <= 20, the loop's loss / loss_last, wall_s),
+energies.npy (float32[2^d], index = bits as binary, first bit most significant; d <= 20), test.npy
 (uint8[n, d]), summary.json (test_nll exact for d <= 20, sampler_tv), heatmaps.png (2-D data) and
-checkpoint/step_N (the EBMState; ``gfnem_jax.run_dir``'s checkpoint policy and exact resume).
+checkpoint/step_N (the ``loop.LoopState``; ``gfnem_jax.run_dir``'s checkpoint policy and exact
+resume).
 """
 from __future__ import annotations
 
@@ -23,22 +45,28 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gfnem_jax import mcmc, run_dir
+from gfnem_jax import distributed as D
+from gfnem_jax import loop, mcmc, objectives, run_dir
 from gfnem_jax.config import setting
 from gfnem_jax.data import toy2d
 from gfnem_jax.envs.bits import Bits, BitsState
+from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.models import energy as em
 from gfnem_jax.nets.mlp import MLPPolicy
-from gfnem_jax.sampling import Exploration, backward_rollout, evaluate, forward_rollout
+from gfnem_jax.optim import OptimConfig, policy_optimizer
+from gfnem_jax.sampling import Exploration, forward_rollout
 
 METHODS = ("gfn", "gfn-cd", "pcd", "gwg")
+GFN_METHODS = ("gfn", "gfn-cd")
+# objectives that accept backward trajectories from data in their batch (any behaviour policy)
+BALANCE = ("tb", "db", "subtb", "logvar", "fm")
+PARAMS_TAG = 0x7FFFFFFF  # initial parameters and chains come from fold_in(run_key, PARAMS_TAG)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +77,14 @@ class EBMSettings(run_dir.CheckpointSettings):
     n_test: int = setting(10000, "held-out points drawn from a 2-D density", min=1)
     test_fraction: float = setting(0.1, "held-out fraction of a .npy data set", gt=0, lt=1)
     method: str = setting("gfn", "how negatives are drawn", choices=METHODS)
+    loss: str = setting("tb", "gfn / gfn-cd: the GFlowNet objective (balance objectives take the "
+                        "backward trajectories from data; the others need back_ratio 0)",
+                        choices=tuple(sorted(objectives.OBJECTIVES)))
+    lam: float = setting(0.9, "SubTB lambda", gt=0)
+    alpha: float = setting(0.5, "alpha of renyi / tsallis / alpha_kl")
     steps: int = setting(5000, "training steps", min=1)
     seed: int = setting(0, "random seed (data, initialisation, sampling)", min=0)
-    batch_size: int = setting(128, "data points (and negatives) per step", min=2)
+    batch_size: int = setting(128, "data points (and negatives) per step, global over all devices", min=2)
     lr: float = setting(1e-3, "Adam learning rate of the energy model", gt=0)
     lr_gfn: float = setting(1e-3, "Adam learning rate of the GFlowNet policy", gt=0)
     lr_logz: float = setting(0.1, "Adam learning rate of log Z (EB-GFN uses 1; it diverged here with method gfn)", gt=0)
@@ -68,40 +101,71 @@ class EBMSettings(run_dir.CheckpointSettings):
     gfn_layers: int = setting(2, "hidden layers of the GFlowNet MLP", min=1)
     n_eval_samples: int = setting(20000, "samples drawn for the heat maps (and at most this many for MMD)", min=2)
     log_every: int = setting(500, "steps between logged rows (exact test NLL for d <= 20)", min=1)
+    devices: int = setting(1, "split each batch over this many devices (shard_map data parallelism)", min=1)
 
     def check(self):
         if self.back_ratio == 1.0 and self.method == "gfn":
             raise ValueError("back_ratio must be < 1 with method gfn (its negatives are the forward batch)")
+        if self.devices > jax.device_count():
+            raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that JAX "
+                             f"sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
+                             f"{self.devices})")
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")
+        if self.method not in GFN_METHODS:
+            return
+        b_f, b_b = self.sampler_sizes()
+        if b_f % self.devices or b_b % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} with back_ratio {self.back_ratio} gives "
+                             f"{b_f} forward and {b_b} backward trajectories; both must be divisible "
+                             f"by devices {self.devices}")
+        obj = self.objective()
+        if obj.name not in BALANCE and b_b > 0:
+            raise ValueError(f"back_ratio must be 0 with loss {obj.name} (it trains on trajectories "
+                             f"from P_F only; the balance objectives {', '.join(BALANCE)} also take "
+                             f"backward trajectories from the training set), got {self.back_ratio}")
+        obj.check_sampling(Exploration(), batch_size=self.batch_size)
 
+    def sampler_sizes(self):
+        """(B_f forward, B_b backward) trajectories per sampler update (gfn, gfn-cd)."""
+        b_b = int(round(self.back_ratio * self.batch_size))
+        return self.batch_size - b_b, b_b
 
-class EBMState(NamedTuple):
-    gfn_params: Any
-    gfn_opt: Any
-    phi: Any
-    phi_opt: Any
-    chains: jax.Array  # float32[B, d] persistent chains (pcd, gwg)
-    step: jax.Array  # int32[]
-    key: jax.Array
+    def objective(self) -> objectives.Objective:
+        return objectives.get(self.loss, lam=self.lam, alpha=self.alpha)
 
 
 @dataclasses.dataclass(frozen=True)
 class EBM:
-    """The static parts: environment (with its energy model), policy, optimizers' settings."""
+    """The static parts: environment (with its energy model), the GFlowNet, the settings."""
 
     env: Bits
     model: em.EnergyModel
-    policy: MLPPolicy
+    gfn: GFlowNet
     settings: EBMSettings
 
     @property
     def d(self) -> int:
         return self.env.d
 
+    @property
+    def policy(self) -> MLPPolicy:
+        return self.gfn.policy
+
+    @property
+    def gfn_based(self) -> bool:
+        return self.settings.method in GFN_METHODS
+
     def gfn_tx(self, params):
-        mask = self.policy.log_z_mask(params)
-        labels = jax.tree.map(lambda m: "logz" if m else "policy", mask)
         s = self.settings
-        return optax.multi_transform({"policy": optax.adam(s.lr_gfn), "logz": optax.adam(s.lr_logz)}, labels)
+        return policy_optimizer(self.gfn, OptimConfig(s.lr_gfn, s.lr_logz), params)
+
+    def sampler_tx(self):
+        """The sampler slot's optimizer: Adam (policy / log Z) for gfn and gfn-cd; SGD at rate 1
+        for the chains of pcd and gwg (see the module docstring)."""
+        if self.gfn_based:
+            return self.gfn_tx(self.gfn.init(jax.random.PRNGKey(0)))
+        return optax.sgd(1.0)
 
     def phi_tx(self):
         return optax.adam(self.settings.lr)
@@ -111,30 +175,26 @@ def build(settings: EBMSettings, d: int) -> EBM:
     model = em.EnergyModel(d, settings.energy_hidden, settings.energy_layers)
     env = Bits(d, energy=model, temperature=settings.temperature)
     policy = MLPPolicy(env.n_actions, env.n_bwd_actions, settings.gfn_hidden, settings.gfn_layers)
-    return EBM(env, model, policy, settings)
+    return EBM(env, model, GFlowNet(env, policy, settings.objective(), Exploration()), settings)
 
 
-def init_state(ebm: EBM, seed: int) -> EBMState:
+def init_state(ebm: EBM, seed: int) -> loop.LoopState:
+    """Step 0: sampler = the GFlowNet's parameters (gfn, gfn-cd) or the chains (pcd, gwg),
+    model = phi; run key PRNGKey(seed)."""
     key = jax.random.PRNGKey(seed)
-    kg, ke, kc = jax.random.split(jax.random.fold_in(key, 0x7FFFFFFF), 3)
+    kg, ke, kc = jax.random.split(jax.random.fold_in(key, PARAMS_TAG), 3)
     env = ebm.env
-    gp = ebm.policy.init(kg, env.observe(env.init()))
     phi = ebm.model.init(ke)
-    # log Z starts at the initial energy's value log sum_x exp(-E(x)/T) ~ d log 2 - mean E / T
-    xs = jax.random.bernoulli(jax.random.fold_in(kc, 1), 0.5, (256, env.d)).astype(jnp.float32)
-    lz0 = env.d * jnp.log(2.0) - jnp.mean(em.energies(ebm.model, phi, xs)) / env.temperature
-    gp = jax.tree.map(lambda m, p: jnp.full_like(p, lz0) if m else p, ebm.policy.log_z_mask(gp), gp)
-    chains = jax.random.bernoulli(kc, 0.5, (ebm.settings.batch_size, env.d)).astype(jnp.float32)
-    return EBMState(gp, ebm.gfn_tx(gp).init(gp), phi, ebm.phi_tx().init(phi), chains,
-                    jnp.zeros((), jnp.int32), key)
-
-
-def tb_loss(ebm: EBM, params, traj) -> jax.Array:
-    """Trajectory balance on given trajectories (log R = traj.log_reward), differentiable in params."""
-    ev = evaluate(ebm.env, ebm.policy, params, traj)
-    log_z = ebm.policy.log_z(params, None)
-    r = log_z + jnp.sum(ev.log_pf, 1) - traj.log_reward - jnp.sum(ev.log_pb, 1)
-    return jnp.mean(r ** 2)
+    if ebm.gfn_based:
+        gp = ebm.policy.init(kg, env.observe(env.init()))
+        # log Z starts at the initial energy's value log sum_x exp(-E(x)/T) ~ d log 2 - mean E / T
+        xs = jax.random.bernoulli(jax.random.fold_in(kc, 1), 0.5, (256, env.d)).astype(jnp.float32)
+        lz0 = env.d * jnp.log(2.0) - jnp.mean(em.energies(ebm.model, phi, xs)) / env.temperature
+        sampler = jax.tree.map(lambda m, p: jnp.full_like(p, lz0) if m else p,
+                               ebm.policy.log_z_mask(gp), gp)
+    else:
+        sampler = jax.random.bernoulli(kc, 0.5, (ebm.settings.batch_size, env.d)).astype(jnp.float32)
+    return loop.init_state(sampler, ebm.sampler_tx(), phi, ebm.phi_tx(), key)
 
 
 def current_k(ebm: EBM, step) -> jax.Array:
@@ -144,93 +204,167 @@ def current_k(ebm: EBM, step) -> jax.Array:
     return jnp.asarray(min(s.k, d), jnp.int32)
 
 
-def make_step(ebm: EBM, train=None):
-    """``step(state, key) -> (state, metrics)`` for ``ebm.settings.method`` (pure, jittable).
-
-    train: float32[N, d] training vectors, closed over; None gives ``step(state, key, train)``
-    instead (one compilation for every data set of the same shape). Metrics: gfn_loss (0 for
-    pcd/gwg), e_loss (cd_loss before the step), accept (MH / GwG acceptance, else 0), log_z.
-    """
-    s, env, model = ebm.settings, ebm.env, ebm.model
+def batch_fn(ebm: EBM):
+    """``batch_fn(data, key, i)`` for ``loop.make_chunk``: rows drawn uniformly (with
+    replacement) from the training set ``data`` float32[N, d]: "x" [B, d] (the model's data batch,
+    gfn-cd's chain starts), "back" [B_b, d] (the data ends of the sampler's backward
+    trajectories) and "back_more" [B_b, gfn_updates - 1, d] (those of its further updates)."""
+    s = ebm.settings
     B = s.batch_size
-    gfn_based = s.method in ("gfn", "gfn-cd")
-    B_b = int(round(s.back_ratio * B)) if gfn_based else 0
-    B_f = B - B_b
-    gtx = ebm.gfn_tx(ebm.policy.init(jax.random.PRNGKey(0), env.observe(env.init())))
-    ptx = ebm.phi_tx()
+    _, B_b = s.sampler_sizes() if ebm.gfn_based else (B, 0)
 
-    def step_data(st: EBMState, key, train):
-        kd, kf, kb, kn = jax.random.split(key, 4)
-        x = train[jax.random.randint(kd, (B,), 0, train.shape[0])]
-        phi_sg = jax.lax.stop_gradient(st.phi)
-        zero = jnp.zeros((), jnp.float32)
-        gp, gopt, gl, acc, chains = st.gfn_params, st.gfn_opt, zero, zero, st.chains
-        if gfn_based:
-            def sampler_update(i, carry):
-                gp, gopt, _, _ = carry
-                ki = jax.random.fold_in(kf, i)
-                trajs = []
-                if B_f:
-                    trajs.append(forward_rollout(env, ebm.policy, gp, ki, B_f, env.log_reward, phi_sg,
-                                                 None, Exploration(), sampling_pass=True))
-                if B_b:
-                    xb = train[jax.random.randint(jax.random.fold_in(kb, i), (B_b,), 0, train.shape[0])]
-                    xb = jnp.where(i == 0, x[:B_b], xb)
-                    trajs.append(backward_rollout(env, ebm.policy, gp, jax.random.fold_in(kb, i + 1),
-                                                  BitsState(xb.astype(jnp.int32)), env.log_reward, phi_sg))
-
-                def loss_fn(p):
-                    return sum(tb_loss(ebm, p, t) * t.lengths.shape[0] for t in trajs) / B
-
-                gl, g = jax.value_and_grad(loss_fn)(gp)
-                upd, gopt = gtx.update(g, gopt, gp)
-                fwd = trajs[0].terminal.bits.astype(jnp.float32) if B_f else jnp.zeros((0, env.d))
-                return optax.apply_updates(gp, upd), gopt, gl, fwd
-
-            init = (gp, gopt, zero, jnp.zeros((B_f, env.d), jnp.float32))
-            gp, gopt, gl, fwd_x = sampler_update(0, init)
+    def draw(data, key, i):
+        kx, kb, km = jax.random.split(key, 3)
+        pick = lambda k, shape: data[jax.random.randint(k, shape, 0, data.shape[0])]
+        out = {"x": pick(kx, (B,))}
+        if B_b:
+            out["back"] = pick(kb, (B_b,))
             if s.gfn_updates > 1:
-                gp, gopt, gl, fwd_x = jax.lax.fori_loop(1, s.gfn_updates, sampler_update, (gp, gopt, gl, fwd_x))
-            if s.method == "gfn":
-                neg = fwd_x  # the last sampler batch's forward terminals
-            else:
-                xn, a, _ = mcmc.back_and_forth(env, ebm.policy, gp, kn, BitsState(x.astype(jnp.int32)),
-                                               current_k(ebm, st.step), env.log_reward, phi_sg)
-                neg, acc = xn.bits.astype(jnp.float32), jnp.mean(a.astype(jnp.float32))
-        elif s.method == "pcd":
-            chains = mcmc.gibbs(model.energy, phi_sg, kn, st.chains, s.mcmc_steps)
-            neg = chains
+                out["back_more"] = pick(km, (B_b, s.gfn_updates - 1))
+        return out
+
+    return draw
+
+
+def sampler_update(ebm: EBM) -> loop.Update:
+    """The sampler side (see the module docstring): the GFlowNet objective on forward plus
+    backward trajectories (gfn, gfn-cd), or the chains' MCMC moves (pcd, gwg)."""
+    s, env, gfn = ebm.settings, ebm.env, ebm.gfn
+    if ebm.gfn_based:
+        B_f, B_b = s.sampler_sizes()
+
+        def prepare(params, phi, batch, key, shard):
+            parts = []
+            if B_f:
+                b = B_f // shard.count
+                parts.append(gfn.rollout(params, jax.random.fold_in(key, 0), b, env.log_reward, phi,
+                                         None, shard.offset(b)))
+            if B_b:
+                xb = batch["back"]
+                b = xb.shape[0]
+                parts.append(gfn.sample_backward(params, jax.random.fold_in(key, 1),
+                                                 BitsState(xb.astype(jnp.int32)), env.log_reward,
+                                                 phi, None, shard.offset(b)))
+            if len(parts) == 1:
+                return parts[0]
+            return jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), *parts)
+
+        def terms(params, phi, traj):
+            return gfn.terms(params, traj, phi)
+
+        def reduce(q, traj):
+            m = {"log_z": jnp.mean(q.log_z)} if gfn.objective.needs_log_z else {}
+            return gfn.value(q, traj), m
+
+        return loop.Update(prepare, terms, reduce, ebm.sampler_tx())
+
+    B = s.batch_size
+
+    def c_prepare(chains, phi, batch, key, shard):
+        b = B // shard.count
+        rows = shard.offset(b) + jnp.arange(b)
+        x = chains[rows]
+        if s.method == "pcd":
+            return {"rows": rows, "new": mcmc.gibbs(ebm.model.energy, phi, key, x, s.mcmc_steps,
+                                                    index_offset=shard.offset(b))}
+        new, acc = mcmc.gwg_chains(ebm.model.energy, phi, key, x, s.mcmc_steps, shard.offset(b))
+        return {"rows": rows, "new": new, "acc": acc}
+
+    def c_terms(chains, phi, aux):
+        return 0.5 * jnp.sum((chains[aux["rows"]] - aux["new"]) ** 2, axis=1)
+
+    def c_reduce(q, aux):
+        total = jnp.sum(q)  # gradient c - c' per chain; value 0
+        m = {"accept": jnp.mean(aux["acc"])} if "acc" in aux else {}
+        return total - jax.lax.stop_gradient(total), m
+
+    return loop.Update(c_prepare, c_terms, c_reduce, ebm.sampler_tx())
+
+
+def model_update(ebm: EBM) -> loop.Update:
+    """The model side: one step on the contrastive loss (module docstring). aux holds the data
+    "x", the negatives "neg" and their weights "w" (ones when sampled; ``model_terms`` and
+    ``model_reduce`` with w = p_phi over every state give the exact NLL's gradient)."""
+    s, env = ebm.settings, ebm.env
+
+    def prepare(phi, other, batch, key, shard):
+        x = batch["x"]
+        b = x.shape[0]
+        off = shard.offset(b)
+        aux = {"x": x, "w": jnp.ones((b,), jnp.float32)}
+        if s.method == "gfn":
+            tr = forward_rollout(env, ebm.policy, other, key, b, lambda p, c, st: jnp.zeros(()),
+                                 None, None, Exploration(), off, sampling_pass=True)
+            aux["neg"] = tr.terminal.bits.astype(jnp.float32)
+        elif s.method == "gfn-cd":
+            k = batch["k"] if "k" in batch else current_k(ebm, 0)
+            xn, acc, _ = mcmc.back_and_forth(env, ebm.policy, other, key,
+                                             BitsState(x.astype(jnp.int32)), k, env.log_reward,
+                                             phi, None, off)
+            aux.update(neg=xn.bits.astype(jnp.float32), acc=acc.astype(jnp.float32))
         else:
-            chains, acc = mcmc.gwg(model.energy, phi_sg, kn, st.chains, s.mcmc_steps)
-            neg = chains
-        def e_loss(p):
-            loss = em.cd_loss(model, p, x, neg)
-            if s.energy_l2 > 0:
-                loss = loss + s.energy_l2 * (jnp.mean(em.energies(model, p, x) ** 2)
-                                             + jnp.mean(em.energies(model, p, neg) ** 2))
-            return loss
+            aux["neg"] = other[off + jnp.arange(b)]  # the chains, moved by this step's sampler side
+        return aux
 
-        el, g = jax.value_and_grad(e_loss)(st.phi)
-        upd, popt = ptx.update(g, st.phi_opt, st.phi)
-        phi = optax.apply_updates(st.phi, upd)
-        metrics = {"gfn_loss": gl, "e_loss": el, "accept": acc, "log_z": ebm.policy.log_z(gp, None)}
-        return EBMState(gp, gopt, phi, popt, chains, st.step + 1, st.key), metrics
-
-    if train is None:
-        return step_data
-    return lambda st, key: step_data(st, key, train)
+    return loop.Update(prepare, lambda phi, other, aux: model_terms(ebm, phi, aux),
+                       lambda q, aux: model_reduce(ebm, q, aux), ebm.phi_tx())
 
 
-def make_chunk(step, n: int):
-    """Jitted (state, *args) -> (state, metrics[n]): n steps in one lax.scan, step key
-    fold_in(key, step); args (e.g. the training data) are passed to every step."""
+def model_terms(ebm: EBM, phi, aux):
+    """Per-sample energies {"pos": E(x) [b], "neg": E(x') [b']} (no gradient into x, x')."""
+    x, neg = jax.lax.stop_gradient((aux["x"], aux["neg"]))
+    return {"pos": em.energies(ebm.model, phi, x), "neg": em.energies(ebm.model, phi, neg)}
 
-    @jax.jit
-    def run_chunk(st, *args):
-        return jax.lax.scan(lambda c, _: step(c, jax.random.fold_in(c.key, c.step), *args), st, None,
-                            length=n)
 
-    return run_chunk
+def model_reduce(ebm: EBM, q, aux):
+    """(contrastive loss over the global batch, metrics): see the module docstring."""
+    w = aux["w"] / jnp.sum(aux["w"])
+    loss = jnp.mean(q["pos"]) - jnp.sum(w * q["neg"])
+    if ebm.settings.energy_l2 > 0:
+        loss = loss + ebm.settings.energy_l2 * (jnp.mean(q["pos"] ** 2) + jnp.sum(w * q["neg"] ** 2))
+    m = {"accept": jnp.mean(aux["acc"])} if "acc" in aux else {}
+    return loss, m
+
+
+def make_step(ebm: EBM, mesh=None):
+    """``step(state, batch, key) -> (state, metrics)``: ``loop.make_step`` with the two sides,
+    schedule "both", further sampler updates (gfn_updates > 1) as its ``after_sampler`` hook.
+    Metrics: loss (the sampler's; 0 for pcd / gwg), m_loss (the contrastive loss before the
+    step), accept (gfn-cd: MH acceptance; gwg: GwG acceptance), log_z (objectives with one)."""
+    s = ebm.settings
+    s_upd = sampler_update(ebm)
+    after = None
+    if ebm.gfn_based and s.gfn_updates > 1:
+        def after(st, batch, key, shard):
+            def body(u, st):
+                b = {"back": batch["back_more"][:, u - 1]} if "back_more" in batch else {}
+                p, o, _, _ = loop.apply_update(s_upd, st.sampler, st.sampler_opt, st.model, b,
+                                               jax.random.fold_in(key, u), shard)
+                return st._replace(sampler=p, sampler_opt=o)
+            return jax.lax.fori_loop(1, s.gfn_updates, body, st), {}
+    step = loop.make_step(s_upd, model_update(ebm), loop.Schedule("both"), after_sampler=after,
+                          mesh=mesh)
+    if s.method != "gfn-cd" or s.k_warmup == 0:
+        return step
+
+    def with_k(st, batch, key):  # k of the step's schedule, one per data point (shardable)
+        k = jnp.full((s.batch_size,), current_k(ebm, st.step), jnp.int32)
+        return step(st, {**batch, "k": k}, key)
+
+    return with_k
+
+
+def make_chunk(ebm: EBM, n: int, mesh=None):
+    """Jitted ``run_chunk(state, train float32[N, d]) -> (state, metrics[n])`` (``loop.make_chunk``
+    with ``batch_fn``; the training data are an argument, one compilation per shape)."""
+    return loop.make_chunk(make_step(ebm, mesh), n, batch_fn(ebm))
+
+
+def summarize_chunk(m) -> dict:
+    """A logged row's metrics from a chunk's: means of the sampler loss (gfn_loss), the
+    contrastive loss (e_loss), accept and log_z where present."""
+    names = {"loss": "gfn_loss", "m_loss": "e_loss", "accept": "accept", "log_z": "log_z"}
+    return {v: float(np.mean(m[k])) for k, v in names.items() if k in m}
 
 
 def load_data(s: EBMSettings):
@@ -249,12 +383,12 @@ def load_data(s: EBMSettings):
 def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = False) -> dict:
     """Train and write the run files into ``out`` (see the module docstring). Returns the summary.
 
-    The EBMState is checkpointed under out/checkpoint (``run_dir.Checkpoints``); with ``resume``
+    The loop state is checkpointed under out/checkpoint (``run_dir.Checkpoints``); with ``resume``
     a run continues from its latest checkpoint (step 0 if none) up to ``settings.steps``, identical
-    to a run never stopped.
+    to a run never stopped. With several processes (``gfnem_jax.distributed``) only process 0
+    writes the run files.
     """
     from gfnem_jax.experiments import ebm_eval
-    from gfnem_jax.loop import host_loop
 
     settings.validate()
     train, test, is_2d = load_data(settings)
@@ -267,31 +401,38 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
     done = int(st.step)
     run_dir.check_steps(settings.steps, done, out)
     run_dir.write_config(out, cfg)
-    np.save(os.path.join(out, "test.npy"), test.astype(np.uint8))
+    primary = D.is_primary()
+    if primary:
+        np.save(os.path.join(out, "test.npy"), test.astype(np.uint8))
     chunk = run_dir.chunk_size(settings.steps, done, settings.log_every)
-    run_chunk = make_chunk(make_step(ebm, jnp.asarray(train, jnp.float32)), chunk)
+    mesh = loop.make_mesh(settings.devices)
+    compiled = make_chunk(ebm, chunk, mesh)
+    train_all = D.to_global(jnp.asarray(train, jnp.float32), mesh)
     exact = d <= em.MAX_EXACT_D
     cks = run_dir.Checkpoints(out, settings, last=done if ck else None)
     t0 = time.perf_counter()
     with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else [],
                             tensorboard=settings.tensorboard) as log:
-        st = host_loop(st, lambda s, _: run_chunk(s), settings.steps - done, chunk,
-                       summarize=lambda m: {k: float(np.mean(v)) for k, v in m.items()},
-                       evaluate=(lambda s: {"test_nll": float(em.exact_nll(ebm.model, s.phi,
-                                                                           test))}) if exact else None,
-                       on_log=log.write, progress=progress, desc=f"ebm/{settings.method}",
-                       postfix=("e_loss", "gfn_loss", "test_nll"), wall_offset=log.wall_offset(),
-                       **cks.loop_kwargs())
+        st = loop.host_loop(st, lambda s, _: compiled(D.to_global(s, mesh), train_all),
+                            settings.steps - done, chunk, summarize=summarize_chunk,
+                            evaluate=(lambda s: {"test_nll": float(em.exact_nll(ebm.model, s.model,
+                                                                                test))}) if exact else None,
+                            on_log=log.write, progress=progress, desc=f"ebm/{settings.method}",
+                            postfix=("e_loss", "gfn_loss", "test_nll"), wall_offset=log.wall_offset(),
+                            **cks.loop_kwargs())
     cks.save(st)
-    summary = ebm_eval.summarize(ebm, st.gfn_params, st.phi, test, jax.random.fold_in(st.key, -2 & 0x7FFFFFFF),
-                                 gfn_based=settings.method in ("gfn", "gfn-cd"),
-                                 n_mmd=min(2000, settings.n_eval_samples))
+    st = D.to_local(st)
+    summary = ebm_eval.summarize(ebm, st.sampler, st.model, test,
+                                 jax.random.fold_in(st.key, -2 & 0x7FFFFFFF),
+                                 gfn_based=ebm.gfn_based, n_mmd=min(2000, settings.n_eval_samples))
     summary["train_s"] = round(time.perf_counter() - t0, 3)
+    if not primary:
+        return summary
     if exact:
-        np.save(os.path.join(out, "energies.npy"), np.asarray(em.all_energies(ebm.model, st.phi), np.float32))
+        np.save(os.path.join(out, "energies.npy"), np.asarray(em.all_energies(ebm.model, st.model), np.float32))
     if is_2d and d <= 20:
-        ebm_eval.heatmaps(ebm, st.gfn_params, st.phi, train, jax.random.fold_in(st.key, 3),
-                          os.path.join(out, "heatmaps.png"), gfn_based=settings.method in ("gfn", "gfn-cd"),
+        ebm_eval.heatmaps(ebm, st.sampler, st.model, train, jax.random.fold_in(st.key, 3),
+                          os.path.join(out, "heatmaps.png"), gfn_based=ebm.gfn_based,
                           n=settings.n_eval_samples)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -299,7 +440,8 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
 
 
 def load_run(run: str):
-    """(settings, ebm, state) of a finished ebm run directory (its config.json and checkpoint)."""
+    """(settings, ebm, state) of a finished ebm run directory (its config.json and checkpoint);
+    the state is a ``loop.LoopState`` (sampler: GFlowNet parameters or chains, model: phi)."""
     from gfnem_jax import checkpoint
 
     cfg = run_dir.load_config(run)
@@ -307,7 +449,7 @@ def load_run(run: str):
         raise ValueError(f"run {run!r} is a {cfg.get('task', 'different')!r} run, not an ebm run")
     d = cfg.pop("d")
     cfg.pop("task")
-    settings = EBMSettings.from_dict(cfg)
+    settings = EBMSettings.from_dict(cfg)  # the devices it trained on need not be here
     e = build(settings, d)
     ck = checkpoint.latest(run)
     if ck is None:
@@ -323,9 +465,9 @@ def sample_run(run_dir: str, n: int, seed: int = 0) -> np.ndarray:
 
     settings, e, st = load_run(run_dir)
     key = jax.random.PRNGKey(seed)
-    if settings.method in ("gfn", "gfn-cd"):
-        return ebm_eval.sample_gfn(e, st.gfn_params, st.phi, key, n)
+    if e.gfn_based:
+        return ebm_eval.sample_gfn(e, st.sampler, st.model, key, n)
     if e.d <= em.MAX_EXACT_D:
-        return ebm_eval.sample_exact(e.model, st.phi, key, n)
-    x = jnp.tile(st.chains, (n // st.chains.shape[0] + 1, 1))[:n]
-    return np.asarray(mcmc.gwg(e.model.energy, st.phi, key, x, 1000)[0], np.uint8)
+        return ebm_eval.sample_exact(e.model, st.model, key, n)
+    x = jnp.tile(st.sampler, (n // st.sampler.shape[0] + 1, 1))[:n]
+    return np.asarray(mcmc.gwg(e.model.energy, st.model, key, x, 1000)[0], np.uint8)
