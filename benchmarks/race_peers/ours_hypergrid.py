@@ -15,6 +15,7 @@ from common_cli import now, parser, write  # noqa: E402
 
 p = parser(__doc__.split("\n")[0])
 p.add_argument("--compile-cache", default=None, help="persistent compilation cache dir")
+p.add_argument("--pack", type=int, default=None, help="runner's pack setting (default: its default)")
 args = p.parse_args()
 if args.device == "cpu":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -32,6 +33,8 @@ cfg = dict(task="hypergrid", env=dict(ndim=args.ndim, height=args.height, r0=arg
            loss=args.loss, steps=args.steps, batch_size=args.batch, lr=args.lr,
            lr_logz=args.lr_logz, hidden=args.hidden, n_layers=args.n_hidden,
            shared_torso=args.shared, seed=args.seed, log_every=args.eval_every)
+if args.pack is not None:
+    cfg["pack"] = args.pack
 with tempfile.TemporaryDirectory() as out:
     t_run = now()
     runner.run(cfg, out, progress=False)
