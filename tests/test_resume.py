@@ -120,6 +120,26 @@ def test_mixture_kill9_then_resume_is_bitwise_identical(tmp_path, capsys):
     assert sa == sb
 
 
+GRAMMAR_ARGS = ["grammar", "--steps", "160", "--batch-size", "8", "--nt", "3", "--pt", "4",
+                "--dim", "16", "--max-len", "6", "--synth-train", "40", "--synth-valid", "10",
+                "--synth-nt", "2", "--synth-pt", "3", "--synth-vocab", "8", "--log-every", "10",
+                "--checkpoint-every", "20", "--seed", "1", "--quiet"]
+
+
+def test_grammar_kill9_then_resume_is_bitwise_identical(tmp_path, capsys):
+    """A second-wave run kind (grammar induction, marginal likelihood) killed mid-run."""
+    from gfnem_jax import cli
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    running = _killed_run_beside(GRAMMAR_ARGS, part, 2,
+                                 lambda: cli.main(["train"] + GRAMMAR_ARGS + ["--out", full]))
+    killed_at = checkpoint.steps(part)[-1]
+    _resume(GRAMMAR_ARGS, part)
+    _check_same(full, part, 160)
+    assert running and killed_at < 160
+    for name in ("summary.json", "grammar.npz"):
+        assert os.path.isfile(os.path.join(part, name)) == os.path.isfile(os.path.join(full, name))
+
+
 def _state(step):
     params = {"w": jnp.arange(3.0) + step}
     return loop.init_state(params, optax.adam(1e-3), None, None,
