@@ -106,6 +106,6 @@ def test_settings_errors_name_the_setting():
     with pytest.raises(ValueError, match="method must be one of"):
         ebm.EBMSettings(method="vae").validate()
     with pytest.raises(ValueError, match="back_ratio must be"):
-        ebm.EBMSettings(back_ratio=1.0).validate()
+        ebm.EBMSettings(method="gfn", back_ratio=1.0).validate()
     with pytest.raises(ValueError, match="data must be one of"):
         ebm.load_data(ebm.EBMSettings(data="banana"))

@@ -76,7 +76,10 @@ class EBMSettings(run_dir.CheckpointSettings):
     n_train: int = setting(50000, "training points drawn from a 2-D density", min=1)
     n_test: int = setting(10000, "held-out points drawn from a 2-D density", min=1)
     test_fraction: float = setting(0.1, "held-out fraction of a .npy data set", gt=0, lt=1)
-    method: str = setting("gfn", "how negatives are drawn", choices=METHODS)
+    method: str = setting("gfn-cd", "how negatives are drawn: gfn-cd (one back-and-forth MH step "
+                          "from each data point, EB-GFN's method), gfn (the sampler's own samples; "
+                          "unstable here, worse than a uniform model on some seeds), pcd or gwg",
+                          choices=METHODS)
     loss: str = setting("tb", "gfn / gfn-cd: the GFlowNet objective (balance objectives take the "
                         "backward trajectories from data; the others need back_ratio 0)",
                         choices=tuple(sorted(objectives.OBJECTIVES)))
