@@ -12,6 +12,14 @@ Methods (one ``DVAESettings.method``):
 The learned autoregressive prior (``prior`` = learned) is part of theta: trained by the M-step.
 Every learning rate is multiplied by ``lr_drop`` after ``lr_drop_at`` of the run.
 
+Data parallelism (``devices``, over every process of a ``gfnem_jax.distributed`` run): each step's
+batch is split over a ``loop.make_mesh`` mesh; the E- and M-steps are ``loop.make_step`` on it
+(global losses and gradients, per-sample keys by global index), the sleep phase draws the global
+batch (x, z) ~ p_theta with the same key on every device and decodes only the device's rows, and
+VQ-VAE averages its gradients over the devices and sums its EMA codebook statistics over them
+(the codebook stays identical everywhere). 1 device is the single-device code, unchanged; N
+devices give the same run to float tolerance. Only process 0 writes the run directory.
+
 Run directory: config.json, metrics.jsonl (one row per chunk: step, loss, m_loss, test_bound =
 -ELBO or the VQ bound on up to 256 held-out images, wall_s), checkpoint/step_N (the policy and the
 resume of ``gfnem_jax.run_dir``), summary.json, reconstructions.png, prior_samples.png;
@@ -32,6 +40,7 @@ import numpy as np
 import optax
 
 from gfnem_jax import checkpoint, em, loop, objectives, run_dir
+from gfnem_jax import distributed as D
 from gfnem_jax.config import setting
 from gfnem_jax.data.images import load
 from gfnem_jax.envs.sequence import SeqState, Sequence
@@ -75,9 +84,18 @@ class DVAESettings(run_dir.CheckpointSettings):
     hidden: int = setting(256, "encoder state-MLP width", min=1)
     n_test: int = setting(0, "held-out images used (0 = all)", min=0)
     log_every: int = setting(200, "steps per jitted chunk / metrics row", min=1)
+    devices: int = setting(1, "split each batch over this many devices (of all processes)", min=1)
     plot: bool = setting(True, "write reconstructions.png and prior_samples.png", flag="--no-plot")
 
     def check(self):
+        if self.devices > 1:
+            if self.devices > jax.device_count():
+                raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that "
+                                 f"JAX sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_"
+                                 f"count={self.devices})")
+            if self.batch_size % self.devices:
+                raise ValueError(f"batch_size {self.batch_size} must be divisible by devices "
+                                 f"{self.devices}")
         if self.method != "vqvae":
             objectives.get(self.loss, lam=self.lam).check_sampling(self.explore())
         if self.method == "vqvae" and self.prior != "uniform":
@@ -136,7 +154,8 @@ def z_to_state(z):
 
 
 def gflownet_updates(s: DVAESettings, model: DVAE, env, policy, params):
-    """The only GFlowNet-specific wiring: (GFlowNet, E-update, M-update, sleep hook, gfn_tx, m_tx).
+    """The only GFlowNet-specific wiring: (GFlowNet, E-update, M-update, sleep hook, gfn_tx, m_tx,
+    EMConfig).
 
     E: the objective ``loss`` with exploration, gradients scaled by ``loss_scale``; log Z on its
     own learning rate. M: expected NLL on z ~ q (gflownet, factorized) or the argmax grid
@@ -167,14 +186,22 @@ def gflownet_updates(s: DVAESettings, model: DVAE, env, policy, params):
 def _sleep_hook(s: DVAESettings, gfn, model: DVAE, gfn_tx):
     """After each E-step, with probability sleep_prob: (x, z) ~ p_theta, one step on
     -mean log P_F(tau_z | x) (em's sleep phase). Computed every step and *selected* with
-    jnp.where: a lax.cond here makes the whole step several times slower on XLA:CPU."""
+    jnp.where: a lax.cond here makes the whole step several times slower on XLA:CPU.
+    On a mesh the sleep batch is global: every device draws it with the same key (the codes;
+    ``DVAE.sample_rows``) and decodes and trains on its own rows (global sample indices)."""
     if s.sleep_prob <= 0:
         return None
 
     def prepare(params, theta, batch, key, shard):
         kx, kb = jax.random.split(key)
-        xs, zs = model.sample(theta, kx, s.batch_size)
-        return gfn.sample_backward(params, kb, jax.vmap(z_to_state)(zs), None, None, xs)
+        n = s.batch_size
+        b = n // shard.count
+        if shard.axis is None:
+            xs, zs = model.sample(theta, kx, n)
+        else:
+            xs, zs = model.sample_rows(theta, kx, n, shard.offset(b), b)
+        return gfn.sample_backward(params, kb, jax.vmap(z_to_state)(zs), None, None, xs,
+                                   shard.offset(b))
 
     def terms(params, theta, traj):
         return jnp.sum(gfn.evaluate(params, traj).log_pf, axis=1)
@@ -191,19 +218,24 @@ def _sleep_hook(s: DVAESettings, gfn, model: DVAE, gfn_tx):
     return after
 
 
-def _vq_step(vq: VQVAE, tx):
-    def step(st, batch, key):
+def _vq_step(vq: VQVAE, tx, mesh=None):
+    """step(state, batch, key) of VQ-VAE (``loop.shard_step`` over ``mesh``): the loss and its
+    gradient are means over the global batch (each device's mean over its equal shard, averaged
+    over devices), the EMA codebook statistics are summed over every shard before the update."""
+    def inner(st, batch, key, shard):
         x = batch["m"]
         def f(nets):
             l, aux = jax.vmap(lambda xi: vq.loss_one({**st.model, "nets": nets}, xi))(x)
             return jnp.mean(l), aux
         (loss, (h, z)), g = jax.value_and_grad(f, has_aux=True)(st.model["nets"])
+        loss, g = shard.mean((loss, g))
         upd, opt = tx.update(g, st.model_opt, st.model["nets"])
         nets = optax.apply_updates(st.model["nets"], upd)
-        cb = vq.ema_update(st.model["codebook"], h.reshape(-1, h.shape[-1]), z.reshape(-1))
+        stats = shard.sum(vq.ema_stats(h.reshape(-1, h.shape[-1]), z.reshape(-1)))
+        cb = vq.ema_apply(st.model["codebook"], *stats)
         return st._replace(model={"nets": nets, "codebook": cb}, model_opt=opt,
                            step=st.step + 1), {"loss": loss, "m_loss": loss}
-    return step
+    return loop.shard_step(inner, mesh)
 
 
 def make_runner(step, n: int, batch_fn, scan: bool = None):
@@ -211,7 +243,8 @@ def make_runner(step, n: int, batch_fn, scan: bool = None):
     lax.scan) on accelerators; on XLA:CPU, n calls of a jitted one-step chunk, compiled without
     any loop (the convolutions run about 20x slower inside a while loop there, even a one-trip
     scan: 0.29 s vs 0.015 s per M-step at batch 128, K = 4, measured).
-    Same keys and results either way (step t uses fold_in(run_key, t))."""
+    Same keys and results either way (step t uses fold_in(run_key, t)). With several processes
+    the metrics come back as this process's replica (``distributed.to_local``)."""
     if scan is None:
         scan = jax.default_backend() != "cpu"
     if scan:
@@ -222,17 +255,19 @@ def make_runner(step, n: int, batch_fn, scan: bool = None):
         ms = []
         for _ in range(n):
             state, m = one(state, data)
-            ms.append(m)
+            ms.append(D.to_local(m))
         return state, jax.tree.map(lambda *a: jnp.concatenate(a), *ms)
 
     return run_chunk
 
 
 class Built:
-    """Everything a run needs, rebuilt from settings: model, env, policy, step, initial state."""
+    """Everything a run needs, rebuilt from settings: model, env, policy, step, initial state,
+    and the mesh of ``devices`` (None for one) the steps are sharded over."""
 
     def __init__(self, s: DVAESettings, shape, example_x):
         self.s = s
+        self.mesh = loop.make_mesh(s.devices)
         self.model, self.env, self.policy = build(s, shape)
         key = jax.random.PRNGKey(s.seed)
         if s.method == "vqvae":
@@ -240,7 +275,7 @@ class Built:
             params = self.model.init(jax.random.fold_in(key, 1))
             self.state = loop.init_state(None, None, params, None, key)._replace(
                 model_opt=tx.init(params["nets"]))
-            self.step = _vq_step(self.model, tx)
+            self.step = _vq_step(self.model, tx, self.mesh)
             self.ecfg = em.EMConfig(e_batch=s.batch_size, m_batch=s.batch_size)
         else:
             params = self.policy.init(jax.random.fold_in(key, 0x7FFFFFFF),
@@ -251,21 +286,25 @@ class Built:
             self.state = loop.init_state(params, gfn_tx, theta, m_tx, key)
             # the fixed schedule is driven from the host (``chunks``): one compiled E-chunk and
             # one M-chunk; a lax.cond between them inside one step costs 10x on XLA:CPU.
-            self.e_step = loop.make_step(e, None, loop.Schedule("sampler"), after_sampler=after)
-            self.step = loop.make_step(None, m, loop.Schedule("model"))
+            self.e_step = loop.make_step(e, None, loop.Schedule("sampler"), after_sampler=after,
+                                         mesh=self.mesh)
+            self.step = loop.make_step(None, m, loop.Schedule("model"), mesh=self.mesh)
 
     def chunks(self, n: int, n_train: int):
         """run_chunk(state, data) of n steps: E- or M-steps by the fixed schedule at state.step
-        (n divides e_steps and m_steps, so a chunk never straddles a phase)."""
+        (n divides e_steps and m_steps, so a chunk never straddles a phase). The state is made
+        global over the mesh first (``distributed.to_global``; a no-op in one process); ``data``
+        must be global already."""
         bf = em.batch_fn(self.ecfg, n_train)
         m_chunk = make_runner(self.step, n, bf)
-        if self.s.method == "vqvae":
-            return m_chunk
-        e_chunk = make_runner(self.e_step, n, bf)
+        e_chunk = None if self.s.method == "vqvae" else make_runner(self.e_step, n, bf)
         cyc = self.s.e_steps + self.s.m_steps
 
         def run_chunk(state, data):
-            phase_e = int(state.step) % cyc < self.s.e_steps
+            state = D.to_global(state, self.mesh)
+            if e_chunk is None:
+                return m_chunk(state, data)
+            phase_e = int(D.to_local(state.step)) % cyc < self.s.e_steps
             return (e_chunk if phase_e else m_chunk)(state, data)
 
         return run_chunk
@@ -306,7 +345,10 @@ def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict
     train, test = load_data(s)
     cfg = s.to_dict()
     if resume:
-        run_dir.check_resume(cfg, out)
+        saved = run_dir.read_config(out) or {}
+        # a run saved before the devices setting existed ran on one device
+        run_dir.check_resume(cfg if "devices" in saved or s.devices != 1
+                             else {k: v for k, v in cfg.items() if k != "devices"}, out)
     b = Built(s, train.shape[1:], jnp.asarray(train[0]))
     state, ck = run_dir.restore_latest(out, b.state, resume)
     done = int(state.step)
@@ -314,7 +356,7 @@ def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict
     run_dir.write_config(out, cfg)
     chunk = b.chunk_size(done)
     run_chunk = b.chunks(chunk, len(train))
-    x_train, x_sub = jnp.asarray(train), jnp.asarray(test[:EVAL_SUBSET])
+    x_train, x_sub = D.to_global(jnp.asarray(train), b.mesh), jnp.asarray(test[:EVAL_SUBSET])
     bound = jax.jit(lambda st, x, k: jnp.mean(b.test_bound(st, x, k)))
     ekey = jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x65766131)
     cks = run_dir.Checkpoints(out, s, last=done if ck else None)
@@ -340,11 +382,14 @@ def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict
                                **cks.loop_kwargs())
     rows = log.rows
     train_s = time.perf_counter() - t0
-    cks.save(state)
+    cks.save(state)  # collective with several processes
+    state = D.to_local(state)
     summary = {"method": s.method, "codes": s.codes, "grid": s.grid, "steps": s.steps,
                "data": s.data, "n_train": int(len(train)), "n_test": int(len(test)),
                "final": rows[-1] if rows else {}, "test_bound": rows[-1]["test_bound"] if rows else None,
                "train_wall_s": train_s}
+    if not D.is_primary():  # only process 0 writes the run files
+        return {"final": rows[-1] if rows else {}, "summary": summary, "state": state}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     if s.plot:
@@ -367,7 +412,7 @@ def load_run(run: str):
     cfg = run_dir.load_config(run)
     if "method" not in cfg or cfg.get("method") not in METHODS or "codes" not in cfg:
         raise ValueError(f"run {run!r} is not a dvae run")
-    s = _settings(cfg)
+    s = _settings(dict(cfg, devices=1))  # the devices it trained on need not be here
     train, test = load_data(s)
     b = Built(s, train.shape[1:], jnp.asarray(train[0]))
     ck = checkpoint.latest(run)

@@ -1,7 +1,10 @@
 """CLI glue for the discrete VAE (the lead wires these into ``gfnem_jax.cli``):
 
   gfnem train dvae --method gflownet|greedy|factorized|vqvae --codes K --data digits|PATH
-                   --steps N --batch-size 128 --seed 0 --out DIR
+                   --steps N --batch-size 128 --seed 0 [--devices N] --out DIR
+                                  (--devices: data parallelism over N devices of all processes;
+                                  several processes once gfnem_jax.cli lists dvae in
+                                  MULTI_PROCESS)
                                   add_train_args(parser) / train_main(args) -> int
   gfnem eval dvae --run DIR --is-samples S
                                   add_eval_args(parser)  / eval_main(args)  -> int

@@ -181,15 +181,17 @@ class DVAE:
         L, K = self.length, self.codes
         if self.prior == "uniform":
             return jax.random.randint(key, (n, L), 0, K).astype(jnp.int32)
+        return jax.vmap(lambda k: self._prior_one(theta, k))(jax.random.split(key, n))
 
-        def one(k):
-            def body(z, i):
-                logits = self.prior_net.apply(theta["prior"], z)[i]
-                return z.at[i].set(jax.random.categorical(jax.random.fold_in(k, i), logits)), None
-            z, _ = jax.lax.scan(body, jnp.full((L,), -1, jnp.int32), jnp.arange(L))
-            return z
+    def _prior_one(self, theta, k) -> jax.Array:
+        """int32[L]: one code grid from the learned AR prior with key k."""
+        L = self.length
 
-        return jax.vmap(one)(jax.random.split(key, n))
+        def body(z, i):
+            logits = self.prior_net.apply(theta["prior"], z)[i]
+            return z.at[i].set(jax.random.categorical(jax.random.fold_in(k, i), logits)), None
+        z, _ = jax.lax.scan(body, jnp.full((L,), -1, jnp.int32), jnp.arange(L))
+        return z
 
     def sample(self, theta, key, n: int):
         """(x float[n, H, W], z int32[n, L]) ancestral samples (the sleep phase's pairs)."""
@@ -197,6 +199,20 @@ class DVAE:
         z = self.sample_prior(theta, kz, n)
         p = jax.nn.sigmoid(jax.vmap(lambda zz: self.logits(theta, zz))(z))
         return jax.random.bernoulli(kx, p).astype(jnp.float32), z
+
+    def sample_rows(self, theta, key, n: int, start, size: int):
+        """Rows [start, start + size) of ``sample(theta, key, n)``: the same draws (z exactly; x
+        the same uniforms compared with p), decoding only those rows (a device's shard of a
+        global sleep batch; ``start`` may be traced)."""
+        kz, kx = jax.random.split(key)
+        rows = lambda a: jax.lax.dynamic_slice_in_dim(a, start, size)  # noqa: E731
+        if self.prior == "uniform":
+            z = rows(self.sample_prior(theta, kz, n))
+        else:
+            z = jax.vmap(lambda k: self._prior_one(theta, k))(rows(jax.random.split(kz, n)))
+        p = jax.nn.sigmoid(jax.vmap(lambda zz: self.logits(theta, zz))(z))
+        u = rows(jax.random.uniform(kx, (n,) + tuple(p.shape[1:]), p.dtype))
+        return (u < p).astype(jnp.float32), z
 
     def mean_image(self, theta, z) -> jax.Array:
         """float[H, W] = E[x | z] = sigmoid(logits)."""
@@ -302,10 +318,21 @@ class VQVAE:
 
     def ema_update(self, codebook, h, z):
         """New codebook from encoder outputs h float[N, D] assigned to codes z int32[N]."""
+        return self.ema_apply(codebook, *self.ema_stats(h, z))
+
+    def ema_stats(self, h, z):
+        """The batch's share of the EMA update of rows h float[N, D] assigned to codes z int32[N]:
+        ((1 - d) n_k float[K], (1 - d) sum_k float[K, D]), n_k the rows assigned to code k and
+        sum_k their sum; additive over the shards of a batch (sum them over devices)."""
         d = self.decay
         oh = jax.nn.one_hot(z, self.codes, dtype=h.dtype)  # [N, K]
-        count = d * codebook["count"] + (1 - d) * jnp.sum(oh, 0)
-        s = d * codebook["sum"] + (1 - d) * oh.T @ h
+        return (1 - d) * jnp.sum(oh, 0), (1 - d) * oh.T @ h
+
+    def ema_apply(self, codebook, count_inc, sum_inc):
+        """New codebook from a batch's (summed) ``ema_stats``."""
+        d = self.decay
+        count = d * codebook["count"] + count_inc
+        s = d * codebook["sum"] + sum_inc
         n = jnp.sum(count)
         smoothed = (count + self.eps) / (n + self.codes * self.eps) * n
         return {"embed": s / smoothed[:, None], "count": count, "sum": s}
