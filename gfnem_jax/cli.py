@@ -302,7 +302,7 @@ def _compile_cache(args):
         pass
 
 
-MULTI_PROCESS = ("hypergrid", "sets", "sequences", "mixture", "ebm", "grammar")  # grammar last
+MULTI_PROCESS = ("hypergrid", "sets", "sequences", "mixture", "ebm", "dvae", "grammar")  # grammar last
 
 
 def _join_processes(args, argv):

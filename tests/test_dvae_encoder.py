@@ -14,7 +14,7 @@ from gfnem_jax.sampling import Exploration
 G, K, L = 2, 3, 4
 
 
-def _train(autoregressive: bool, steps=800, B=64):
+def _train(autoregressive: bool, steps=1500, B=64):
     model = DVAE(image_shape=(6, 6), grid=G, codes=K, channels=8, embed_dim=4)
     # a scaled random decoder: a peaked posterior (37 of 81 grids above 1e-3, TV 0.70 from uniform)
     theta = jax.tree.map(lambda a: 2.0 * a, model.init(jax.random.PRNGKey(0)))
