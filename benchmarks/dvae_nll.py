@@ -100,22 +100,30 @@ def main(argv=None):
                     nll.append(e["nll"])
                     wall.append(t_train)
                     print(json.dumps(results[-1]), flush=True)
+                    write(a, codes, seeds, steps, cycle, S, spd, rows, results)
                 rows.append((K, m, float(np.mean(nll)), float(np.std(nll)), float(np.mean(wall))))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\n| K | method | test NLL (nats) | train s/run |\n|---|---|---|---|")
     for K, m, mu, sd, w in rows:
         print(f"| {K} | {m} | {mu:.2f} +- {sd:.2f} | {w:.0f} |")
+    write(a, codes, seeds, steps, cycle, S, spd, rows, results)
+    print(f"wrote {a.out}")
+
+
+def write(a, codes, seeds, steps, cycle, S, spd, rows, results):
+    """Write everything measured so far to a.out (called after every run, so an interrupted
+    benchmark keeps its finished runs)."""
     meta = {"quick": a.quick, "codes": codes, "seeds": seeds, "steps": steps, "cycle": cycle,
             "is_samples": S, "batch_size": a.batch_size, "data": a.data,
             "device": jax.devices()[0].device_kind, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     table = [{"codes": K, "method": m, "nll_mean": mu, "nll_std": sd, "train_s_mean": w}
              for K, m, mu, sd, w in rows]
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out + ".tmp", "w") as f:
         json.dump({"meta": meta, "speed": spd, "table": table, "runs": results}, f, indent=2)
-    print(f"wrote {a.out}")
+    os.replace(a.out + ".tmp", a.out)
 
 
 if __name__ == "__main__":
