@@ -347,8 +347,9 @@ def main(argv=None):
             return _sample(args)
         if args.command == "bench":
             return _bench(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("gfnem: interrupted; the last checkpoint is kept (resume with --resume)\n")
+    except KeyboardInterrupt as e:
+        what = str(e) if str(e) else "interrupted; the last checkpoint is kept"
+        sys.stderr.write(f"gfnem: {what} (resume with --resume)\n")
         sys.exit(130)
 
 

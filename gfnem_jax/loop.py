@@ -364,6 +364,11 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class Interrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt (Ctrl-C) inside ``host_loop``; ``str(e)`` names the last step finished
+    and the checkpoint that a resume would start from."""
+
+
 def pick_chunk(steps: int, log_every: int) -> int:
     """The largest divisor of ``steps`` not above ``log_every`` (at least 1)."""
     log_every = max(1, min(log_every, steps))
@@ -409,6 +414,7 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     last_ck = last_checkpoint
     t0 = time.perf_counter()
     t_ck = t0
+    step = None
     try:
         for c in range(steps // chunk):
             data = None if data_fn is None else data_fn(c)
@@ -453,6 +459,11 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
                 on_checkpoint(state)
                 last_ck = step
                 t_ck = time.perf_counter()
+    except KeyboardInterrupt as e:
+        if isinstance(e, Interrupted):
+            raise
+        at = f"after step {step}" if step is not None else "before the first logged step"
+        raise Interrupted(f"interrupted {at}; {_kept(last_ck)}") from None
     finally:
         bar.close()
     return state

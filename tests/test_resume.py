@@ -257,3 +257,28 @@ def test_tensorboard_event_files_hold_the_logged_metrics(tmp_path):
     for r in rows:
         for k in ("loss", "l1"):
             assert abs(seen[(k, r["step"])] - r[k]) < 1e-6 * max(1.0, abs(r[k]))
+
+
+def test_ctrl_c_stops_with_one_line_naming_the_step_and_the_checkpoint(tmp_path):
+    """SIGINT (Ctrl-C) mid-run: exit 130, one line on stderr naming the last finished step and
+    the checkpoint a resume starts from, no traceback."""
+    out = str(tmp_path / "run")
+    args = [a if a != "300" else "100000" for a in HG_ARGS]
+    proc = subprocess.Popen(GFNEM + args + ["--out", out], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 150
+        while checkpoint.latest(out) is None:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith("gfnem: interrupted after step ") and "--resume" in lines[0], err
+    assert "checkpoint (step " in lines[0], err
