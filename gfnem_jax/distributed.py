@@ -108,3 +108,14 @@ def to_local(tree):
         return x
 
     return jax.tree.map(one, tree)
+
+
+def check_devices(devices: int, batch_size: Optional[int] = None) -> None:
+    """Raise ValueError (naming the settings) unless ``devices`` devices are visible to JAX (all
+    processes together) and, when given, ``batch_size`` splits evenly over them."""
+    n = jax.device_count()
+    if devices > n:
+        raise ValueError(f"devices {devices} is more than the {n} that JAX sees (on CPU, set "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count={devices})")
+    if batch_size is not None and batch_size % devices:
+        raise ValueError(f"batch_size {batch_size} must be divisible by devices {devices}")

@@ -45,17 +45,24 @@ def _leaves(out):
     return [np.asarray(a) for a in jax.tree.leaves(checkpoint.restore(checkpoint.latest(out)))]
 
 
+def _start_until_first_checkpoint(args, out):
+    """Start `gfnem train ARGS --out OUT` and return its Popen once its first checkpoint exists."""
+    proc = subprocess.Popen(GFNEM + args + ["--out", out], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 150
+    while checkpoint.latest(out) is None:
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1].decode()[-3000:])
+        time.sleep(0.01)
+    return proc
+
+
 def _kill_after_first_checkpoint(args, out, seed, result):
     """Start `gfnem train ARGS --out OUT`, SIGKILL it at a random moment after its first
     checkpoint; append to ``result`` whether it was still running then (killed mid-run)."""
-    proc = subprocess.Popen(GFNEM + args + ["--out", out], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = _start_until_first_checkpoint(args, out)
     try:
-        deadline = time.time() + 150
-        while checkpoint.latest(out) is None:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline
-            time.sleep(0.01)
         time.sleep(random.Random(seed).uniform(0.0, 0.6))
         running = proc.poll() is None
         os.kill(proc.pid, signal.SIGKILL)
@@ -264,14 +271,8 @@ def test_ctrl_c_stops_with_one_line_naming_the_step_and_the_checkpoint(tmp_path)
     the checkpoint a resume starts from, no traceback."""
     out = str(tmp_path / "run")
     args = [a if a != "300" else "100000" for a in HG_ARGS]
-    proc = subprocess.Popen(GFNEM + args + ["--out", out], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = _start_until_first_checkpoint(args, out)
     try:
-        deadline = time.time() + 150
-        while checkpoint.latest(out) is None:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.time() < deadline
-            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1].decode()
     finally:

@@ -89,13 +89,7 @@ class DVAESettings(run_dir.CheckpointSettings):
 
     def check(self):
         if self.devices > 1:
-            if self.devices > jax.device_count():
-                raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that "
-                                 f"JAX sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_"
-                                 f"count={self.devices})")
-            if self.batch_size % self.devices:
-                raise ValueError(f"batch_size {self.batch_size} must be divisible by devices "
-                                 f"{self.devices}")
+            D.check_devices(self.devices, self.batch_size)
         if self.method != "vqvae":
             objectives.get(self.loss, lam=self.lam).check_sampling(self.explore())
         if self.method == "vqvae" and self.prior != "uniform":

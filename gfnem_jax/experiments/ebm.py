@@ -109,12 +109,7 @@ class EBMSettings(run_dir.CheckpointSettings):
     def check(self):
         if self.back_ratio == 1.0 and self.method == "gfn":
             raise ValueError("back_ratio must be < 1 with method gfn (its negatives are the forward batch)")
-        if self.devices > jax.device_count():
-            raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that JAX "
-                             f"sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
-                             f"{self.devices})")
-        if self.batch_size % self.devices:
-            raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")
+        D.check_devices(self.devices, self.batch_size)
         if self.method not in GFN_METHODS:
             return
         b_f, b_b = self.sampler_sizes()

@@ -119,12 +119,7 @@ class GrammarSettings(run_dir.CheckpointSettings):
         if self.devices > 1:
             if self.method != "gflownet":
                 raise ValueError(f"devices {self.devices}: only method gflownet runs on several devices")
-            if self.devices > jax.device_count():
-                raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that JAX "
-                                 f"sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
-                                 f"{self.devices})")
-            if self.batch_size % self.devices:
-                raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")
+            D.check_devices(self.devices, self.batch_size)
         if self.method == "gflownet":
             if self.policy_dim % self.policy_heads:
                 raise ValueError(f"policy_dim {self.policy_dim} must be a multiple of policy_heads "

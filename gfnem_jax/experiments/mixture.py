@@ -72,10 +72,7 @@ class MixtureSettings(run_dir.CheckpointSettings):
     plot: bool = setting(True, "write mixture.png", flag="--no-plot")
 
     def check(self):
-        if self.devices > jax.device_count():
-            raise ValueError(f"devices {self.devices} is more than the {jax.device_count()} that JAX "
-                             f"sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
-                             f"{self.devices})")
+        D.check_devices(self.devices)
         self.em_config().validate(self.n_data, 2, True, self.devices)
 
     def em_config(self) -> em.EMConfig:

@@ -71,12 +71,7 @@ class TrainSettings(run_dir.CheckpointSettings):
     log_every: int = setting(100, "steps between logged rows (exact metrics computed there)", min=1)
 
     def check(self):
-        n = jax.device_count()
-        if self.devices > n:
-            raise ValueError(f"devices {self.devices} is more than the {n} that JAX sees (on CPU, "
-                             f"set XLA_FLAGS=--xla_force_host_platform_device_count={self.devices})")
-        if self.batch_size % self.devices:
-            raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices}")
+        distributed.check_devices(self.devices, self.batch_size)
         self.objective().check_sampling(self.explore(), batch_size=self.batch_size)
 
     def objective(self) -> objectives.Objective:
