@@ -28,8 +28,11 @@ BATCH_TAG)``; per-sample keys inside ``prepare`` use the sample's global index
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -456,8 +459,11 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
                 if not bool(_finite_state(D.to_local(state))):
                     raise NonFiniteLoss(f"non-finite parameters after step {step}; "
                                         + _kept(last_ck))
-                on_checkpoint(state)
-                last_ck = step
+                with _sigint_deferred() as pending:
+                    on_checkpoint(state)
+                    last_ck = step
+                if pending:
+                    raise KeyboardInterrupt
                 t_ck = time.perf_counter()
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted):
@@ -470,6 +476,22 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
 
 
 _finite_state = jax.jit(tree_finite)
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold off Ctrl-C (SIGINT) while a checkpoint is written, so that it is either not begun or
+    complete and counted; yields a list that holds True if a SIGINT came meanwhile. Only in the
+    main thread (elsewhere Python delivers no signals and this does nothing)."""
+    pending: list = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    old = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
+    try:
+        yield pending
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
 
 
 def _kept(last_ck) -> str:
