@@ -108,7 +108,7 @@ ARGS = ["train", "dvae", "--codes", "3", "--grid", "2", "--steps", "4", "--e-ste
 
 def _env(devices):
     return dict(os.environ, GFNEM_NO_COMPILE_CACHE="1", JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
 
 
 def _cli(args):
