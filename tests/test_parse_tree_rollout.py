@@ -104,3 +104,39 @@ def test_one_pass_estep_equals_rollout_then_evaluation(params):
     np.testing.assert_allclose(l1, l2, rtol=1e-4)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk,step", [(4, 1), (3, 2), (64, 4)])
+def test_packed_evaluation_equals_the_bucketed_one(params, traj, chunk, step):
+    """States packed across sentences by root count (chunks that mix sentences, a partial last
+    chunk, one chunk for everything): the same log P_F, log P_B, and log F wherever the network
+    is needed (every state but the terminal one and the padding after it)."""
+    full = EVAL(ENV, POL, params, traj, 1)
+    ev = jax.jit(pb.evaluate_packed, static_argnums=(0, 1, 4, 5))(ENV, POL, params, traj, chunk, step)
+    np.testing.assert_allclose(ev.log_pf, full.log_pf, atol=2e-5)
+    np.testing.assert_allclose(ev.log_pb, full.log_pb, atol=2e-5)
+    n = np.asarray(traj.lengths)
+    t = np.arange(L)[None, :]
+    need = t < n[:, None]  # states 0..n-2 of an n-word sentence (n - 1 steps)
+    np.testing.assert_allclose(np.where(need, ev.log_flow, 0), np.where(need, full.log_flow, 0),
+                               atol=2e-5)
+    assert np.all(np.asarray(ev.log_flow)[~need] == 0)
+    assert pb.pack_sizes(L, step)[-1] == L and min(pb.pack_sizes(L, step)) >= 2
+
+
+def test_packed_estep_has_the_same_loss_and_gradient(params, traj):
+    g = gm.random_grammar(jax.random.PRNGKey(5), NT, 2, V)
+    lr = jax.vmap(lambda c, s: ENV.log_reward(g, c, s))(traj.cond, traj.terminal)
+    tr = traj._replace(log_reward=lr)
+    obj = objectives.subtb(lam=1.0)
+
+    @jax.jit
+    def both(p):
+        f = lambda pack: jax.value_and_grad(
+            lambda q: pb.estep_loss(ENV, POL, obj, q, tr, 2, grammar=g, pack=pack))(p)
+        return f(0), f(4)
+
+    (l1, g1), (l2, g2) = both(params)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)

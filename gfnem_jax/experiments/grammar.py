@@ -101,6 +101,9 @@ class GrammarSettings(run_dir.CheckpointSettings):
                                     "ones", flag="--no-forward-looking")
     n_buckets: int = setting(4, "gflownet: time buckets of the shrinking root set (0 = no shrinking)",
                              min=0)
+    pack: int = setting(0, "gflownet: evaluate the states packed across sentences by root count, "
+                        "in chunks of PACK states (0 = by the time buckets of n_buckets); same "
+                        "values, fewer FLOPs when sentence lengths differ", min=0)
     posterior_only: bool = setting(False, "gflownet: train only the E-step for the fixed grammar of "
                                    "--grammar G.npz (amortised parsing)")
     eval_samples: int = setting(8, "gflownet: GFlowNet samples per sentence for best-of-K F1 and "

@@ -4,8 +4,9 @@ Nothing here is a new algorithm: it configures the library's pieces for parse tr
   environment   ``envs.parse_tree.ParseTree(max_len, NT)``: bottom-up merges of adjacent roots.
   policy        ``models.parse_policy.ParsePolicy``: a transformer over the current roots,
                 conditioned on the sentence (encoded once per trajectory); log Z(x) an MLP of it.
-  engine        ``models.parse_buckets.Buckets(n_buckets)``: the training rollout and its
-                differentiable pass look only at the root slots still live (K(t) = L - t).
+  engine        ``models.parse_buckets.Buckets(n_buckets, pack)``: the training rollout and its
+                differentiable pass look only at the root slots still live (K(t) = L - t); with
+                pack > 0 the differentiable pass packs the states of all sentences by root count.
   flows         forward-looking: log F(s) = g_theta(x, s) + NN(s), g = the log-probs of the rules
                 the forest has fixed (``ParseTree.partial_log_reward``), via ``GFlowNet.flow_offset``.
   E-step        ``em.em_updates``' sampler update: the objective (SubTB(1) by default) with tempered
@@ -74,7 +75,7 @@ def build(s, model, vocab_size: int) -> Built:
         return env.partial_log_reward(rules(theta), cond, state)
 
     gfn = GFlowNet(env, policy, objective, Exploration(s.temperature),
-                   engine=Buckets(s.n_buckets) if s.n_buckets else None,
+                   engine=Buckets(s.n_buckets or 1, s.pack) if (s.n_buckets or s.pack) else None,
                    flow_offset=flow_offset if s.forward_looking else None)
 
     def log_joint(theta, x, z):

@@ -55,6 +55,14 @@ def padding_waste(lengths, max_len: int, n_buckets: int) -> float:
     return 1.0 - live / (len(lengths) * slot_cost(max_len, n_buckets))
 
 
+def packed_slot_cost(lengths, max_len: int, chunk: int, step: int = 4) -> int:
+    """Root slots processed by ``evaluate_packed`` for sentences of the given lengths (host):
+    the states with r >= 2 roots sorted by r, in chunks of ``chunk``, each on K(chunk) slots."""
+    sizes = pack_sizes(max_len, step)
+    rs = sorted((r for n in map(int, lengths) for r in range(2, n + 1)), reverse=True)
+    return sum(chunk * next(K for K in sizes if K >= rs[i]) for i in range(0, len(rs), chunk))
+
+
 def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, key, s0, ctx):
     T = env.max_steps
 
@@ -144,6 +152,85 @@ def evaluate(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
                       jnp.where(flow_mask, out.log_flow, 0.0))
 
 
+def pack_sizes(max_len: int, step: int = 4):
+    """The static root-slot counts K of ``evaluate_packed``'s branches: multiples of ``step``
+    up to max_len (max_len itself the last), covering every root count r in 2..max_len."""
+    L, step = int(max_len), int(step)
+    if step < 1:
+        raise ValueError(f"slot step must be >= 1, got {step}")
+    return sorted({min(L, -(-r // step) * step) for r in range(2, L + 1)})
+
+
+def evaluate_packed(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
+                    chunk: int = 32, step: int = 4, ctx=None) -> Evaluation:
+    """``evaluate`` with the states packed across sentences: the same Evaluation, fewer FLOPs.
+
+    Only states with r >= 2 roots need the network (the terminal state has P_B = 1 and its flow
+    is the reward; states after termination are padding): a sentence of n words has n - 1 of
+    them, with n, n-1, ..., 2 roots. All B (T + 1) states are sorted by their root count r
+    (descending) and cut into chunks of ``chunk`` states; each chunk runs ``policy.apply`` on
+    K(chunk) root slots, K the smallest of ``pack_sizes(L, step)`` >= the chunk's largest r
+    (``lax.switch`` inside ``lax.map``: one compiled branch per K, empty chunks skipped).
+    Processed slots drop from B * sum_t K(t) to about sum over states of r, whatever the mix of
+    lengths. log_flow is 0 at states that need no pass (the objectives replace the terminal
+    flow by log R). Outputs: log P_F, log P_B [B, T] and log F [B, T+1], as ``evaluate``.
+    """
+    B, T = traj.actions.shape
+    S, L = T + 1, env.max_len
+    if ctx is None:
+        ctx = encode_batch(policy, params, traj.cond)
+    flat = lambda a: a.reshape((B * S,) + a.shape[2:])
+    states = jax.tree.map(flat, traj.states)
+    r = jnp.where(states.r >= 2, states.r, 0)
+    N = B * S
+    n_chunks = -(-N // chunk)
+    order = jnp.argsort(-r, stable=True)
+    order = jnp.concatenate([order, jnp.full((n_chunks * chunk - N,), N, order.dtype)])
+    pad1 = lambda a: jnp.concatenate([a, jnp.zeros((1,) + a.shape[1:], a.dtype)])
+    r_p = pad1(r)
+    # the action taken from state t and the backward action into state t (step t - 1)
+    zero_col = jnp.zeros((B, 1), jnp.int32)
+    act = pad1(flat(jnp.concatenate([traj.actions.astype(jnp.int32), zero_col], axis=1)))
+    bact = pad1(flat(jnp.concatenate([zero_col, traj.bwd_actions.astype(jnp.int32)], axis=1)))
+    # the padding entry (index N) copies a real state, so its (discarded) pass stays finite
+    states_p = jax.tree.map(lambda a: jnp.concatenate([a, a[:1]]), states)
+    sizes = pack_sizes(L, step)
+
+    def run(idx):
+        s = jax.tree.map(lambda a: a[idx], states_p)
+        c = jax.tree.map(lambda a: a[jnp.minimum(idx, N - 1) // S], ctx)
+        obs = jax.vmap(env.observe)(s)
+        fmask = jax.vmap(env.forward_mask)(s)
+        bmask = jax.vmap(env.backward_mask)(s)
+        a, b = act[idx], bact[idx]
+
+        def branch(K):
+            # rematerialised: under reverse-mode AD a switch keeps the union of its branches'
+            # residuals (zeros for the branches not taken), which costs more than recomputing
+            @jax.checkpoint
+            def f(p, obs, c, a, b, fmask, bmask):
+                out = jax.vmap(lambda o, cc: policy.apply(p, o, cc))(shrink(obs, K), c)
+                lpf = jnp.take_along_axis(masked_log_softmax(out.fwd_logits, fmask),
+                                          a[:, None], axis=1)[:, 0]
+                lpb = jnp.take_along_axis(masked_log_softmax(out.bwd_logits, bmask),
+                                          b[:, None], axis=1)[:, 0]
+                return jnp.stack([lpf, lpb, out.log_flow], axis=1)
+            return lambda _: f(params, obs, c, a, b, fmask, bmask)
+
+        skip = lambda _: jnp.zeros((idx.shape[0], 3), jnp.float32)
+        top = r_p[idx[0]]  # sorted: the chunk's largest root count
+        k = jnp.where(top < 2, 0, 1 + jnp.searchsorted(jnp.asarray(sizes), top))
+        return jax.lax.switch(k, [skip] + [branch(K) for K in sizes], None)
+
+    vals = jax.lax.map(run, order.reshape(n_chunks, chunk))
+    vals = jnp.zeros((N + 1, 3), vals.dtype).at[order].add(vals.reshape(-1, 3))[:N]
+    vals = jnp.where((r > 0)[:, None], vals, 0.0).reshape(B, S, 3)
+    m = traj.mask
+    flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), m], axis=1)
+    return Evaluation(jnp.where(m, vals[:, :-1, 0], 0.0), jnp.where(m, vals[:, 1:, 1], 0.0),
+                      jnp.where(flow_mask, vals[..., 2], 0.0))
+
+
 def forward_looking(env: ParseTree, grammar, traj: Trajectories, ev: Evaluation) -> Evaluation:
     """ev with log F(s_t) += g(s_t) (``env.partial_log_reward``: rules fixed so far), the
     forward-looking flow of issue 9; g carries no gradient to the policy (it is the grammar's)."""
@@ -155,12 +242,16 @@ def forward_looking(env: ParseTree, grammar, traj: Trajectories, ev: Evaluation)
 
 
 def estep_loss(env: ParseTree, policy: ParsePolicy, objective, params, traj: Trajectories,
-               n_buckets: int = 4, grammar: Optional[dict] = None) -> jax.Array:
+               n_buckets: int = 4, grammar: Optional[dict] = None, pack: int = 0) -> jax.Array:
     """The E-step objective of ``traj`` (e.g. ``objectives.subtb(lam=1.0)``), differentiable in
-    ``params``: sentences encoded once, bucketed evaluation, log Z(x) per sentence, and the
-    forward-looking flow term when ``grammar`` is given."""
+    ``params``: sentences encoded once, bucketed evaluation (``evaluate_packed`` in chunks of
+    ``pack`` states when pack > 0), log Z(x) per sentence, and the forward-looking flow term
+    when ``grammar`` is given."""
     ctx = encode_batch(policy, params, traj.cond)
-    ev = evaluate(env, policy, params, traj, n_buckets, ctx)
+    if pack:
+        ev = evaluate_packed(env, policy, params, traj, pack, ctx=ctx)
+    else:
+        ev = evaluate(env, policy, params, traj, n_buckets, ctx)
     if grammar is not None:
         ev = forward_looking(env, jax.lax.stop_gradient(grammar), traj, ev)
     log_z = jax.vmap(policy.log_z, (None, 0))(params, ctx)
@@ -171,9 +262,12 @@ def estep_loss(env: ParseTree, policy: ParsePolicy, objective, params, traj: Tra
 class Buckets:
     """The shrinking-root-set engine of a ``gfnem_jax.gflownet.GFlowNet`` over ``ParseTree``
     (``GFlowNet(env, policy, objective, engine=Buckets(4))``): its training rollout is
-    ``rollout`` and its differentiable pass ``evaluate`` with ``n_buckets`` time buckets."""
+    ``rollout`` and its differentiable pass ``evaluate`` with ``n_buckets`` time buckets, or
+    ``evaluate_packed`` in chunks of ``pack`` states when pack > 0 (same values, fewer FLOPs when
+    sentence lengths differ)."""
 
     n_buckets: int = 4
+    pack: int = 0
 
     def rollout(self, env, policy, params, key, batch_size, log_reward_fn, reward_params, cond,
                 explore, index_offset):
@@ -183,6 +277,8 @@ class Buckets:
                        self.n_buckets, index_offset)
 
     def evaluate(self, env, policy, params, traj, ctx):
+        if self.pack:
+            return evaluate_packed(env, policy, params, traj, self.pack, ctx=ctx)
         return evaluate(env, policy, params, traj, self.n_buckets, ctx)
 
 
