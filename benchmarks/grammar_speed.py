@@ -140,13 +140,18 @@ def analytic_gflop(policy, batch, max_len, n_buckets, mode, eval_slots=None):
     return (batch * roll + 3 * ev) * policy.flops_per_slot() / 1e9
 
 
+def live_slots(lengths) -> int:
+    """Root slots of the states with >= 2 roots (the ones a pass needs): sum_n (2 + ... + n)."""
+    return sum(n * (n + 1) // 2 - 1 for n in map(int, lengths))
+
+
 def live_gflop(policy, lengths, mode):
     """``analytic_gflop`` counting live root slots only (no padding at all): a sentence of n words
     has n - t roots at step t, the sampling passes see states with 2..n roots and the evaluation
     pass states with 1..n roots. Divided by the achieved GFLOP/s, this is the floor of an E-step's
     time on this machine for ANY packing of root slots (``zero_waste_sentences_per_s``)."""
-    roll = sum(n * (n + 1) // 2 - 1 for n in map(int, lengths))
-    ev = sum(n * (n + 1) // 2 for n in map(int, lengths))
+    roll = live_slots(lengths)
+    ev = roll + len(lengths)  # + the terminal state's one root
     passes = 3 * roll if mode == "one" else roll + 3 * ev
     return passes * policy.flops_per_slot() / 1e9
 
@@ -169,8 +174,8 @@ def main(argv=None):
                     help="E-step variants MODE:N; MODE two = sampling pass + evaluation pass (N "
                          "time buckets), one = differentiable rollout (parse_buckets.estep_onepass, "
                          "N time buckets), pack = the sampling pass on 4 time buckets + "
-                         "parse_buckets.evaluate_packed in chunks of N states (what `gfnem train "
-                         "grammar --method gflownet` runs)")
+                         "parse_buckets.evaluate_packed in chunks of N states (`gfnem train grammar "
+                         "--pack N`; two:4 is its default)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small policy only")
     ap.add_argument("--paper-only", action="store_true", help="paper-size policy only")
@@ -214,7 +219,7 @@ def main(argv=None):
             comp, sec, flops, out = bench_estep(pol, env, cond, nb, args.repeats, mode, pack=pack)
             terminal = out[3]
             ev_slots = pb.packed_slot_cost(lengths, L, pack) if pack else None
-            waste = (1 - sum(n * (n + 1) // 2 - 1 for n in map(int, lengths)) / ev_slots if pack
+            waste = (1 - live_slots(lengths) / ev_slots if pack
                      else pb.padding_waste(lengths, L, nb))
             r = dict(part="E-step", mode=mode, policy=name, dim=pol.dim, layers=pol.layers,
                      heads=pol.heads, n_buckets=nb, pack=pack, padding_waste=round(waste, 3),
