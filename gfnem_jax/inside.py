@@ -20,6 +20,9 @@ below exp(-87) relative to the largest are lost in float32). Max mode (Viterbi) 
 The gradient of sum_b log p(x_b) with respect to the log-probabilities is the expected rule counts
 (``expected_counts``). Trees are decoded top-down from a chart: exact posterior samples (sum
 chart) or the most likely tree (max chart), in the ``Tree`` layout of ``models.grammar``.
+An NCFG (rules conditioned on the parent's label, ``binary`` [NT+1, NT, S, S]) is accepted by every
+function here: it runs as its parent-annotated PCFG (``models.grammar.parent_annotate``: exact, with
+NT' = (NT+1)*NT nonterminals, so for small NT only) and decoded labels are mapped back.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax.models.grammar import Tree
+from gfnem_jax.models.grammar import Tree, is_ncfg, parent_annotate
 
 NEG = -jnp.inf
 
@@ -92,6 +95,7 @@ def chart(grammar, words: jax.Array, lengths: jax.Array, mode: str = "sum") -> C
     """
     if mode not in ("sum", "max"):
         raise ValueError(f"mode must be sum or max, got {mode!r}")
+    grammar = parent_annotate(grammar)
     nt = grammar["root"].shape[-1]
     Bsz, N = words.shape
     ql, qr, pp = _leaf_tables(grammar, words)
@@ -155,6 +159,20 @@ def log_marginal(grammar, words: jax.Array, lengths: jax.Array) -> jax.Array:
     return chart(grammar, words, lengths, "sum").logz
 
 
+def length_log_probs(grammar, max_len: int) -> jax.Array:
+    """float[max_len + 1]: log P(the sentence has n words) for n = 0..max_len under the grammar's
+    top-down generative process (-inf for n < 2: every tree has two or more leaves). Exact: the
+    inside algorithm with each preterminal's emission summed over the vocabulary (log 1 = 0).
+
+    Corpora drawn by rejecting sentences longer than ``max_len`` follow p(x) / P(2 <= n <= max_len);
+    their exact NLL needs ``logsumexp`` of this (``data.corpus.synthetic``)."""
+    pt = grammar["emit"].shape[-2]
+    g = {**grammar, "emit": jnp.zeros((pt, 1), grammar["emit"].dtype)}
+    n = jnp.arange(2, max_len + 1)
+    lp = log_marginal(g, jnp.zeros((max_len - 1, max_len), jnp.int32), n)
+    return jnp.concatenate([jnp.full((2,), NEG, lp.dtype), lp])
+
+
 def expected_counts(grammar, words: jax.Array, lengths: jax.Array):
     """Expected rule counts sum_b E_{z ~ p(z|x_b)}[#rule] as the gradient of sum_b log p(x_b)
     with respect to the log-probability tables (pytree like ``grammar``; preterminal rules
@@ -216,16 +234,25 @@ def _decode_one(grammar, ch: Chart, b, n, key, sample: bool) -> Tree:
 def sample(grammar, key, words: jax.Array, lengths: jax.Array) -> Tree:
     """Exact posterior samples z_b ~ p(z | x_b), one per sentence (Tree with leaves [B, ...]).
     Sentence b uses the key fold_in(key, b)."""
-    ch = chart(grammar, words, lengths, "sum")
+    g = parent_annotate(grammar)
+    ch = chart(g, words, lengths, "sum")
     keys = jax.vmap(lambda b: jax.random.fold_in(key, b))(jnp.arange(words.shape[0]))
-    return jax.vmap(lambda b, n, k: _decode_one(grammar, ch, b, n, k, True))(
-        jnp.arange(words.shape[0]), lengths.astype(jnp.int32), keys)
+    return _unannotate(grammar, jax.vmap(lambda b, n, k: _decode_one(g, ch, b, n, k, True))(
+        jnp.arange(words.shape[0]), lengths.astype(jnp.int32), keys))
 
 
 def viterbi(grammar, words: jax.Array, lengths: jax.Array):
     """(Tree [B, ...], float[B]): the most likely tree argmax_z log p(x, z) and its score."""
-    ch = chart(grammar, words, lengths, "max")
+    g = parent_annotate(grammar)
+    ch = chart(g, words, lengths, "max")
     key = jax.random.PRNGKey(0)
-    tree = jax.vmap(lambda b, n: _decode_one(grammar, ch, b, n, key, False))(
+    tree = jax.vmap(lambda b, n: _decode_one(g, ch, b, n, key, False))(
         jnp.arange(words.shape[0]), lengths.astype(jnp.int32))
-    return tree, ch.logz
+    return _unannotate(grammar, tree), ch.logz
+
+
+def _unannotate(grammar, tree: Tree) -> Tree:
+    """Labels P*NT + A of a tree decoded from a parent-annotated NCFG back to A."""
+    if not is_ncfg(grammar):
+        return tree
+    return tree._replace(label=tree.label % grammar["root"].shape[-1])

@@ -60,8 +60,8 @@ def test_catalan_count(n):
 _enum_lj = jax.jit(lambda g, w, trees: jax.vmap(lambda t: G.log_joint(g, w, t))(trees))
 
 
-def _enum(g, w, n):
-    trees = G.all_trees(n, NT, N)
+def _enum(g, w, n, nt=NT):
+    trees = G.all_trees(n, nt, N)
     return trees, _enum_lj(g, w, trees)
 
 
@@ -211,3 +211,82 @@ def test_neural_grammar_rules_are_distributions(ncfg):
     np.testing.assert_allclose(jnp.exp(g["root"]).sum(), 1, atol=1e-5)
     np.testing.assert_allclose(jnp.exp(g["binary"]).sum((-2, -1)), 1, atol=1e-5)
     np.testing.assert_allclose(jnp.exp(g["emit"]).sum(-1), 1, atol=1e-5)
+
+
+# -- NCFG through parent annotation (exact inside / Viterbi / posterior samples) ---------------
+def _ncfg_setup(n, seed):
+    g = G.random_grammar(jax.random.PRNGKey(seed), NT + 1, PT, V, scale=1.5, ncfg=True)
+    w = jax.random.randint(jax.random.PRNGKey(200 + n), (N,), 0, V)
+    return g, jnp.where(jnp.arange(N) < n, w, 0)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 6])
+def test_ncfg_inside_and_viterbi_equal_enumeration(n, float64):
+    g, w = _ncfg_setup(n, 21)
+    lj = _enum_lj(g, w, G.all_trees(n, NT + 1, N))
+    assert float(log_marginal(g, w[None], jnp.array([n]))[0]) == pytest.approx(
+        float(jax.nn.logsumexp(lj)), abs=1e-9)
+    vt, score = viterbi(g, w[None], jnp.array([n]))
+    assert float(score[0]) == pytest.approx(float(jnp.max(lj)), abs=1e-9)
+    # the decoded tree carries NCFG labels (not annotated ones) and scores its Viterbi value
+    vt1 = jax.tree.map(lambda a: a[0], vt)
+    assert int(jnp.max(vt1.label[: n - 1])) < NT + 1
+    assert float(log_joint(g, w, vt1)) == pytest.approx(float(score[0]), abs=1e-9)
+    # an NCFG whose rules ignore the parent gives the PCFG's inside value
+    pc = G.random_grammar(jax.random.PRNGKey(22), NT, PT, V)
+    nc = {**pc, "binary": jnp.broadcast_to(pc["binary"], (NT + 1,) + pc["binary"].shape)}
+    np.testing.assert_allclose(log_marginal(nc, w[None], jnp.array([n])),
+                               log_marginal(pc, w[None], jnp.array([n])), atol=1e-9)
+
+
+def test_ncfg_posterior_samples_match_enumeration():
+    n = 4
+    g, w = _ncfg_setup(n, 23)
+    trees, lj = _enum(g, w, n, nt=NT + 1)
+    post = np.asarray(jnp.exp(lj - jax.nn.logsumexp(lj)))
+    index = {_key(jax.tree.map(lambda a: a[t], trees)): t for t in range(len(post))}
+    S = 20_000
+    samp = jax.device_get(jax.jit(inside.sample)(g, jax.random.PRNGKey(8), jnp.tile(w[None], (S, 1)),
+                                                 jnp.full((S,), n)))
+    counts = np.zeros(len(post))
+    for s in range(S):
+        counts[index[_key(jax.tree.map(lambda a: a[s], samp))]] += 1
+    tv = 0.5 * np.abs(counts / S - post).sum()
+    # 135 outcomes: sampling noise alone gives E[TV] ~ 0.025
+    assert tv < 0.045, tv
+
+
+def test_ncfg_gradient_matches_finite_differences(float64):
+    n = 4
+    g, w = _ncfg_setup(n, 24)
+    f = lambda b: inside.log_marginal({**g, "binary": b}, w[None], jnp.array([n]))[0]
+    grad = jax.grad(f)(g["binary"])
+    assert np.all(np.isfinite(np.asarray(grad)))
+    d = jax.random.normal(jax.random.PRNGKey(25), g["binary"].shape)
+    eps = 1e-5
+    fd = (f(g["binary"] + eps * d) - f(g["binary"] - eps * d)) / (2 * eps)
+    assert float(jnp.sum(grad * d)) == pytest.approx(float(fd), rel=1e-6)
+
+
+def test_parent_annotate_refuses_large_nt():
+    g = G.random_grammar(jax.random.PRNGKey(0), 30, 2, 3, ncfg=True)
+    with pytest.raises(ValueError, match="max_annotated"):
+        G.parent_annotate(g)
+
+
+@pytest.mark.parametrize("ncfg", [False, True])
+def test_length_probabilities_sum_over_all_sentences(ncfg, float64):
+    """log P(n words) = logsumexp over every sentence of n words of log p(x) (enumerated, V = 3)."""
+    v, n_max = 3, 4
+    g = G.random_grammar(jax.random.PRNGKey(31), NT, PT, v, scale=1.0, ncfg=ncfg)
+    lp = inside.length_log_probs(g, n_max)
+    assert np.all(np.isneginf(np.asarray(lp[:2])))
+    for n in range(2, n_max + 1):
+        sents = np.array(list(itertools.product(range(v), repeat=n)), np.int32)
+        W = np.zeros((len(sents), n_max), np.int32)
+        W[:, :n] = sents
+        want = jax.nn.logsumexp(log_marginal(g, jnp.asarray(W), jnp.full((len(sents),), n)))
+        assert float(lp[n]) == pytest.approx(float(want), abs=1e-9)
+    # a proper grammar's length distribution sums to <= 1, and close to 1 for long enough max_len
+    total = float(jnp.exp(jax.nn.logsumexp(inside.length_log_probs(g, 40))))
+    assert total <= 1 + 1e-9

@@ -3,7 +3,7 @@
 A run directory (``run``) holds:
   config.json     every setting (``GrammarSettings``);
   vocab.json      the vocabulary (index = word id; 0 is <unk>); data.json: {"n_train"};
-  metrics.jsonl   one row per evaluation: step, nll_per_token (null for NCFG), sentence_f1,
+  metrics.jsonl   one row per evaluation: step, nll_per_token (exact; null for an NCFG too large to annotate), sentence_f1,
                   corpus_f1 (Viterbi trees; null without gold trees), sample_sentence_f1,
                   sample_corpus_f1 (trees sampled from the posterior), loss, wall_s;
   checkpoint/     the training state (``gfnem_jax.checkpoint``, atomic; ``run_dir.Checkpoints``:
@@ -114,9 +114,11 @@ class GrammarSettings(run_dir.CheckpointSettings):
                             "words (enumerated)", min=2)
 
     def check(self) -> None:
-        if self.grammar == "ncfg" and self.method not in ("mc-em", "gflownet"):
-            raise ValueError(f"method {self.method} needs a context-free grammar (grammar cfg or a "
-                             f".npz file); grammar ncfg trains with method mc-em or gflownet")
+        if (self.grammar == "ncfg" and self.method not in ("mc-em", "gflownet")
+                and not G.annotatable(self.nt)):
+            raise ValueError(f"method {self.method} on grammar ncfg needs exact inference by parent "
+                             f"annotation, (nt+1)*nt <= {G.MAX_ANNOTATED}; nt={self.nt} is too many: "
+                             f"use method mc-em or gflownet, or a smaller nt")
         if self.posterior_only and (self.method != "gflownet" or self.grammar in ("cfg", "ncfg")):
             raise ValueError("posterior_only needs method gflownet and a fixed grammar file (grammar G.npz)")
         if self.devices > 1:
@@ -224,13 +226,14 @@ def make_chunk(update, n: int):
 
 
 def make_decoder(model, max_len: int, mcmc_steps: int):
-    """Jitted (params, key, words[B, N], lengths[B]) -> (log p(x) [B] (NaN for NCFG),
-    Viterbi trees, sampled trees)."""
+    """Jitted (params, key, words[B, N], lengths[B]) -> (log p(x) [B], Viterbi trees, sampled
+    trees), exact (inside; an NCFG through its parent annotation). An NCFG too large to annotate
+    (``models.grammar.annotatable``): log p(x) NaN and MH-chain trees."""
 
     @jax.jit
     def decode(params, key, words, lengths):
         g = model.rule_log_probs(params)
-        if G.is_ncfg(g):
+        if G.is_ncfg(g) and not G.annotatable(model.nt):
             t0 = GB.random_trees(key, lengths, max_len, model.nt)
             t, _ = GB.mh_chain(lambda x, z: G.log_joint(g, x, z), jax.random.fold_in(key, 1),
                                words, t0, mcmc_steps, model.nt)
@@ -357,7 +360,7 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
         state = host_loop(state, run_chunk, s.steps - done, chunk, summarize=plan.summarize,
                           evaluate=plan.evaluate, on_log=on_log, progress=progress,
                           desc=f"grammar/{s.method}", wall_offset=offset + time.perf_counter() - t0,
-                          postfix=tuple(k for k, ok in (("loss", True), ("nll_per_token", s.grammar != "ncfg"),
+                          postfix=tuple(k for k, ok in (("loss", True), ("nll_per_token", s.grammar != "ncfg" or G.annotatable(s.nt)),
                                                         ("is_nll_per_token", s.method == "gflownet"),
                                                         ("corpus_f1", ev.gold is not None)) if ok),
                           **cks.loop_kwargs())

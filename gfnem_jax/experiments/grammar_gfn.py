@@ -249,7 +249,8 @@ def plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, key):
     rules = model.rule_log_probs
     k = s.eval_samples
     decode = make_gfn_decoder(b, rules, k)
-    ncfg = getattr(model, "ncfg", False)
+    # an NCFG too large for exact inference by parent annotation has no exact NLL or exact trees
+    no_exact = getattr(model, "ncfg", False) and not G.annotatable(model.nt)
 
     def make_chunk(n):
         if train_grammar:
@@ -267,8 +268,8 @@ def plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, key):
 
     def evaluate(st):
         st = D.to_local(st)
-        row: Dict[str, Any] = {} if ncfg else grammar_eval(st.model)
-        if ncfg:
+        row: Dict[str, Any] = {} if no_exact else grammar_eval(st.model)
+        if no_exact:
             row["nll_per_token"] = None
         row.update(evaluate_gfn(decode, st.sampler, st.model, ev, s.eval_batch, key, k))
         if s.posterior_only:

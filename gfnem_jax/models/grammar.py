@@ -58,6 +58,53 @@ def is_ncfg(grammar) -> bool:
     return grammar["binary"].ndim == 4
 
 
+# The largest NCFG handled exactly by parent annotation: (NT+1)*NT annotated nonterminals.
+MAX_ANNOTATED = 512
+
+
+def annotatable(nt: int, max_annotated: int = MAX_ANNOTATED) -> bool:
+    """True when an NCFG with ``nt`` nonterminals is small enough for exact inference by
+    ``parent_annotate`` ((NT+1)*NT <= max_annotated)."""
+    return (nt + 1) * nt <= max_annotated
+
+
+def parent_annotate(grammar, max_annotated: int = MAX_ANNOTATED):
+    """The PCFG equivalent to an NCFG whose rules depend on the parent's label.
+
+    Nonterminal A under parent P (P in 0..NT, NT = the root's parent) becomes the annotated symbol
+    (P, A) = index P*NT + A, NT' = (NT+1)*NT; preterminals are unchanged (their emissions do not
+    depend on the parent). Rules:
+      root'(P, A) = root(A) if P = NT else -inf
+      binary'[(P, A), B', C'] = binary[P, A, B, C] when each nonterminal child B' = (Q, B) has Q = A
+                                (else -inf); preterminal children keep their index (shifted to NT'+T).
+    Every NCFG tree z has exactly one annotated tree z' (label P*NT + A) with p'(x, z') = p(x, z)
+    and every other annotated tree has probability 0, so the inside algorithm, Viterbi and exact
+    posterior sampling on the result are exact for the NCFG (labels map back by ``% NT``).
+    Cost: dense tables of NT'^3 entries, so NT is limited by ``max_annotated`` (ValueError beyond).
+    A PCFG is returned unchanged.
+    """
+    if not is_ncfg(grammar):
+        return grammar
+    nt, pt, _ = sizes(grammar)
+    if not annotatable(nt, max_annotated):
+        raise ValueError(f"grammar: exact inference for an NCFG with nt={nt} nonterminals needs "
+                         f"(nt+1)*nt = {(nt + 1) * nt} annotated nonterminals, more than "
+                         f"max_annotated={max_annotated}; use sampling-based evaluation")
+    b = grammar["binary"]  # [P, A, S, S]
+    na = (nt + 1) * nt
+    neg = jnp.asarray(-jnp.inf, b.dtype)
+    ok = jnp.arange(nt + 1)[None, :] == jnp.arange(nt)[:, None]  # [A, Q]: child's parent is A
+    nn = b[:, :, :nt, :nt][:, :, None, :, None, :]  # [P, A, 1, B, 1, C]
+    m_nn = ok[None, :, :, None, None, None] & ok[None, :, None, None, :, None]
+    nn = jnp.where(m_nn, nn, neg).reshape(na, na, na)
+    nl = jnp.where(ok[None, :, :, None, None], b[:, :, None, :nt, nt:], neg).reshape(na, na, pt)
+    ln = jnp.where(ok[None, :, None, :, None], b[:, :, nt:, None, :nt], neg).reshape(na, pt, na)
+    ll = b[:, :, nt:, nt:].reshape(na, pt, pt)
+    binary = jnp.concatenate([jnp.concatenate([nn, nl], 2), jnp.concatenate([ln, ll], 2)], 1)
+    root = jnp.full((nt + 1, nt), neg).at[nt].set(grammar["root"]).reshape(na)
+    return {"root": root, "binary": binary, "emit": grammar["emit"]}
+
+
 # -- trees -------------------------------------------------------------------------------------
 def empty_tree(max_len: int, length) -> Tree:
     z = jnp.zeros((max_len - 1,), jnp.int32)
