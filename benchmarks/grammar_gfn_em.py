@@ -46,6 +46,11 @@ def main():
     ap.add_argument("--ncfg-corpus", action="store_true")
     ap.add_argument("--ncfg-marginal", action="store_true",
                     help="with --ncfg-corpus: also train the NCFG by exact marginalisation")
+    ap.add_argument("--m-samples", type=int, default=1, help="GFlowNet trees per sentence per M-step")
+    ap.add_argument("--m-weights", default="uniform", choices=("uniform", "is"),
+                    help="M-step weights: uniform (1/S) or self-normalised importance weights")
+    ap.add_argument("--only", default="", help="comma-separated runs to do (marginal, gflownet, "
+                    "ncfg_marginal; default all)")
     ap.add_argument("--synth-nt", type=int, default=5, help="nonterminals of the generating grammar")
     ap.add_argument("--synth-pt", type=int, default=10, help="preterminals of the generating grammar")
     ap.add_argument("--eval-samples", type=int, default=8)
@@ -65,11 +70,13 @@ def main():
                                       e_steps=a.e_per_m, m_steps=1, policy_dim=a.policy_dim,
                                       policy_layers=a.policy_layers, policy_heads=4,
                                       policy_enc_layers=1, log_every=max(gfn_steps // a.evals, 1),
-                                      **common),
+                                      m_samples=a.m_samples, m_weights=a.m_weights, **common),
     }
     if a.ncfg_corpus and a.ncfg_marginal:
         runs["ncfg_marginal"] = E.GrammarSettings(method="marginal", steps=a.m_updates, grammar="ncfg",
                                                   log_every=max(a.m_updates // a.evals, 1), **common)
+    if a.only:
+        runs = {k: v for k, v in runs.items() if k in a.only.split(",")}
     res = {"settings": vars(a), "runs": {}}
     for name, s in runs.items():
         t = time.perf_counter()
@@ -79,6 +86,8 @@ def main():
                              "generating_nll_per_token": summary.get("generating_nll_per_token"),
                              "curve": rows}
         json.dump(res, open(a.out, "w"), indent=2)
+    if not {"marginal", "gflownet"} <= set(res["runs"]):
+        return
     m, g = res["runs"]["marginal"]["final"], res["runs"]["gflownet"]["final"]
     g_nll = g["nll_per_token"] if g.get("nll_per_token") is not None else g["is_nll_per_token"]
     res["nll_gap_gflownet_minus_marginal"] = g_nll - m["nll_per_token"]

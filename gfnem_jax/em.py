@@ -13,10 +13,12 @@ builds (keys all derived from the per-step key ``fold_in(run_key, t)``):
            uniformly from the data set; one optimizer step on the policy (and log Z(x)).
   sleep    (switchable, probability ``sleep_prob`` per E-step) draw (x, z) ~ p_theta and take a
            step on -mean log P_F(tau_z | x) (MLE of the forward policy on the trajectory of z).
-  M-step   draw z ~ P_F(. | x) (on-policy, no gradient through the sampler), optionally refine it
-           by local search, then one optimizer step on
+  M-step   draw S = ``m_samples`` latents z_is ~ P_F(. | x_i) per point (on-policy, no gradient
+           through the sampler), optionally refine them by local search, then one optimizer step on
                L(theta) = -(1/N) sum_i sum_s w_is log p_theta(x_i, z_is)          (``expected_nll``)
-           with w_is = 1/S for S samples. Exact EM and mean-field EM use the same function with
+           with w_is = 1/S (``m_weights`` "uniform"), or self-normalised importance weights
+           w_is = softmax_s [log p_theta(x_i, z_is) + log P_B(tau_is | z_is) - log P_F(tau_is | x_i)]
+           ("is": corrects the sampler's error; consistent as S grows; not with local search). Exact EM and mean-field EM use the same function with
            z = every latent and w = the exact / mean-field posterior.
   local search (switchable) ``ls_rounds`` rounds of: go back ``ls_back`` steps with P_B, forward
            again with P_F, accept with the Metropolis-Hastings ratio for the target p_theta(x, z).
@@ -59,6 +61,8 @@ class EMConfig:
       sleep_prob: probability of a sleep-phase update after each E-step (0 = off).
       sleep_batch: (x, z) pairs per sleep update (0 = e_batch).
       ls_rounds: local-search rounds on the M-step's samples (0 = off); ls_back: steps back.
+      m_samples: GFlowNet samples per data point in the M-step (S).
+      m_weights: "uniform" (1/S) or "is" (self-normalised importance weights, see module doc).
     """
 
     e_batch: int = 256
@@ -74,6 +78,8 @@ class EMConfig:
     sleep_batch: int = 0
     ls_rounds: int = 0
     ls_back: int = 1
+    m_samples: int = 1
+    m_weights: str = "uniform"
 
     def validate(self, n_data: int, max_steps: int, has_sampler: bool = True,
                  n_devices: int = 1) -> None:
@@ -96,6 +102,13 @@ class EMConfig:
             raise ValueError(f"sleep_batch {self.sleep_batch} must be divisible by devices {n_devices}")
         if self.ls_rounds < 0:
             raise ValueError(f"ls_rounds must be >= 0, got {self.ls_rounds}")
+        if self.m_samples < 1:
+            raise ValueError(f"m_samples must be >= 1, got {self.m_samples}")
+        if self.m_weights not in ("uniform", "is"):
+            raise ValueError(f"m_weights must be uniform or is, got {self.m_weights!r}")
+        if self.m_weights == "is" and self.ls_rounds > 0:
+            raise ValueError("m_weights is needs the sampler's own samples: set ls_rounds to 0 "
+                             "(local search changes the proposal)")
         if not 1 <= self.ls_back <= max_steps:
             raise ValueError(f"ls_back must be in [1, {max_steps}] (the trajectory length), got {self.ls_back}")
 
@@ -200,18 +213,25 @@ def em_updates(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
         kr, kl = jax.random.split(key)
         x = batch["m"]
         b = jax.tree.leaves(x)[0].shape[0]
-        traj = gfn.rollout(params, kr, b, log_reward, theta, x, shard.offset(b),
+        S = cfg.m_samples
+        xs = x if S == 1 else jax.tree.map(lambda a: jnp.repeat(a, S, axis=0), x)  # [b*S], point-major
+        traj = gfn.rollout(params, kr, b * S, log_reward, theta, xs, shard.offset(b * S),
                            explore=Exploration())
-        term, acc = traj.terminal, jnp.zeros((b,), jnp.float32)
+        term, acc = traj.terminal, jnp.zeros((b * S,), jnp.float32)
         if cfg.ls_rounds > 0:
-            term, acc = local_search(gfn, log_reward, theta, params, kl, term, x, cfg.ls_rounds,
-                                     cfg.ls_back, shard.offset(b))
-        z = jax.tree.map(lambda a: a[:, None], jax.vmap(to_z)(term))  # S = 1 sample per point
-        return {"x": x, "z": z, "acc": acc}
+            term, acc = local_search(gfn, log_reward, theta, params, kl, term, xs, cfg.ls_rounds,
+                                     cfg.ls_back, shard.offset(b * S))
+        z = jax.tree.map(lambda a: a.reshape((b, S) + a.shape[1:]), jax.vmap(to_z)(term))
+        if cfg.m_weights == "is":
+            ev = gfn.evaluate(jax.lax.stop_gradient(params), traj)
+            logw = traj.log_reward + jnp.sum(ev.log_pb, 1) - jnp.sum(ev.log_pf, 1)
+            w = jax.nn.softmax(logw.reshape(b, S), axis=1)
+        else:
+            w = jnp.full((b, S), 1.0 / S, jnp.float32)
+        return {"x": x, "z": z, "w": w, "acc": acc}
 
     def m_terms(theta, params, aux):
-        w = jnp.ones(jax.tree.leaves(aux["z"])[0].shape[:2], jnp.float32)
-        return joint_terms(model.log_joint, theta, aux["x"], aux["z"], w)
+        return joint_terms(model.log_joint, theta, aux["x"], aux["z"], aux["w"])
 
     def m_reduce(q, aux):
         m = {"ls_accept": jnp.mean(aux["acc"])} if cfg.ls_rounds > 0 else {}

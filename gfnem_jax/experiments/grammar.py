@@ -97,6 +97,11 @@ class GrammarSettings(run_dir.CheckpointSettings):
                            min=0, max=1)
     local_search: int = setting(0, "gflownet: local-search rounds before each M-step (paper: 10)", min=0)
     ls_back: int = setting(2, "gflownet: local search: steps undone with P_B", min=1)
+    m_samples: int = setting(1, "gflownet: GFlowNet trees per sentence in each M-step (paper: 1)",
+                             min=1)
+    m_weights: str = setting("uniform", "gflownet: weights of the M-step's trees: uniform (1/S) or "
+                             "is (self-normalised importance weights p(x,z) P_B / P_F; not with "
+                             "local search)", choices=("uniform", "is"))
     forward_looking: bool = setting(True, "gflownet: plain learned flows instead of forward-looking "
                                     "ones", flag="--no-forward-looking")
     n_buckets: int = setting(4, "gflownet: time buckets of the shrinking root set (0 = no shrinking)",
@@ -133,6 +138,9 @@ class GrammarSettings(run_dir.CheckpointSettings):
                 raise ValueError(f"n_buckets must be in 0..max_len={self.max_len}, got {self.n_buckets}")
             if self.ls_back > self.max_len - 1:
                 raise ValueError(f"ls_back must be in 1..max_len-1={self.max_len - 1}, got {self.ls_back}")
+            if self.m_weights == "is" and self.local_search > 0:
+                raise ValueError("m_weights is needs the GFlowNet's own samples: set local_search "
+                                 "to 0")
             if self.threshold_end > (self.threshold_start or 7.0):
                 raise ValueError(f"threshold_end {self.threshold_end} must not exceed threshold_start")
         if self.grammar not in ("cfg", "ncfg") and not os.path.isfile(self.grammar):

@@ -90,7 +90,8 @@ def build(s, model, vocab_size: int) -> Built:
     cfg = em.EMConfig(e_batch=s.batch_size, m_batch=s.batch_size, schedule=s.schedule,
                       e_steps=s.e_steps, m_steps=s.m_steps, ema_decay=0.9, thr_start=start,
                       thr_end=end, thr_steps=s.threshold_steps, sleep_prob=s.sleep,
-                      ls_rounds=s.local_search, ls_back=s.ls_back)
+                      ls_rounds=s.local_search, ls_back=s.ls_back, m_samples=s.m_samples,
+                      m_weights=s.m_weights)
     return Built(env, gfn, em.LatentModel(log_joint, sample), cfg)
 
 
