@@ -180,10 +180,13 @@ def test_packed_evaluation_setting_gives_the_same_training_step():
         out.append(chunk(st, data))
     (s0, m0), (s1, m1) = out
     np.testing.assert_allclose(np.asarray(m0["loss"]), np.asarray(m1["loss"]), rtol=1e-5)
-    # Adam's first step is ~lr * sign(g): a gradient near 0 may flip sign with float rounding,
-    # so parameters agree to a fraction of one step (lr 1e-3), not to float precision
-    for a, c in zip(jax.tree.leaves(s0.sampler), jax.tree.leaves(s1.sampler)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-4, atol=2e-4)
+    # Adam's first step is ~lr * sign(g) (lr 1e-3): where the gradient is rounding noise (~0) its
+    # sign, and so the step, may flip between the two float orders of summation. Parameters agree
+    # to a fraction of a step except for at most 1% of the entries, which stay within 2 lr.
+    diff = np.concatenate([np.abs(np.asarray(a) - np.asarray(c)).ravel()
+                           for a, c in zip(jax.tree.leaves(s0.sampler), jax.tree.leaves(s1.sampler))])
+    assert np.mean(diff > 2e-4) <= 0.01, np.sort(diff)[-20:]
+    assert diff.max() <= 2e-3 + 1e-6, diff.max()
 
 
 @pytest.mark.parametrize("weights", ["uniform", "is"])
