@@ -419,52 +419,52 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     t_ck = t0
     step = None
     try:
-        for c in range(steps // chunk):
-            data = None if data_fn is None else data_fn(c)
-            state, m = run_chunk(state, data)
-            m = jax.device_get(D.to_local(m))
-            step = int(D.to_local(state.step))
-            bad = _first_non_finite(m, step - chunk)
-            if bad is not None:
-                raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]} (a loss, reward or "
-                                    f"gradient went NaN or Inf); {_kept(last_ck)}")
-            row: Dict[str, Any] = {"step": step}
-            if "loss" in m:
-                loss = np.asarray(m["loss"])
-                sel = np.asarray(m["e_step"], bool) if "e_step" in m else np.ones(loss.shape, bool)
-                if sel.any():
-                    row["loss"] = float(loss[sel].mean())
-                    row["loss_last"] = float(loss[sel][-1])
-            if summarize is not None:
-                row.update(summarize(m))
-            if evaluate is not None:
-                ev = evaluate(D.to_local(state))
-                bad = [k for k, v in ev.items() if isinstance(v, float) and np.isnan(v)]
-                if bad:
-                    raise NonFiniteLoss(f"NaN {bad[0]} in the evaluation after step {step}; "
-                                        + _kept(last_ck))
-                row.update(ev)
-            row["wall_s"] = round(wall_offset + time.perf_counter() - t0, 4)
-            if on_log is not None:
-                on_log(row)
-            bar.update(chunk)
-            bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix
-                             if isinstance(row.get(k), (int, float))}, refresh=False)
-            due = bool(checkpoint_every) and step % checkpoint_every == 0
-            due |= checkpoint_minutes > 0 and time.perf_counter() - t_ck > 60 * checkpoint_minutes
-            if multi:  # one decision for all processes: a checkpoint is collective
-                from jax.experimental import multihost_utils
-                due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-            if on_checkpoint is not None and due:
-                if not bool(_finite_state(D.to_local(state))):
-                    raise NonFiniteLoss(f"non-finite parameters after step {step}; "
-                                        + _kept(last_ck))
-                with _sigint_deferred() as pending:
+        with _sigint_deferred() as interrupted:
+            for c in range(steps // chunk):
+                data = None if data_fn is None else data_fn(c)
+                state, m = run_chunk(state, data)
+                m = jax.device_get(D.to_local(m))
+                step = int(D.to_local(state.step))
+                bad = _first_non_finite(m, step - chunk)
+                if bad is not None:
+                    raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]} (a loss, reward or "
+                                        f"gradient went NaN or Inf); {_kept(last_ck)}")
+                row: Dict[str, Any] = {"step": step}
+                if "loss" in m:
+                    loss = np.asarray(m["loss"])
+                    sel = np.asarray(m["e_step"], bool) if "e_step" in m else np.ones(loss.shape, bool)
+                    if sel.any():
+                        row["loss"] = float(loss[sel].mean())
+                        row["loss_last"] = float(loss[sel][-1])
+                if summarize is not None:
+                    row.update(summarize(m))
+                if evaluate is not None:
+                    ev = evaluate(D.to_local(state))
+                    bad = [k for k, v in ev.items() if isinstance(v, float) and np.isnan(v)]
+                    if bad:
+                        raise NonFiniteLoss(f"NaN {bad[0]} in the evaluation after step {step}; "
+                                            + _kept(last_ck))
+                    row.update(ev)
+                row["wall_s"] = round(wall_offset + time.perf_counter() - t0, 4)
+                if on_log is not None:
+                    on_log(row)
+                bar.update(chunk)
+                bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix
+                                 if isinstance(row.get(k), (int, float))}, refresh=False)
+                due = bool(checkpoint_every) and step % checkpoint_every == 0
+                due |= checkpoint_minutes > 0 and time.perf_counter() - t_ck > 60 * checkpoint_minutes
+                if multi:  # one decision for all processes: a checkpoint is collective
+                    from jax.experimental import multihost_utils
+                    due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+                if on_checkpoint is not None and due:
+                    if not bool(_finite_state(D.to_local(state))):
+                        raise NonFiniteLoss(f"non-finite parameters after step {step}; "
+                                            + _kept(last_ck))
                     on_checkpoint(state)
                     last_ck = step
-                if pending:
+                    t_ck = time.perf_counter()
+                if interrupted:
                     raise KeyboardInterrupt
-                t_ck = time.perf_counter()
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted):
             raise
@@ -480,14 +480,23 @@ _finite_state = jax.jit(tree_finite)
 
 @contextlib.contextmanager
 def _sigint_deferred():
-    """Hold off Ctrl-C (SIGINT) while a checkpoint is written, so that it is either not begun or
-    complete and counted; yields a list that holds True if a SIGINT came meanwhile. Only in the
-    main thread (elsewhere Python delivers no signals and this does nothing)."""
+    """Turn Ctrl-C (SIGINT) into a flag for the training loop: yields a list that holds True once
+    a SIGINT came; the loop stops at the end of the chunk (after its checkpoint, if one is due), so
+    a checkpoint is either not begun or complete and counted, and a SIGINT that lands while
+    Python runs inside a JAX callback (compilation cache, checkpointing threads) is not lost. A
+    second Ctrl-C raises KeyboardInterrupt at once (a long compilation). Only in the main thread
+    (elsewhere Python delivers no signals and this does nothing)."""
     pending: list = []
     if threading.current_thread() is not threading.main_thread():
         yield pending
         return
-    old = signal.signal(signal.SIGINT, lambda *_: pending.append(True))
+
+    def handler(*_):
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(True)
+
+    old = signal.signal(signal.SIGINT, handler)
     try:
         yield pending
     finally:

@@ -240,20 +240,21 @@ def test_ncfg_inside_and_viterbi_equal_enumeration(n, float64):
 
 
 def test_ncfg_posterior_samples_match_enumeration():
-    n = 4
+    n = 3
     g, w = _ncfg_setup(n, 23)
     trees, lj = _enum(g, w, n, nt=NT + 1)
     post = np.asarray(jnp.exp(lj - jax.nn.logsumexp(lj)))
     index = {_key(jax.tree.map(lambda a: a[t], trees)): t for t in range(len(post))}
-    S = 20_000
+    S = 6_000
     samp = jax.device_get(jax.jit(inside.sample)(g, jax.random.PRNGKey(8), jnp.tile(w[None], (S, 1)),
                                                  jnp.full((S,), n)))
     counts = np.zeros(len(post))
     for s in range(S):
         counts[index[_key(jax.tree.map(lambda a: a[s], samp))]] += 1
     tv = 0.5 * np.abs(counts / S - post).sum()
-    # 135 outcomes: sampling noise alone gives E[TV] ~ 0.025
-    assert tv < 0.045, tv
+    # 18 labelled trees (the child's rules depend on the root's label): sampling noise alone
+    # gives E[TV] < 0.02
+    assert tv < 0.04, tv
 
 
 def test_ncfg_gradient_matches_finite_differences(float64):
