@@ -18,8 +18,9 @@ builds (keys all derived from the per-step key ``fold_in(run_key, t)``):
                L(theta) = -(1/N) sum_i sum_s w_is log p_theta(x_i, z_is)          (``expected_nll``)
            with w_is = 1/S (``m_weights`` "uniform"), or self-normalised importance weights
            w_is = softmax_s [log p_theta(x_i, z_is) + log P_B(tau_is | z_is) - log P_F(tau_is | x_i)]
-           ("is": corrects the sampler's error; consistent as S grows; not with local search). Exact EM and mean-field EM use the same function with
-           z = every latent and w = the exact / mean-field posterior.
+           ("is": corrects the sampler's error; consistent as S grows; not with local search).
+           Exact EM and mean-field EM use the same function with z = every latent and w = the
+           exact / mean-field posterior.
   local search (switchable) ``ls_rounds`` rounds of: go back ``ls_back`` steps with P_B, forward
            again with P_F, accept with the Metropolis-Hastings ratio for the target p_theta(x, z).
 Schedules: ``loop.Schedule`` "fixed" (k E-steps then m M-steps) or "adaptive" (an M-step when

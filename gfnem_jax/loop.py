@@ -28,7 +28,6 @@ BATCH_TAG)``; per-sample keys inside ``prepare`` use the sample's global index
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import signal
 import sys
@@ -418,59 +417,61 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     t0 = time.perf_counter()
     t_ck = t0
     step = None
+    interrupted: list = []
+    restore_sigint = _sigint_to_flag(interrupted)
     try:
-        with _sigint_deferred() as interrupted:
-            for c in range(steps // chunk):
-                data = None if data_fn is None else data_fn(c)
-                state, m = run_chunk(state, data)
-                m = jax.device_get(D.to_local(m))
-                step = int(D.to_local(state.step))
-                bad = _first_non_finite(m, step - chunk)
-                if bad is not None:
-                    raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]} (a loss, reward or "
-                                        f"gradient went NaN or Inf); {_kept(last_ck)}")
-                row: Dict[str, Any] = {"step": step}
-                if "loss" in m:
-                    loss = np.asarray(m["loss"])
-                    sel = np.asarray(m["e_step"], bool) if "e_step" in m else np.ones(loss.shape, bool)
-                    if sel.any():
-                        row["loss"] = float(loss[sel].mean())
-                        row["loss_last"] = float(loss[sel][-1])
-                if summarize is not None:
-                    row.update(summarize(m))
-                if evaluate is not None:
-                    ev = evaluate(D.to_local(state))
-                    bad = [k for k, v in ev.items() if isinstance(v, float) and np.isnan(v)]
-                    if bad:
-                        raise NonFiniteLoss(f"NaN {bad[0]} in the evaluation after step {step}; "
-                                            + _kept(last_ck))
-                    row.update(ev)
-                row["wall_s"] = round(wall_offset + time.perf_counter() - t0, 4)
-                if on_log is not None:
-                    on_log(row)
-                bar.update(chunk)
-                bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix
-                                 if isinstance(row.get(k), (int, float))}, refresh=False)
-                due = bool(checkpoint_every) and step % checkpoint_every == 0
-                due |= checkpoint_minutes > 0 and time.perf_counter() - t_ck > 60 * checkpoint_minutes
-                if multi:  # one decision for all processes: a checkpoint is collective
-                    from jax.experimental import multihost_utils
-                    due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
-                if on_checkpoint is not None and due:
-                    if not bool(_finite_state(D.to_local(state))):
-                        raise NonFiniteLoss(f"non-finite parameters after step {step}; "
-                                            + _kept(last_ck))
-                    on_checkpoint(state)
-                    last_ck = step
-                    t_ck = time.perf_counter()
-                if interrupted:
-                    raise KeyboardInterrupt
+        for c in range(steps // chunk):
+            data = None if data_fn is None else data_fn(c)
+            state, m = run_chunk(state, data)
+            m = jax.device_get(D.to_local(m))
+            step = int(D.to_local(state.step))
+            bad = _first_non_finite(m, step - chunk)
+            if bad is not None:
+                raise NonFiniteLoss(f"non-finite {bad[1]} at step {bad[0]} (a loss, reward or "
+                                    f"gradient went NaN or Inf); {_kept(last_ck)}")
+            row: Dict[str, Any] = {"step": step}
+            if "loss" in m:
+                loss = np.asarray(m["loss"])
+                sel = np.asarray(m["e_step"], bool) if "e_step" in m else np.ones(loss.shape, bool)
+                if sel.any():
+                    row["loss"] = float(loss[sel].mean())
+                    row["loss_last"] = float(loss[sel][-1])
+            if summarize is not None:
+                row.update(summarize(m))
+            if evaluate is not None:
+                ev = evaluate(D.to_local(state))
+                bad = [k for k, v in ev.items() if isinstance(v, float) and np.isnan(v)]
+                if bad:
+                    raise NonFiniteLoss(f"NaN {bad[0]} in the evaluation after step {step}; "
+                                        + _kept(last_ck))
+                row.update(ev)
+            row["wall_s"] = round(wall_offset + time.perf_counter() - t0, 4)
+            if on_log is not None:
+                on_log(row)
+            bar.update(chunk)
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in postfix
+                             if isinstance(row.get(k), (int, float))}, refresh=False)
+            due = bool(checkpoint_every) and step % checkpoint_every == 0
+            due |= checkpoint_minutes > 0 and time.perf_counter() - t_ck > 60 * checkpoint_minutes
+            if multi:  # one decision for all processes: a checkpoint is collective
+                from jax.experimental import multihost_utils
+                due = bool(multihost_utils.broadcast_one_to_all(np.asarray(due)))
+            if on_checkpoint is not None and due:
+                if not bool(_finite_state(D.to_local(state))):
+                    raise NonFiniteLoss(f"non-finite parameters after step {step}; "
+                                        + _kept(last_ck))
+                on_checkpoint(state)
+                last_ck = step
+                t_ck = time.perf_counter()
+            if interrupted:
+                raise KeyboardInterrupt
     except KeyboardInterrupt as e:
         if isinstance(e, Interrupted):
             raise
         at = f"after step {step}" if step is not None else "before the first logged step"
         raise Interrupted(f"interrupted {at}; {_kept(last_ck)}") from None
     finally:
+        restore_sigint()
         bar.close()
     return state
 
@@ -478,18 +479,16 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
 _finite_state = jax.jit(tree_finite)
 
 
-@contextlib.contextmanager
-def _sigint_deferred():
-    """Turn Ctrl-C (SIGINT) into a flag for the training loop: yields a list that holds True once
-    a SIGINT came; the loop stops at the end of the chunk (after its checkpoint, if one is due), so
-    a checkpoint is either not begun or complete and counted, and a SIGINT that lands while
-    Python runs inside a JAX callback (compilation cache, checkpointing threads) is not lost. A
-    second Ctrl-C raises KeyboardInterrupt at once (a long compilation). Only in the main thread
-    (elsewhere Python delivers no signals and this does nothing)."""
-    pending: list = []
+def _sigint_to_flag(pending: list) -> Callable[[], None]:
+    """Turn Ctrl-C (SIGINT) into a flag for the training loop; returns the function that puts the
+    previous handler back. The first SIGINT appends True to ``pending`` and the loop stops at the
+    end of the chunk (after its checkpoint, if one is due), so a checkpoint is either not begun or
+    complete and counted, and a SIGINT that lands while Python runs inside a JAX callback
+    (compilation cache, checkpointing threads) is not lost. A second Ctrl-C raises
+    KeyboardInterrupt at once (a long compilation). Only in the main thread (elsewhere Python
+    delivers no signals and this does nothing)."""
     if threading.current_thread() is not threading.main_thread():
-        yield pending
-        return
+        return lambda: None
 
     def handler(*_):
         if pending:
@@ -497,10 +496,7 @@ def _sigint_deferred():
         pending.append(True)
 
     old = signal.signal(signal.SIGINT, handler)
-    try:
-        yield pending
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
+    return lambda: signal.signal(signal.SIGINT, signal.SIG_DFL if old is None else old)
 
 
 def _kept(last_ck) -> str:

@@ -266,8 +266,7 @@ def synthetic(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: i
     X = np.stack([w for _, w, _ in got]).astype(np.int32)
     L = np.asarray([n for _, _, n in got], np.int32)
     X = np.where(np.arange(max_len)[None] < L[:, None], X, 0).astype(np.int32)
-    logp = jax.device_get(jax.jit(inside.log_marginal)(g, jnp.asarray(X), jnp.asarray(L)))
-    logp = logp - _log_accept(g, max_len)
+    logp = _corpus_log_probs(g, X, L, max_len)
     out = []
     for lo, hi in ((0, n_train), (n_train, need)):
         x, l = X[lo:hi], L[lo:hi]
@@ -279,10 +278,16 @@ def synthetic(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: i
     return out[0], out[1], g
 
 
-def _log_accept(grammar, max_len: int) -> float:
-    """log P(2 <= n <= max_len) of a grammar's sentences (the rejection sampler's acceptance)."""
+def _corpus_log_probs(grammar, X: np.ndarray, L: np.ndarray, max_len: int, chunk: int = 1024):
+    """float64[B]: log p(x) - log P(2 <= n <= max_len) of each sentence, the exact log-probability
+    under the distribution a rejection sampler of 2..max_len words draws from (inside, in chunks of
+    ``chunk`` sentences; an NCFG through its parent annotation)."""
     from gfnem_jax import inside
-    return float(jax.nn.logsumexp(jax.jit(inside.length_log_probs, static_argnums=1)(grammar, max_len)))
+    lm = jax.jit(inside.log_marginal)
+    logp = np.concatenate([np.asarray(lm(grammar, X[i:i + chunk], L[i:i + chunk]), np.float64)
+                           for i in range(0, len(L), chunk)])
+    log_accept = jax.nn.logsumexp(jax.jit(inside.length_log_probs, static_argnums=1)(grammar, max_len))
+    return logp - float(log_accept)
 
 
 def synthetic_ncfg_grammar(key, nt: int = 5, pt: int = 10, v: int = 50, rule_scale: float = 4.0):
@@ -331,11 +336,7 @@ def synthetic_ncfg(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_l
     LJ = np.concatenate(ljs)[:need]
     L = np.asarray(T.length, np.int32)
     vocab = [UNK] + [f"w{i}" for i in range(1, v)]
-    logp = None
-    if gm.annotatable(nt):
-        from gfnem_jax import inside
-        logp = np.concatenate([np.asarray(jax.jit(inside.log_marginal)(g, X[i:i + 1024], L[i:i + 1024]))
-                               for i in range(0, need, 1024)]) - _log_accept(g, max_len)
+    logp = _corpus_log_probs(g, X, L, max_len) if gm.annotatable(nt) else None
     out = []
     for lo, hi in ((0, n_train), (n_train, need)):
         gold = [[[int(T.left[b, m]), int(T.right[b, m]) - 1] for m in range(L[b] - 1)]

@@ -3,9 +3,9 @@
 A run directory (``run``) holds:
   config.json     every setting (``GrammarSettings``);
   vocab.json      the vocabulary (index = word id; 0 is <unk>); data.json: {"n_train"};
-  metrics.jsonl   one row per evaluation: step, nll_per_token (exact; null for an NCFG too large to annotate), sentence_f1,
-                  corpus_f1 (Viterbi trees; null without gold trees), sample_sentence_f1,
-                  sample_corpus_f1 (trees sampled from the posterior), loss, wall_s;
+  metrics.jsonl   one row per evaluation: step, nll_per_token (exact; null for an NCFG too large
+                  to annotate), sentence_f1, corpus_f1 (Viterbi trees; null without gold trees),
+                  sample_sentence_f1, sample_corpus_f1 (trees sampled from the posterior), loss, wall_s;
   checkpoint/     the training state (``gfnem_jax.checkpoint``, atomic; ``run_dir.Checkpoints``:
                   every ``checkpoint_every`` steps, after ``checkpoint_minutes``, at the end);
   summary.json    final metrics, the generating grammar's NLL (synthetic corpus), corpus statistics.
@@ -368,7 +368,8 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
         state = host_loop(state, run_chunk, s.steps - done, chunk, summarize=plan.summarize,
                           evaluate=plan.evaluate, on_log=on_log, progress=progress,
                           desc=f"grammar/{s.method}", wall_offset=offset + time.perf_counter() - t0,
-                          postfix=tuple(k for k, ok in (("loss", True), ("nll_per_token", s.grammar != "ncfg" or G.annotatable(s.nt)),
+                          postfix=tuple(k for k, ok in (("loss", True),
+                                                        ("nll_per_token", s.grammar != "ncfg" or G.annotatable(s.nt)),
                                                         ("is_nll_per_token", s.method == "gflownet"),
                                                         ("corpus_f1", ev.gold is not None)) if ok),
                           **cks.loop_kwargs())
