@@ -49,8 +49,13 @@ def main():
     ap.add_argument("--m-samples", type=int, default=1, help="GFlowNet trees per sentence per M-step")
     ap.add_argument("--m-weights", default="uniform", choices=("uniform", "is"),
                     help="M-step weights: uniform (1/S) or self-normalised importance weights")
+    ap.add_argument("--lr-drop", type=float, default=1.0, help="every run: the grammar's learning "
+                    "rate times this after --lr-drop-at of its updates (1 = constant)")
+    ap.add_argument("--lr-drop-at", type=float, default=0.75)
+    ap.add_argument("--cfg-gflownet", action="store_true", help="with --ncfg-corpus: also train "
+                    "the CFG by GFlowNet-EM (the like-for-like comparison of the two grammars)")
     ap.add_argument("--only", default="", help="comma-separated runs to do (marginal, gflownet, "
-                    "ncfg_marginal; default all)")
+                    "ncfg_marginal, cfg_gflownet; default all)")
     ap.add_argument("--synth-nt", type=int, default=5, help="nonterminals of the generating grammar")
     ap.add_argument("--synth-pt", type=int, default=10, help="preterminals of the generating grammar")
     ap.add_argument("--eval-samples", type=int, default=8)
@@ -60,21 +65,22 @@ def main():
     common = dict(nt=a.nt, pt=a.pt, dim=a.dim, lr=a.lr, max_len=a.max_len, batch_size=a.batch_size,
                   synth_train=a.synth_train, synth_valid=a.synth_valid, seed=a.seed, eval_batch=100,
                   synth_ncfg=a.ncfg_corpus, eval_samples=a.eval_samples, synth_nt=a.synth_nt,
-                  synth_pt=a.synth_pt)
+                  synth_pt=a.synth_pt, lr_drop=a.lr_drop, lr_drop_at=a.lr_drop_at)
     gfn_steps = a.m_updates * (a.e_per_m + 1)
+    gfn = dict(method="gflownet", steps=gfn_steps, schedule="fixed", e_steps=a.e_per_m, m_steps=1,
+               policy_dim=a.policy_dim, policy_layers=a.policy_layers, policy_heads=4,
+               policy_enc_layers=1, log_every=max(gfn_steps // a.evals, 1),
+               m_samples=a.m_samples, m_weights=a.m_weights)
     runs = {
         "marginal": E.GrammarSettings(method="marginal", steps=a.m_updates,
                                       log_every=max(a.m_updates // a.evals, 1), **common),
-        "gflownet": E.GrammarSettings(method="gflownet", steps=gfn_steps, schedule="fixed",
-                                      grammar="ncfg" if a.ncfg_corpus else "cfg",
-                                      e_steps=a.e_per_m, m_steps=1, policy_dim=a.policy_dim,
-                                      policy_layers=a.policy_layers, policy_heads=4,
-                                      policy_enc_layers=1, log_every=max(gfn_steps // a.evals, 1),
-                                      m_samples=a.m_samples, m_weights=a.m_weights, **common),
+        "gflownet": E.GrammarSettings(grammar="ncfg" if a.ncfg_corpus else "cfg", **gfn, **common),
     }
     if a.ncfg_corpus and a.ncfg_marginal:
         runs["ncfg_marginal"] = E.GrammarSettings(method="marginal", steps=a.m_updates, grammar="ncfg",
                                                   log_every=max(a.m_updates // a.evals, 1), **common)
+    if a.ncfg_corpus and a.cfg_gflownet:
+        runs["cfg_gflownet"] = E.GrammarSettings(grammar="cfg", **gfn, **common)
     if a.only:
         runs = {k: v for k, v in runs.items() if k in a.only.split(",")}
     res = {"settings": vars(a), "runs": {}}

@@ -164,6 +164,12 @@ def time_to_l1(res):
     return None
 
 
+def train_time_to_l1(res):
+    """Seconds from the run's first update to L1 < target: the training alone, start-up excluded."""
+    t = time_to_l1(res)
+    return None if t is None else round(t - res["t_first_step_s"], 3)
+
+
 def worker_flags(ndim, batch, steps, eval_every, max_s, peer, device, loss="tb", replay=None):
     shared = peer == "gfnx"
     fl = ["--ndim", str(ndim), "--height", "8", "--batch", str(batch), "--steps", str(steps),
@@ -229,6 +235,9 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         t_l1_ratio=round(p_t / o_t, 2) if (o_t and p_t) else None,
         ours_t_l1_warm=ours_t_warm,
         t_l1_ratio_warm=round(p_t / ours_t_warm, 2) if (ours_t_warm and p_t) else None,
+        ours_t_l1_train=train_time_to_l1(ours_runs[0]),
+        peer_t_l1_train=med([train_time_to_l1(r) for r in peer_runs]),
+        t_l1_train_ratio=None,
         peer_t_total=round(peer_runs[-1]["evals"][-1]["t_s"], 2),
         ours_rss_mib=med([r["peak_rss_mib"] for r in ours_runs]),
         peer_rss_mib=med([r["peak_rss_mib"] for r in peer_runs]),
@@ -242,6 +251,8 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         ours_l1_curve=[[e["step"], e["t_s"], l] for e, l in zip(ours_runs[-1]["evals"], ours_runs[-1]["l1"])],
         peer_l1_curve=[[e["step"], e["t_s"], round(l, 5)] for e, l in zip(peer_runs[-1]["evals"], peer_runs[-1]["l1"])],
     )
+    if row["ours_t_l1_train"] and row["peer_t_l1_train"]:
+        row["t_l1_train_ratio"] = round(row["peer_t_l1_train"] / row["ours_t_l1_train"], 2)
     return row
 
 
@@ -267,11 +278,12 @@ def markdown(rows, meta) -> str:
              f"(iterations/s) and peer / ours (time to exact L1 < {L1_TARGET}, from launch); ours cold: "
              f"an empty compilation cache, warm: the same run again with the cache filled (the "
              f"default of `gfnem train`); '—': not reached "
-             f"within the run (the peer's run length is in the last column).", "",
+             f"within the run (the peer's run length is in the steps / s column); training t(L1): from each run's "
+             f"first update, start-up (imports, compilation) excluded.", "",
              "| peer | config | ours it/s | peer it/s | ratio | ours L1 | peer L1 | ours t(L1<0.05) s cold / warm "
              "| peer t(L1<0.05) s | t ratio cold / warm | ours RSS MiB | peer RSS MiB | ours 1st step cold / warm s "
-             "| peer 1st step s | peer steps / s run |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peer 1st step s | peer steps / s run | training t(L1<0.05) s ours / peer (ratio) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
             f"| {r['peer']} | {r['config']} | {r['ours_its']:.1f} | {r['peer_its']:.1f} | "
@@ -279,7 +291,9 @@ def markdown(rows, meta) -> str:
             f"{fmt(r.get('ours_t_l1_warm'))} | {fmt(r['peer_t_l1'])} | {fmt(r['t_l1_ratio'], 2)} / "
             f"{fmt(r.get('t_l1_ratio_warm'), 2)} | {r['ours_rss_mib']:.0f} | "
             f"{r['peer_rss_mib']:.0f} | {fmt(r['ours_ttfs_cold'])} / {fmt(r['ours_ttfs_warm'])} | "
-            f"{fmt(r['peer_ttfs'])} | {r['peer_steps']} / {r['peer_t_total']:.0f} |")
+            f"{fmt(r['peer_ttfs'])} | {r['peer_steps']} / {r['peer_t_total']:.0f} | "
+            f"{fmt(r.get('ours_t_l1_train'), 2)} / {fmt(r.get('peer_t_l1_train'), 2)} "
+            f"({fmt(r.get('t_l1_train_ratio'), 2)}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -209,7 +209,7 @@ def _train_mixture(args):
         s = config.from_args(mixture.MixtureSettings, args)
         s.validate()
         if args.resume:
-            run_dir.check_resume(s.to_dict(), args.out)
+            run_dir.check_resume(s.to_dict(), args.out, defaults=mixture.MixtureSettings.defaults())
         return s
 
     s = _settings_or_fail(args, classes, make)

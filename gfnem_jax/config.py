@@ -81,6 +81,12 @@ class Settings:
         return dataclasses.asdict(self)
 
     @classmethod
+    def defaults(cls) -> Dict[str, Any]:
+        """Every setting's declared default, by name."""
+        return {f.name: f.default for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
+
+    @classmethod
     def from_dict(cls: Type[T], d: Dict[str, Any]) -> T:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)

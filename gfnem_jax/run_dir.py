@@ -93,12 +93,14 @@ _MISSING = object()
 
 
 def _differences(saved: Dict[str, Any], new: Dict[str, Any], allowed: Iterable[str],
-                 prefix: str = "") -> List[str]:
+                 prefix: str = "", defaults: Optional[Dict[str, Any]] = None) -> List[str]:
     out = []
     for k in sorted(set(saved) | set(new)):
         if prefix + k in allowed:
             continue
         a, b = saved.get(k, _MISSING), new.get(k, _MISSING)
+        if a is _MISSING and defaults is not None:
+            a = defaults.get(k, _MISSING)  # a setting added after the run was written
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, allowed, prefix + k + ".")
         elif a != b:
@@ -108,14 +110,16 @@ def _differences(saved: Dict[str, Any], new: Dict[str, Any], allowed: Iterable[s
 
 
 def check_resume(cfg: Dict[str, Any], out: str,
-                 allowed: Tuple[str, ...] = RESUMABLE) -> Dict[str, Any]:
+                 allowed: Tuple[str, ...] = RESUMABLE,
+                 defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The saved config of OUT if ``cfg`` may resume it; else ValueError naming each setting that
     differs (only ``allowed`` may change). OUT needs a config.json, not a checkpoint: a run
-    killed before its first checkpoint resumes from step 0."""
+    killed before its first checkpoint resumes from step 0. ``defaults`` (top-level settings):
+    a setting the saved config lacks (a run written by an older version) counts as its default."""
     saved = read_config(out)
     if saved is None:
         raise ValueError(f"resume: {out!r} holds no run to resume (no readable {CONFIG})")
-    diff = _differences(saved, cfg, allowed)
+    diff = _differences(saved, cfg, allowed, defaults=defaults)
     if diff:
         raise ValueError(f"resume: settings differ from the saved run in {'; '.join(diff)} "
                          f"(only {', '.join(allowed)} may change)")

@@ -36,3 +36,52 @@ def float64():
         yield
     assert jax.config.jax_enable_x64 == before
 
+
+
+# The longest tests (measured on the 2-core CI machine, 15-66 s each) go first, longest first:
+# pytest-xdist hands out its first batch round-robin, so they spread over the workers and the
+# run ends on short tests instead of one worker finishing a long one while the other idles.
+LONG_FIRST = (
+    "test_mixture.py::test_default_run_matches_exact_em",
+    "test_dvae_devices.py::test_dvae_on_two_devices_agrees_with_one",
+    "test_distributed.py::test_two_processes_of_two_devices_equal_one_process_of_four",
+    "test_dvae_encoder.py::test_encoder_matches_posterior_one_image",
+    "test_multidevice.py::test_four_devices_agree_with_one_for_every_objective",
+    "test_multidevice.py::test_mixture_em_on_four_devices",
+    "test_notebooks.py::test_notebook_runs_and_checks_its_numbers[grammar_gflownet_em",
+    "test_notebooks.py::test_notebook_runs_and_checks_its_numbers[energy_based",
+    "test_grammar_gfn.py::test_gflownet_learns_the_exact_posterior_of_one_sentence",
+    "test_notebooks.py::test_notebook_runs_and_checks_its_numbers[discrete_vae",
+    "test_em.py::test_e_step_alone_matches_exact_posterior",
+    "test_ebm_loop.py::test_two_devices_agree_with_one",
+    "test_grammar_gfn.py::test_packed_evaluation_setting_gives_the_same_training_step",
+    "test_notebooks.py::test_notebook_runs_and_checks_its_numbers[mixture_em",
+    "test_convergence.py::test_2d_hypergrid_reaches_exact_l1_below_005",
+    "test_resume.py::test_grammar_kill9_then_resume_is_bitwise_identical",
+    "test_resume.py::test_mixture_kill9_then_resume_is_bitwise_identical",
+    "test_notebooks.py::test_notebook_runs_and_checks_its_numbers[quickstart",
+    "test_docs.py::test_docs_build_without_warnings",
+)
+
+
+# Module-scoped fixtures that cost 10-40 s to build: their tests share one xdist worker
+# (--dist loadgroup, setup.cfg), so the fixture is built once, not once per worker.
+SHARED_FIXTURES = {("test_grammar_gfn.py", "trained"), ("test_cli.py", "two_runs"),
+                   ("test_parse_tree_policy.py", "params"), ("test_parse_tree_rollout.py", "params")}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        for fixture in item.fixturenames:
+            if (module, fixture) in SHARED_FIXTURES:
+                item.add_marker(pytest.mark.xdist_group(f"{module}:{fixture}"))
+                break
+
+    def rank(item):
+        for i, prefix in enumerate(LONG_FIRST):
+            if prefix in item.nodeid:
+                return i
+        return len(LONG_FIRST)
+    items.sort(key=rank)  # stable: the rest keep their order

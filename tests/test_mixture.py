@@ -125,7 +125,8 @@ def test_cli_rejects_bad_flags_before_writing(tmp_path, capsys, flag, value):
 
 
 @pytest.mark.parametrize("schedule,extra", [
-    ("fixed", []),
+    # the fixed schedule's default run (66 s on 2 cores) runs with -m slow; CI keeps the adaptive one
+    pytest.param("fixed", [], marks=pytest.mark.slow),
     # the default adaptive run, cut at step 5000 of its 12000 (the same threshold schedule): it has
     # converged by step 3500, and its remaining 7000 steps cost a minute on 2 cores
     ("adaptive", ["--steps", "5000", "--threshold-steps", "12000"])])

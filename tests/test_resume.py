@@ -283,3 +283,18 @@ def test_ctrl_c_stops_with_one_line_naming_the_step_and_the_checkpoint(tmp_path)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith("gfnem: interrupted after step ") and "--resume" in lines[0], err
     assert "checkpoint (step " in lines[0], err
+
+
+def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path):
+    """A config.json without a setting added later resumes when the setting is at its default,
+    and is refused, naming it, when it is not."""
+    from gfnem_jax.experiments.grammar import GrammarSettings
+    s = GrammarSettings(nt=3, pt=4)
+    old = {k: v for k, v in s.to_dict().items() if k not in ("lr_drop", "lr_drop_at")}
+    run_dir.write_config(str(tmp_path), old)
+    run_dir.check_resume(s.to_dict(), str(tmp_path), defaults=GrammarSettings.defaults())
+    with pytest.raises(ValueError, match=r"lr_drop \(saved unset, now 1.0\)"):
+        run_dir.check_resume(s.to_dict(), str(tmp_path))  # without defaults: a difference
+    with pytest.raises(ValueError, match=r"lr_drop \(saved 1.0, now 0.5\)"):
+        run_dir.check_resume(s.replace(lr_drop=0.5).to_dict(), str(tmp_path),
+                             defaults=GrammarSettings.defaults())

@@ -338,11 +338,8 @@ def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict
     s = _settings(settings)
     train, test = load_data(s)
     cfg = s.to_dict()
-    if resume:
-        saved = run_dir.read_config(out) or {}
-        # a run saved before the devices setting existed ran on one device
-        run_dir.check_resume(cfg if "devices" in saved or s.devices != 1
-                             else {k: v for k, v in cfg.items() if k != "devices"}, out)
+    if resume:  # a setting added since the run was saved counts as its default
+        run_dir.check_resume(cfg, out, defaults=DVAESettings.defaults())
     b = Built(s, train.shape[1:], jnp.asarray(train[0]))
     state, ck = run_dir.restore_latest(out, b.state, resume)
     done = int(state.step)

@@ -394,7 +394,7 @@ def run(settings: EBMSettings, out: str, progress: bool = True, resume: bool = F
     ebm = build(settings, d)
     cfg = {"task": "ebm", "d": d, **settings.to_dict()}
     if resume:
-        run_dir.check_resume(cfg, out)
+        run_dir.check_resume(cfg, out, defaults=type(settings).defaults())
     st, ck = run_dir.restore_latest(out, init_state(ebm, settings.seed), resume)
     done = int(st.step)
     run_dir.check_steps(settings.steps, done, out)

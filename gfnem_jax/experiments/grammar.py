@@ -58,6 +58,10 @@ class GrammarSettings(run_dir.CheckpointSettings):
     seed: int = setting(0, "seed of the initialization, the batches and the samplers", min=0)
     lr: float = setting(1e-3, "Adam learning rate of the grammar", gt=0)
     grad_clip: float = setting(3.0, "gradient clipping by global norm (0 = off)", min=0)
+    lr_drop: float = setting(1.0, "multiply the grammar's learning rate by this after lr_drop_at of "
+                             "its updates (1 = constant)", gt=0, max=1)
+    lr_drop_at: float = setting(0.75, "fraction of the grammar's updates after which lr_drop applies",
+                                min=0, max=1)
     samples: int = setting(1, "exact-sampling: trees per sentence", min=1)
     mcmc_steps: int = setting(20, "mc-em: MH steps per training step and sentence", min=1)
     eval_mcmc_steps: int = setting(200, "NCFG evaluation / parsing: MH steps from near-uniform trees", min=1)
@@ -138,6 +142,9 @@ class GrammarSettings(run_dir.CheckpointSettings):
                 raise ValueError(f"n_buckets must be in 0..max_len={self.max_len}, got {self.n_buckets}")
             if self.ls_back > self.max_len - 1:
                 raise ValueError(f"ls_back must be in 1..max_len-1={self.max_len - 1}, got {self.ls_back}")
+            if self.lr_drop < 1 and self.schedule == "adaptive" and not self.posterior_only:
+                raise ValueError("lr_drop < 1 needs a known number of grammar updates: set schedule "
+                                 "fixed (the adaptive schedule decides its M-steps as it runs)")
             if self.m_weights == "is" and self.local_search > 0:
                 raise ValueError("m_weights is needs the GFlowNet's own samples: set local_search "
                                  "to 0")
@@ -186,8 +193,23 @@ def build_model(s: GrammarSettings, vocab_size: int):
     return TableGrammar(nt, pt, v), g, True, vocab
 
 
+def grammar_updates(s: GrammarSettings) -> int:
+    """How many updates the grammar's optimizer makes in the whole run: every step, or for
+    GFlowNet-EM's fixed schedule the M-steps of ``steps`` (cycles of e_steps then m_steps)."""
+    if s.method != "gflownet":
+        return s.steps
+    full, rest = divmod(s.steps, s.e_steps + s.m_steps)
+    return full * s.m_steps + max(0, rest - s.e_steps)
+
+
 def make_optimizer(s: GrammarSettings):
-    adam = optax.adam(s.lr, b1=0.75, b2=0.999)  # Kim et al. 2019
+    """Adam on the grammar (b1 0.75, as Kim et al. 2019), its learning rate times ``lr_drop``
+    after ``lr_drop_at`` of ``grammar_updates(s)``; global-norm clipping first."""
+    lr = s.lr
+    if s.lr_drop < 1:
+        lr = optax.piecewise_constant_schedule(
+            s.lr, {max(1, int(s.lr_drop_at * grammar_updates(s))): s.lr_drop})
+    adam = optax.adam(lr, b1=0.75, b2=0.999)  # Kim et al. 2019
     return optax.chain(optax.clip_by_global_norm(s.grad_clip), adam) if s.grad_clip > 0 else adam
 
 
@@ -334,7 +356,7 @@ def run(settings: GrammarSettings, out: str, progress: bool = True, resume: bool
     s = settings
     s.validate()
     if resume:
-        run_dir.check_resume(s.to_dict(), out)
+        run_dir.check_resume(s.to_dict(), out, defaults=GrammarSettings.defaults())
     t0 = time.perf_counter()
     fvocab = None if s.grammar in ("cfg", "ncfg") else G.load_npz(s.grammar)[1]
     tr, ev, gen = load_data(s, fvocab)
