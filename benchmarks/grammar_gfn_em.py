@@ -49,6 +49,8 @@ def main():
     ap.add_argument("--m-samples", type=int, default=1, help="GFlowNet trees per sentence per M-step")
     ap.add_argument("--m-weights", default="uniform", choices=("uniform", "is"),
                     help="M-step weights: uniform (1/S) or self-normalised importance weights")
+    ap.add_argument("--local-search", type=int, default=0, help="GFlowNet-EM: rounds of "
+                    "back-and-forth Metropolis-Hastings on the M-step's trees (paper: 10)")
     ap.add_argument("--lr-drop", type=float, default=1.0, help="every run: the grammar's learning "
                     "rate times this after --lr-drop-at of its updates (1 = constant)")
     ap.add_argument("--lr-drop-at", type=float, default=0.75)
@@ -57,6 +59,8 @@ def main():
     ap.add_argument("--only", default="", help="comma-separated runs to do (marginal, gflownet, "
                     "ncfg_marginal, cfg_gflownet; default all)")
     ap.add_argument("--synth-nt", type=int, default=5, help="nonterminals of the generating grammar")
+    ap.add_argument("--synth-rule-scale", type=float, default=4.0,
+                    help="--ncfg-corpus: logit scale of the generating NCFG's rule tables")
     ap.add_argument("--synth-pt", type=int, default=10, help="preterminals of the generating grammar")
     ap.add_argument("--eval-samples", type=int, default=8)
     ap.add_argument("--work", default=tempfile.mkdtemp(prefix="grammar_gfn_em_"))
@@ -65,12 +69,13 @@ def main():
     common = dict(nt=a.nt, pt=a.pt, dim=a.dim, lr=a.lr, max_len=a.max_len, batch_size=a.batch_size,
                   synth_train=a.synth_train, synth_valid=a.synth_valid, seed=a.seed, eval_batch=100,
                   synth_ncfg=a.ncfg_corpus, eval_samples=a.eval_samples, synth_nt=a.synth_nt,
-                  synth_pt=a.synth_pt, lr_drop=a.lr_drop, lr_drop_at=a.lr_drop_at)
+                  synth_pt=a.synth_pt, lr_drop=a.lr_drop, lr_drop_at=a.lr_drop_at,
+                  synth_rule_scale=a.synth_rule_scale)
     gfn_steps = a.m_updates * (a.e_per_m + 1)
     gfn = dict(method="gflownet", steps=gfn_steps, schedule="fixed", e_steps=a.e_per_m, m_steps=1,
                policy_dim=a.policy_dim, policy_layers=a.policy_layers, policy_heads=4,
                policy_enc_layers=1, log_every=max(gfn_steps // a.evals, 1),
-               m_samples=a.m_samples, m_weights=a.m_weights)
+               m_samples=a.m_samples, m_weights=a.m_weights, local_search=a.local_search)
     runs = {
         "marginal": E.GrammarSettings(method="marginal", steps=a.m_updates,
                                       log_every=max(a.m_updates // a.evals, 1), **common),

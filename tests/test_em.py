@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _o2 import jit_o2
 
 from gfnem_jax import em, loop, metrics, objectives
 from gfnem_jax.envs.sequence import SeqState, Sequence
@@ -149,7 +150,7 @@ def test_e_step_alone_matches_exact_posterior():
     mtx = optax.sgd(0.1)
     step = em.make_em_step(gfn, em.LatentModel(MODEL.log_joint), cfg, gtx, mtx)
     st = loop.init_state(params, gtx, theta, mtx, jax.random.PRNGKey(0))
-    chunk = loop.make_chunk(step, 1000, em.batch_fn(cfg, data.shape[0]))
+    chunk = jit_o2(loop.make_chunk(step, 1000, em.batch_fn(cfg, data.shape[0])))  # run-bound
     for _ in range(3):
         st, m = chunk(st, data)
     assert not np.asarray(m["m_step"]).any()

@@ -6,6 +6,7 @@ import dataclasses
 from typing import NamedTuple
 
 import flax.linen as nn
+from _o2 import jit_o2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,7 +204,7 @@ def test_trains_end_to_end_to_the_exact_posterior_per_sentence():
     def draw(data, key, i):  # the data set is an argument of the chunk, batches drawn inside
         return jax.tree.map(lambda a: a[jax.random.randint(key, (48,), 0, 3)], data)
 
-    run = loop.make_chunk(step, 300, draw)
+    run = jit_o2(loop.make_chunk(step, 300, draw))  # run-bound
     for _ in range(3):
         state, m = run(state, SENTENCES)
     traj = gfn.sample(state.sampler, jax.random.PRNGKey(9), 3, ENV.log_reward,

@@ -307,16 +307,16 @@ def synthetic_ncfg_grammar(key, nt: int = 5, pt: int = 10, v: int = 50, rule_sca
 
 @functools.lru_cache(maxsize=4)
 def synthetic_ncfg(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: int = 20,
-                   nt: int = 5, pt: int = 10, v: int = 50):
+                   nt: int = 5, pt: int = 10, v: int = 50, rule_scale: float = 4.0):
     """(train Corpus, valid Corpus, generating NCFG): sentences and gold trees drawn by
-    ``models.grammar.sample`` from ``synthetic_ncfg_grammar``.
+    ``models.grammar.sample`` from ``synthetic_ncfg_grammar`` (``rule_scale``: its logit scale).
     ``stats["true_nll_per_token"]`` is the exact NLL per token of the corpus's distribution (the
     grammar conditioned on 2 <= n <= max_len, as ``synthetic``), by inside on the parent
     annotation (None when ``nt`` is too large to annotate), and
     ``stats["true_log_joint_per_token"]`` is -sum log p(x, z_gold) / tokens (an upper bound)."""
     from gfnem_jax.models import grammar as gm
     key = jax.random.PRNGKey(seed)
-    g = synthetic_ncfg_grammar(jax.random.fold_in(key, 0), nt, pt, v)
+    g = synthetic_ncfg_grammar(jax.random.fold_in(key, 0), nt, pt, v, rule_scale)
     gen = jax.jit(jax.vmap(lambda k: gm.sample(g, k, max_len)))
     lj = jax.jit(jax.vmap(lambda w, t: gm.log_joint(g, w, t)))
     need = n_train + n_valid

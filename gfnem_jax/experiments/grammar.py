@@ -75,6 +75,8 @@ class GrammarSettings(run_dir.CheckpointSettings):
     synth_vocab: int = setting(50, "synthetic corpus: words of the generating grammar", min=2)
     synth_ncfg: bool = setting(False, "synthetic corpus: generate from a random non-context-free "
                                "grammar (each rule conditioned on the parent's label)")
+    synth_rule_scale: float = setting(4.0, "synthetic NCFG corpus: logit scale of its rule tables "
+                                      "(larger: the parent's label matters more)", gt=0)
     # -- method gflownet (GFlowNet-EM; experiments/grammar_gfn.py) --
     policy_layers: int = setting(6, "gflownet: transformer layers over the roots", min=1)
     policy_dim: int = setting(512, "gflownet: transformer width", min=1)
@@ -172,9 +174,10 @@ def load_data(s: GrammarSettings, vocab=None):
     """(train Corpus, eval Corpus, generating grammar or None). vocab: fixed (file grammar)."""
     unknown = "error" if vocab is not None else "unk"
     if s.corpus == "synthetic":
-        make = C.synthetic_ncfg if s.synth_ncfg else C.synthetic
-        tr, va, gen = make(s.seed, s.synth_train, s.synth_valid, s.max_len, s.synth_nt,
-                           s.synth_pt, s.synth_vocab)
+        args = (s.seed, s.synth_train, s.synth_valid, s.max_len, s.synth_nt, s.synth_pt,
+                s.synth_vocab)
+        tr, va, gen = (C.synthetic_ncfg(*args, rule_scale=s.synth_rule_scale) if s.synth_ncfg
+                       else C.synthetic(*args))
         if vocab is not None:
             tr, va = [dataclasses.replace(c, words=C.encode(c.tokens, vocab, s.max_len, unknown)[0],
                                           vocab=list(vocab)) for c in (tr, va)]
