@@ -226,6 +226,7 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
     o_its, p_its = med([r["its"] for r in ours_runs]), med([r["its"] for r in peer_runs])
     o_t = time_to_l1(ours_runs[0])  # cold: the later runs find the compilation cache filled
     p_t = med([time_to_l1(r) for r in peer_runs])
+    o_tr, p_tr = train_time_to_l1(ours_runs[0]), med([train_time_to_l1(r) for r in peer_runs])
     row = dict(
         peer=peer, config=cfg, ours_its=round(o_its, 2), peer_its=round(p_its, 2),
         ratio=round(o_its / p_its, 2),
@@ -235,9 +236,8 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         t_l1_ratio=round(p_t / o_t, 2) if (o_t and p_t) else None,
         ours_t_l1_warm=ours_t_warm,
         t_l1_ratio_warm=round(p_t / ours_t_warm, 2) if (ours_t_warm and p_t) else None,
-        ours_t_l1_train=train_time_to_l1(ours_runs[0]),
-        peer_t_l1_train=med([train_time_to_l1(r) for r in peer_runs]),
-        t_l1_train_ratio=None,
+        ours_t_l1_train=o_tr, peer_t_l1_train=p_tr,
+        t_l1_train_ratio=round(p_tr / o_tr, 2) if (o_tr and p_tr) else None,
         peer_t_total=round(peer_runs[-1]["evals"][-1]["t_s"], 2),
         ours_rss_mib=med([r["peak_rss_mib"] for r in ours_runs]),
         peer_rss_mib=med([r["peak_rss_mib"] for r in peer_runs]),
@@ -251,8 +251,6 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         ours_l1_curve=[[e["step"], e["t_s"], l] for e, l in zip(ours_runs[-1]["evals"], ours_runs[-1]["l1"])],
         peer_l1_curve=[[e["step"], e["t_s"], round(l, 5)] for e, l in zip(peer_runs[-1]["evals"], peer_runs[-1]["l1"])],
     )
-    if row["ours_t_l1_train"] and row["peer_t_l1_train"]:
-        row["t_l1_train_ratio"] = round(row["peer_t_l1_train"] / row["ours_t_l1_train"], 2)
     return row
 
 

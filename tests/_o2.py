@@ -18,6 +18,4 @@ def o2_env() -> dict:
 def jit_o2(fn, **kw):
     """``jax.jit(fn)`` compiled at O2; ``fn`` may itself be jitted (it is inlined)."""
     import jax
-    if os.environ.get("GFNEM_TEST_JIT_O2", "1") == "0":  # to measure what it saves
-        return jax.jit(fn, **kw)
     return jax.jit(fn, compiler_options=O2_OPTIONS, **kw)

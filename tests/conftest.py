@@ -37,7 +37,6 @@ def float64():
     assert jax.config.jax_enable_x64 == before
 
 
-
 # The longest tests (measured on the 2-core CI machine, 15-66 s each) go first, longest first:
 # pytest-xdist hands out its first batch round-robin, so they spread over the workers and the
 # run ends on short tests instead of one worker finishing a long one while the other idles.
