@@ -2,8 +2,10 @@
 
 Trains exactly as ``gfnem train hypergrid`` does (one chunk of ``--eval-every`` updates per
 ``lax.scan``, our exact L1 after every chunk), with the peer's settings: network width and depth,
-separate or shared torso, learning rates, batch size, R0. On-policy (no replay buffer). With
-``--compile-cache DIR`` JAX's persistent compilation cache is used (gfnem_jax.startup).
+separate or shared torso, learning rates, batch size, R0. As the protocol asks (common_cli), the
+evaluations' time is excluded from train_s, its and the evals' t_s, as the peers' workers do.
+On-policy (no replay buffer). With ``--compile-cache DIR`` JAX's persistent compilation cache is
+used (gfnem_jax.startup).
 """
 import json
 import os
@@ -35,21 +37,44 @@ cfg = dict(task="hypergrid", env=dict(ndim=args.ndim, height=args.height, r0=arg
            shared_torso=args.shared, seed=args.seed, log_every=args.eval_every)
 if args.pack is not None:
     cfg["pack"] = args.pack
+# The protocol (common_cli) excludes evaluation from train_s, its and the evals' t_s, as the peers'
+# workers do: time each exact evaluation the runner makes after a chunk, and take it off.
+eval_s = []
+_make_evaluator = runner.make_evaluator
+
+
+def timed_evaluator(env, gfn):
+    exact, table, target = _make_evaluator(env, gfn)
+
+    def timed(params):
+        t = now()
+        out = jax.block_until_ready(exact(params))
+        eval_s.append((eval_s[-1] if eval_s else 0.0) + now() - t)
+        return out
+
+    return timed, table, target
+
+
+runner.make_evaluator = timed_evaluator
 with tempfile.TemporaryDirectory() as out:
     t_run = now()
     runner.run(cfg, out, progress=False)
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+assert len(eval_s) == len(rows), (len(eval_s), len(rows))
+for r, e in zip(rows, eval_s):  # seconds of training (compilation included), evaluation excluded
+    r["train_s"] = r["wall_s"] - e
 first, last = rows[0], rows[-1]
 chunk = first["step"]
 if len(rows) > 1:
-    its = (last["step"] - first["step"]) / max(last["wall_s"] - first["wall_s"], 1e-9)
+    its = (last["step"] - first["step"]) / max(last["train_s"] - first["train_s"], 1e-9)
 else:
-    its = chunk / first["wall_s"]
+    its = chunk / first["train_s"]
 # the first logged row comes after compile + one chunk: take off the chunk's other steps
-t_first = t_run + first["wall_s"] - (chunk - 1) / its
+t_first = t_run + first["train_s"] - (chunk - 1) / its
 write(args.out, {"lib": "gfnem_jax", "jax": jax.__version__, "device": str(jax.devices()[0]),
                  "t_import_s": round(t_import, 3), "t_first_step_s": round(t_first, 3),
                  "compile_cache": args.compile_cache, "steps": last["step"] - first["step"],
-                 "train_s": round(last["wall_s"] - first["wall_s"], 4), "its": round(its, 3),
-                 "evals": [{"step": r["step"], "t_s": round(t_run + r["wall_s"], 4)} for r in rows],
+                 "train_s": round(last["train_s"] - first["train_s"], 4), "its": round(its, 3),
+                 "eval_s": round(eval_s[-1], 4),
+                 "evals": [{"step": r["step"], "t_s": round(t_run + r["train_s"], 4)} for r in rows],
                  "l1": [r.get("l1") for r in rows]})
