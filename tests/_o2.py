@@ -5,13 +5,18 @@
 import os
 
 O0 = "--xla_backend_optimization_level=0"
+OLD_EMITTERS = "--xla_cpu_use_fusion_emitters=false"  # faster to compile, a little slower to run
 O2_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
 def o2_env() -> dict:
-    """os.environ without the test-wide optimisation level 0, for a subprocess or a kernel."""
+    """os.environ without the test-wide compile-speed flags (optimisation level 0, the older
+    emitters): XLA's defaults, for a subprocess or a kernel."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(O0, "").strip()
+    flags = env.get("XLA_FLAGS", "")
+    for f in (O0, OLD_EMITTERS):
+        flags = flags.replace(f, "")
+    env["XLA_FLAGS"] = " ".join(flags.split())
     return env
 
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent("""
     import os, sys
     # optimization level 0: compiles about twice as fast (both device counts alike)
     os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
-                               "--xla_backend_optimization_level=0")
+                               "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
     os.environ["JAX_PLATFORMS"] = "cpu"
     import json
     import jax, numpy as np
@@ -108,7 +108,7 @@ ARGS = ["train", "dvae", "--codes", "3", "--grid", "2", "--steps", "4", "--e-ste
 
 def _env(devices):
     return dict(os.environ, GFNEM_NO_COMPILE_CACHE="1", JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0")
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 
 
 def _cli(args):

@@ -7,7 +7,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, numpy as np
     from gfnem_jax import loop, objectives
@@ -50,7 +50,7 @@ def test_four_devices_agree_with_one_for_every_objective():
 
 EM_SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import json, sys, numpy as np
     from gfnem_jax.experiments import mixture
