@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from _o2 import O0, OLD_EMITTERS
 
 SCRIPT = textwrap.dedent("""
     import os, sys
@@ -108,7 +109,7 @@ ARGS = ["train", "dvae", "--codes", "3", "--grid", "2", "--steps", "4", "--e-ste
 
 def _env(devices):
     return dict(os.environ, GFNEM_NO_COMPILE_CACHE="1", JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {O0} {OLD_EMITTERS}")
 
 
 def _cli(args):
