@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gfnem_jax.startup import compiled_method
+
 PRIORS = ("uniform", "learned")
 
 
@@ -152,6 +154,7 @@ class DVAE:
     def prior_net(self) -> ARPrior:
         return ARPrior(self.length, self.codes, self.prior_hidden)
 
+    @compiled_method
     def init(self, key) -> Dict[str, Any]:
         kd, kp = jax.random.split(key)
         z = jnp.zeros((self.length,), jnp.int32)
@@ -279,6 +282,7 @@ class VQVAE:
     def nets(self) -> _VQNets:
         return _VQNets(self.grid, self.embed_dim, tuple(self.image_shape), self.channels)
 
+    @compiled_method
     def init(self, key) -> Dict[str, Any]:
         kn, kc = jax.random.split(key)
         nets = self.nets.init(kn, jnp.zeros(self.image_shape, jnp.float32))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from gfnem_jax.models.dvae import ImageEncoder
 from gfnem_jax.nets.policy import Policy, PolicyOutput
+from gfnem_jax.startup import compiled_method
 
 LOGZ_NAMES = ("log_z", "logz_net")
 
@@ -99,6 +100,7 @@ class DVAEEncoder(Policy):
         return _EncoderNet(self.grid, self.codes, self.channels, self.ctx_dim, self.hidden,
                            self.n_layers, self.autoregressive, self.conditional_logz)
 
+    @compiled_method
     def init(self, key, obs, cond=None):
         if cond is None:
             raise ValueError("DVAEEncoder.init needs an example condition (an image [H, W])")

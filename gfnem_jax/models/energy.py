@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from gfnem_jax.envs.bits import all_binary
+from gfnem_jax.startup import compiled_method
 
 MAX_EXACT_D = 20
 
@@ -58,6 +59,7 @@ class EnergyModel:
     def net(self) -> _EnergyNet:
         return _EnergyNet(self.hidden, self.n_layers)
 
+    @compiled_method
     def init(self, key) -> dict:
         return self.net.init(key, jnp.zeros((self.d,), jnp.float32))
 

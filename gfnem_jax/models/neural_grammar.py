@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from gfnem_jax.models import grammar as G
+from gfnem_jax.startup import compiled_method
 
 
 class _Res(nn.Module):
@@ -82,6 +83,7 @@ class NeuralGrammar:
     def module(self) -> _Rules:
         return _Rules(self.nt, self.pt, self.vocab_size, self.dim, self.ncfg)
 
+    @compiled_method
     def init(self, key):
         return self.module.init(key)
 

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from gfnem_jax.nets.policy import Policy, PolicyOutput
+from gfnem_jax.startup import compiled_method
 
 LOGZ_NAME = "logz_mlp"
 
@@ -177,6 +178,7 @@ class ParsePolicy(Policy):
         return ParseNet(self.max_len, self.n_nt, self.vocab, self.dim, self.layers, self.heads,
                         self.enc_layers)
 
+    @compiled_method
     def init(self, key, obs, cond=None):
         if cond is None:
             raise ValueError("ParsePolicy.init needs an example condition (a sentence)")

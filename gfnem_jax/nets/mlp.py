@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from gfnem_jax.nets.policy import Policy, PolicyOutput, flatten_cond
+from gfnem_jax.startup import compiled_method
 
 LOGZ_NAMES = ("log_z", "logz_net", "logz_head")
 
@@ -114,6 +115,7 @@ class MLPPolicy(Policy):
         return MLPNet(self.n_actions, self.n_bwd_actions, self.hidden, self.n_layers,
                       self.uniform_pb, self.shared_torso, self.conditional)
 
+    @compiled_method
     def init(self, key, obs, cond=None):
         ctx = self.encode_cond(None, cond) if self.conditional else None
         c = None if ctx is None else ctx[None]
