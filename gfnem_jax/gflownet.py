@@ -63,12 +63,19 @@ class GFlowNet:
     eval_buckets: Optional[tuple] = None
     engine: Optional[Any] = None
     flow_offset: Optional[Any] = None
+    # training differentiates through the rollout (``rollout_terms``): one policy pass per state
+    # instead of a sampling pass and then ``evaluate``'s; the same loss and gradient
+    one_pass: bool = False
 
     def __post_init__(self):
         if not isinstance(self.objective, objectives.Objective):
             raise ValueError(f"objective must be an objectives.Objective (e.g. objectives.tb()), "
                              f"got {self.objective!r}")
         self.objective.check_sampling(self.explore)
+        if self.one_pass and (self.engine is not None or self.objective.name == "fm"):
+            raise ValueError("one_pass needs the core rollout (engine=None) and an objective of "
+                             f"the trajectories' log-probabilities (not fm), got engine "
+                             f"{self.engine!r} and objective {self.objective.name!r}")
 
     # -- policy -------------------------------------------------------------------------------
     def init(self, key, example_cond=None) -> Any:
@@ -145,6 +152,26 @@ class GFlowNet:
         ev = self.with_flow_offset(self.evaluate(params, traj, ctx), traj, reward_params)
         return Terms(ev, lz)
 
+    def rollout_terms(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
+                      index_offset=0):
+        """``(terms, traj)`` as ``terms(params, rollout(...))`` gives them, in one pass: the
+        training rollout (the behaviour policy, the same draws as ``rollout`` for the same key)
+        with the full policy pass, differentiated through (the draws carry no gradient). No state
+        is evaluated twice; the backward pass runs through the ``lax.scan`` of the rollout.
+        ``traj``: no gradient."""
+        B = batch_size
+        ctx = encode_batch(self.policy, params, cond)
+        traj = forward_rollout(self.env, self.policy, params, key, B, log_reward_fn,
+                               reward_params, cond, self.explore, index_offset,
+                               differentiable=True, ctx=ctx)
+        if ctx is None:
+            lz = jnp.broadcast_to(self.policy.log_z(params, None), (B,))
+        else:
+            lz = jax.vmap(self.policy.log_z, (None, 0))(params, ctx)
+        ev = Evaluation(traj.log_pf, traj.log_pb, traj.log_flow)
+        ev = self.with_flow_offset(ev, traj, reward_params)
+        return Terms(ev, lz), jax.lax.stop_gradient(traj)
+
     def value(self, terms: Terms, traj: Trajectories) -> jax.Array:
         """The objective on given terms; a function of the whole batch it is given."""
         if self.objective.name == "fm":
@@ -219,9 +246,14 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
     def prepare(params, model, batch, key, shard):
         b = batch_size // shard.count
         cond = None if cond_fn is None else cond_fn(batch)
+        if gfn.one_pass:  # the rollout happens in ``terms``, differentiated
+            return key, cond, shard.offset(b), b
         return gfn.rollout(params, key, b, log_reward_fn, model, cond, shard.offset(b))
 
     def terms(params, model, traj):
+        if gfn.one_pass:
+            key, cond, offset, b = traj
+            return gfn.rollout_terms(params, key, b, log_reward_fn, model, cond, offset)
         return gfn.terms(params, traj, model)
 
     def reduce(q, traj):
@@ -234,4 +266,4 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
             m["visited"] = jax.vmap(state_index)(traj.terminal)
         return loss, m
 
-    return Update(prepare, terms, reduce, tx)
+    return Update(prepare, terms, reduce, tx, terms_aux=gfn.one_pass)

@@ -93,12 +93,15 @@ class Shard(NamedTuple):
 
 
 class Update(NamedTuple):
-    """One side of the alternating step (see the module docstring)."""
+    """One side of the alternating step (see the module docstring). ``terms_aux``: ``terms``
+    returns ``(q, aux)``, and that aux (not prepare's) goes to ``reduce`` (when the sampling itself
+    happens inside the differentiated ``terms``: ``GFlowNet.rollout_terms``)."""
 
     prepare: Callable[..., Any]
     terms: Callable[..., Any]
     reduce: Callable[..., Any]
     tx: optax.GradientTransformation
+    terms_aux: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +144,10 @@ class Schedule:
 
 def global_grad(update: Update, own, other, aux, shard: Shard):
     """(loss, metrics, grads) of ``update`` on the global batch; grads summed over devices."""
-    q, pull = jax.vjp(lambda p: update.terms(p, other, aux), own)
+    if update.terms_aux:
+        q, pull, aux = jax.vjp(lambda p: update.terms(p, other, aux), own, has_aux=True)
+    else:
+        q, pull = jax.vjp(lambda p: update.terms(p, other, aux), own)
     q_all, aux_all = shard.gather((q, aux))
     (loss, metrics), dq_all = jax.value_and_grad(update.reduce, has_aux=True)(q_all, aux_all)
     (g,) = pull(shard.local(dq_all))

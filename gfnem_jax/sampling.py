@@ -19,7 +19,8 @@ A ``Trajectories`` pytree (B trajectories, T = env.max_steps):
   log_reward  float[B] log R of the final states.
   cond        the conditions (any pytree, leaves [B, ...]) or None.
 Rollout values carry no gradient; ``evaluate`` recomputes log_pf, log_pb and log_flow
-differentiably in one batched pass over all B*(T+1) states.
+differentiably in one batched pass over all B*(T+1) states (or a ``differentiable`` forward
+rollout keeps the gradient of its own pass, and no second pass is needed).
 
 The policy is any ``gfnem_jax.nets.policy.Policy``. Its ``encode_cond`` runs once per trajectory
 (vmapped over the batch), never once per state: each state's pass gets the encoded context.
@@ -90,7 +91,8 @@ def _forward_one(env: Environment, apply_fn, params, explore, key, s0, ctx):
         done = env.is_terminal(s)
         fmask = env.forward_mask(s)
         logp = masked_log_softmax(out.fwd_logits, fmask)
-        logpi = behaviour_log_probs(out.fwd_logits, fmask, explore)
+        # the draw carries no gradient (differentiable rollouts: only log_pf, log_pb, log_flow do)
+        logpi = behaviour_log_probs(jax.lax.stop_gradient(out.fwd_logits), fmask, explore)
         a = jax.random.categorical(jax.random.fold_in(key, t), logpi).astype(jnp.int32)
         s_next = env.step(s, a)
         b = env.backward_action(s, a)
@@ -115,7 +117,8 @@ def _forward_one(env: Environment, apply_fn, params, explore, key, s0, ctx):
 def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: int,
                     log_reward_fn: LogRewardFn, reward_params=None, cond=None,
                     explore: Exploration = Exploration(), index_offset=0,
-                    init_states=None, sampling_pass: bool = False) -> Trajectories:
+                    init_states=None, sampling_pass: bool = False,
+                    differentiable: bool = False, ctx=None) -> Trajectories:
     """Sample ``batch_size`` complete trajectories from s_0 with the behaviour policy.
 
     Args:
@@ -131,11 +134,20 @@ def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: i
         search continues partial trajectories; log_pf etc. then cover only the steps taken).
       sampling_pass: use ``policy.apply_forward`` (only the forward logits are meaningful:
         log_pb and log_flow of the result are then not) -- the cheap pass before ``evaluate``.
+      differentiable: log_pf, log_pb and log_flow carry the gradient in ``params`` (the full pass;
+        the draws and log_pi do not): the values ``evaluate`` would give, without its second pass
+        over the states (``GFlowNet.rollout_terms``).
+      ctx: the encoded conditions, if the caller already has them (else encoded here).
     """
-    params = jax.lax.stop_gradient(params)
+    if differentiable and (sampling_pass or init_states is not None):
+        raise ValueError("a differentiable rollout is a full pass from s_0 (sampling_pass=False, "
+                         "init_states=None)")
+    if not differentiable:
+        params = jax.lax.stop_gradient(params)
     keys = sample_keys(key, batch_size, index_offset)
     apply_fn = policy.apply_forward if sampling_pass else policy.apply
-    ctx = encode_batch(policy, params, cond)
+    if ctx is None:
+        ctx = encode_batch(policy, params, cond)
     if init_states is not None:
         s0 = init_states
     elif cond is None:

@@ -18,6 +18,8 @@ from common_cli import now, parser, write  # noqa: E402
 p = parser(__doc__.split("\n")[0])
 p.add_argument("--compile-cache", default=None, help="persistent compilation cache dir")
 p.add_argument("--pack", type=int, default=None, help="runner's pack setting (default: its default)")
+p.add_argument("--one-pass", action="store_true", help="runner's one_pass setting (differentiate "
+               "through the rollout, no second pass over the states)")
 args = p.parse_args()
 if args.device == "cpu":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -37,6 +39,8 @@ cfg = dict(task="hypergrid", env=dict(ndim=args.ndim, height=args.height, r0=arg
            shared_torso=args.shared, seed=args.seed, log_every=args.eval_every)
 if args.pack is not None:
     cfg["pack"] = args.pack
+if args.one_pass:
+    cfg["one_pass"] = True
 # The protocol (common_cli) excludes evaluation from train_s, its and the evals' t_s, as the peers'
 # workers do: time each exact evaluation the runner makes after a chunk, and take it off.
 eval_s = []
