@@ -1,6 +1,7 @@
 """Data parallelism over 4 CPU devices vs 1: the same gradients for every objective, including the
 ones that couple the batch (leave-one-out, log-variance, self-normalized weights, batch-max
-rescaling), because the mesh wrapper computes them over the global batch; reruns are bitwise."""
+rescaling), because the mesh wrapper computes them over the global batch, and with one-pass
+training; reruns are bitwise."""
 import subprocess
 import sys
 import textwrap
@@ -23,8 +24,10 @@ SCRIPT = textwrap.dedent("""
            objectives.renyi(0.5, "loo"), objectives.tsallis(0.5, "loo"),
            objectives.alpha_kl(0.5, "loo"), objectives.wake_sleep(), objectives.fm()]
     flat = lambda t: np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(t)])
-    for obj in OBJ:
-        gfn = GFlowNet(env, MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=16), obj)
+    # and one-pass training (the rollout inside the differentiated terms, its trajectories gathered)
+    for obj, one_pass in [(o, False) for o in OBJ] + [(objectives.reverse_kl("loo"), True)]:
+        gfn = GFlowNet(env, MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=16), obj,
+                       one_pass=one_pass)
         st0, tx = init_state(gfn, OptimConfig(lr=1e-2), 0)
         out = []
         for nd in (1, 4):  # one compilation per device count; 4 devices run twice
