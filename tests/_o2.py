@@ -9,6 +9,16 @@ OLD_EMITTERS = "--xla_cpu_use_fusion_emitters=false"  # faster to compile, a lit
 O2_OPTIONS = {"xla_backend_optimization_level": 2}
 
 
+def device_flags(devices: int) -> str:
+    """XLA_FLAGS of a child process with ``devices`` CPU devices, compiling as the tests do."""
+    return f"--xla_force_host_platform_device_count={devices} {O0} {OLD_EMITTERS}"
+
+
+def with_device_flags(script: str, devices: int) -> str:
+    """A child process's script with its ``XLA_FLAGS_HERE`` placeholder set to ``device_flags``."""
+    return script.replace("XLA_FLAGS_HERE", repr(device_flags(devices)))
+
+
 def o2_env() -> dict:
     """os.environ without the test-wide compile-speed flags (optimisation level 0, the older
     emitters): XLA's defaults, for a subprocess or a kernel."""

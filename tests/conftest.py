@@ -44,7 +44,6 @@ def float64():
 # pytest-xdist hands out its first batch round-robin, so they spread over the workers and the
 # run ends on short tests instead of one worker finishing a long one while the other idles.
 LONG_FIRST = (
-    "test_mixture.py::test_default_run_matches_exact_em",
     "test_dvae_devices.py::test_dvae_on_two_devices_agrees_with_one",
     "test_distributed.py::test_two_processes_of_two_devices_equal_one_process_of_four",
     "test_dvae_encoder.py::test_encoder_matches_posterior_one_image",
@@ -58,7 +57,6 @@ LONG_FIRST = (
     "test_ebm_loop.py::test_two_devices_agree_with_one",
     "test_grammar_gfn.py::test_packed_evaluation_setting_gives_the_same_training_step",
     "test_notebooks.py::test_notebook_runs_and_checks_its_numbers[mixture_em",
-    "test_convergence.py::test_2d_hypergrid_reaches_exact_l1_below_005",
     "test_resume.py::test_grammar_kill9_then_resume_is_bitwise_identical",
     "test_resume.py::test_mixture_kill9_then_resume_is_bitwise_identical",
     "test_notebooks.py::test_notebook_runs_and_checks_its_numbers[quickstart",

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from _o2 import O0, OLD_EMITTERS
+from _o2 import device_flags
 
 
 def _port():
@@ -19,7 +19,7 @@ def _port():
 
 def _env(devices=1):
     env = dict(os.environ, GFNEM_NO_COMPILE_CACHE="1", JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {O0} {OLD_EMITTERS}"
+    env["XLA_FLAGS"] = device_flags(devices)
     return env
 
 

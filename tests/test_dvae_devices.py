@@ -11,13 +11,12 @@ import textwrap
 
 import numpy as np
 import pytest
-from _o2 import O0, OLD_EMITTERS
+from _o2 import device_flags, with_device_flags
 
 SCRIPT = textwrap.dedent("""
     import os, sys
     # optimization level 0: compiles about twice as fast (both device counts alike)
-    os.environ["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 "
-                               "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
+    os.environ["XLA_FLAGS"] = XLA_FLAGS_HERE
     os.environ["JAX_PLATFORMS"] = "cpu"
     import json
     import jax, numpy as np
@@ -86,8 +85,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_dvae_on_two_devices_agrees_with_one(tmp_path):
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", with_device_flags(SCRIPT, 2), str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "OK" in r.stdout
 
@@ -109,7 +108,7 @@ ARGS = ["train", "dvae", "--codes", "3", "--grid", "2", "--steps", "4", "--e-ste
 
 def _env(devices):
     return dict(os.environ, GFNEM_NO_COMPILE_CACHE="1", JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {O0} {OLD_EMITTERS}")
+                XLA_FLAGS=device_flags(devices))
 
 
 def _cli(args):

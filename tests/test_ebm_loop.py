@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _o2 import with_device_flags
 
 from gfnem_jax import loop
 from gfnem_jax.envs.bits import all_binary
@@ -103,7 +104,7 @@ def test_cli_flags_from_the_settings():
 
 SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = XLA_FLAGS_HERE
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, numpy as np
     from gfnem_jax import loop
@@ -141,6 +142,7 @@ def test_two_devices_agree_with_one():
     tiny run on 1 and on 2 CPU devices gives the same metrics and parameters to float tolerance
     (every statistic over the global batch, every sample keyed by its global index); a rerun on
     2 devices is bitwise identical."""
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, "-c", with_device_flags(SCRIPT, 2)], capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "OK" in r.stdout

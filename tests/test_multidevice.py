@@ -6,9 +6,11 @@ import subprocess
 import sys
 import textwrap
 
+from _o2 import with_device_flags
+
 SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = XLA_FLAGS_HERE
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, numpy as np
     from gfnem_jax import loop, objectives
@@ -46,14 +48,15 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_four_devices_agree_with_one_for_every_objective():
-    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-c", with_device_flags(SCRIPT, 4)], capture_output=True,
+                       text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "OK" in r.stdout
 
 
 EM_SCRIPT = textwrap.dedent("""
     import os
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = XLA_FLAGS_HERE
     os.environ["JAX_PLATFORMS"] = "cpu"
     import json, sys, numpy as np
     from gfnem_jax.experiments import mixture
@@ -72,7 +75,7 @@ EM_SCRIPT = textwrap.dedent("""
 
 
 def test_mixture_em_on_four_devices(tmp_path):
-    r = subprocess.run([sys.executable, "-c", EM_SCRIPT, str(tmp_path)], capture_output=True,
-                       text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-c", with_device_flags(EM_SCRIPT, 4), str(tmp_path)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "OK" in r.stdout
