@@ -21,6 +21,10 @@ Two optional hooks specialise the bundle without copying it:
                 forward-looking flows of GFlowNet-EM: the log-probs of the rules already fixed).
                 It must be 0 at s_0 for log Z to keep its meaning, and carries no gradient.
 
+With ``one_pass=True`` the rollout keeps the gradient of its own full policy pass and the second
+pass is skipped: ``terms, traj = gfn.rollout_terms(params, key, B, ...)`` (the same draws, loss and
+gradient; ``sampler_update`` then samples inside the differentiated ``terms``).
+
 ``loss`` and ``traj_loss`` compose them on one device; ``sampler_update`` hands the three pieces to
 ``gfnem_jax.loop`` (plain training, the E-step of GFlowNet-EM, energy-based training).
 """
