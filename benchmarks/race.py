@@ -316,12 +316,11 @@ def main(argv=None):
                    help="torch intra-op threads for torchgfn (0 = torch's default, all cores). 1 is "
                         "fastest for these small layers, and torch's default spin-waits badly when "
                         "the cores are shared: 1.8 it/s against 15 it/s under load 8 on 2 cores")
-    p.add_argument("--one-pass-from", type=int, default=0,
+    p.add_argument("--one-pass-from", type=int, default=512,
                    help="our runs use one_pass (differentiate through the rollout, no second pass "
-                        "over the states) at this batch size and above (0 = never, the default): "
-                        "measured on the 2-core CPU at batch 1024, 1.2x faster in 2-D and 0.8x in "
-                        "4-D (longer trajectories, where packing the loss pass saves more); slower "
-                        "at batch 16")
+                        "over the states) at this batch size and above (0 = never): on the 2-core "
+                        "CPU about 10%% more iterations/s at batch 1024 (2-D and 4-D) and slower "
+                        "at batch 16 to 256 (benchmarks/results/README.md)")
     p.add_argument("--pythonpath", default=None,
                    help="PYTHONPATH for our worker (e.g. a snapshot of gfnem_jax to race)")
     args = p.parse_args(argv)

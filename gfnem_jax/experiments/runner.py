@@ -70,9 +70,9 @@ class TrainSettings(run_dir.CheckpointSettings):
                         "state); a pure speed setting, the loss is the same", min=1, max=64)
     one_pass: bool = setting(False, "differentiate through the sampling rollout instead of "
                              "evaluating its states again in a second pass (one policy pass per "
-                             "state): the same loss and gradient. On a 2-core CPU at batch 1024 "
-                             "1.2x faster on the 2-D HyperGrid, 0.8x in 4-D (longer trajectories: "
-                             "packing saves more there), slower at batch 16",
+                             "state): the same loss and gradient. On a 2-core CPU about 10% "
+                             "faster and 20% less memory at batch 1024 on the HyperGrid, slower at "
+                             "batch 16 to 256",
                              flag="--one-pass")
     log_every: int = setting(100, "steps between logged rows (exact metrics computed there)", min=1)
 
