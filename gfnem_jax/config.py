@@ -111,7 +111,7 @@ def add_arguments(parser, cls: Type[Settings], group: Optional[str] = None,
         if not m.get("cli", True) or f.name in exclude:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        helptext = m.get("help", "")
+        helptext = m.get("help", "").replace("%", "%%")  # argparse formats help with %
         if m.get("choices"):
             helptext += f" (one of: {', '.join(map(str, m['choices']))})"
         if isinstance(default, bool):

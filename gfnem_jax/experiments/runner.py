@@ -71,8 +71,8 @@ class TrainSettings(run_dir.CheckpointSettings):
     one_pass: bool = setting(False, "differentiate through the sampling rollout instead of "
                              "evaluating its states again in a second pass (one policy pass per "
                              "state): the same loss and gradient. On a 2-core CPU about 10% "
-                             "faster and 20% less memory at batch 1024 on the HyperGrid, slower at "
-                             "batch 16 to 256",
+                             "faster and 20% less memory at batch 1024 on the HyperGrid, slower "
+                             "at batch 16 to 256",
                              flag="--one-pass")
     log_every: int = setting(100, "steps between logged rows (exact metrics computed there)", min=1)
 
