@@ -146,15 +146,18 @@ class GFlowNet:
         (``reward_params`` only feed ``flow_offset``)."""
         B = traj.actions.shape[0]
         ctx = encode_batch(self.policy, params, traj.cond)  # once per trajectory
-        if ctx is None:
-            lz = jnp.broadcast_to(self.policy.log_z(params, None), (B,))
-        else:
-            lz = jax.vmap(self.policy.log_z, (None, 0))(params, ctx)
+        lz = self._log_z_per_traj(params, ctx, B)
         if self.objective.name == "fm":
             ev = self.evaluate(jax.lax.stop_gradient(params), traj)
             return Terms(ev, lz, self._flow_matching_terms(params, traj, ctx))
         ev = self.with_flow_offset(self.evaluate(params, traj, ctx), traj, reward_params)
         return Terms(ev, lz)
+
+    def _log_z_per_traj(self, params, ctx, B):
+        """float[B]: log Z of each trajectory's encoded condition (repeated when unconditional)."""
+        if ctx is None:
+            return jnp.broadcast_to(self.policy.log_z(params, None), (B,))
+        return jax.vmap(self.policy.log_z, (None, 0))(params, ctx)
 
     def rollout_terms(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
                       index_offset=0):
@@ -168,10 +171,7 @@ class GFlowNet:
         traj = forward_rollout(self.env, self.policy, params, key, B, log_reward_fn,
                                reward_params, cond, self.explore, index_offset,
                                differentiable=True, ctx=ctx)
-        if ctx is None:
-            lz = jnp.broadcast_to(self.policy.log_z(params, None), (B,))
-        else:
-            lz = jax.vmap(self.policy.log_z, (None, 0))(params, ctx)
+        lz = self._log_z_per_traj(params, ctx, B)
         ev = Evaluation(traj.log_pf, traj.log_pb, traj.log_flow)
         ev = self.with_flow_offset(ev, traj, reward_params)
         return Terms(ev, lz), jax.lax.stop_gradient(traj)
