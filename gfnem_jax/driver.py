@@ -1,0 +1,149 @@
+"""The one run outline: every run kind is an ``Experiment``, and ``run`` drives it.
+
+A run kind (a module of ``gfnem_jax.experiments``, registered once in
+``gfnem_jax.experiments.KINDS``) declares its settings (a ``config.Settings`` dataclass inheriting
+``run_dir.CheckpointSettings``, composed from the shared groups) and a function
+``build(settings) -> Experiment``: its initial loop state, its compiled chunk of
+``loop.make_step`` steps, its batches, evaluation, summary and the files it writes. ``run`` owns
+everything else, once for every kind:
+
+    check the resume -> restore the newest checkpoint -> check the steps -> write config.json and
+    the kind's input files -> pick the chunk -> checkpoints + metrics.jsonl -> ``loop.host_loop``
+    (progress, Ctrl-C, the non-finite stop, multi-process) -> the last checkpoint -> the kind's
+    summary files
+
+``build`` must not write anything: a refused resume leaves the run folder as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from gfnem_jax import checkpoint, distributed as D, loop, run_dir
+
+Row = Dict[str, Any]
+
+
+@dataclasses.dataclass
+class Experiment:
+    """What a run kind hands the driver (``build(settings) -> Experiment``).
+
+    Attributes:
+      name: the progress bar's label (``"hypergrid/tb"``).
+      settings: the run's settings; the driver reads ``steps``, ``log_every`` and the checkpoint
+        policy (``run_dir.CheckpointSettings``) from it.
+      config: the content of ``config.json`` (what a resume must match).
+      state: the ``loop.LoopState`` at step 0 (also the structure a checkpoint is restored into).
+      make_chunk: ``n -> run_chunk(state, data) -> (state, metrics[n])``, ``n`` steps of
+        ``loop.make_step`` in one compiled ``lax.scan`` (``loop.make_chunk``).
+      data_fn: ``chunk index -> data`` argument of each chunk (None: no data argument).
+      summarize: ``metrics of a chunk -> dict`` merged into its logged row.
+      evaluate: ``state -> dict`` merged into each logged row (exact metrics, held-out scores).
+      log_rows: ``(metrics of the chunk, its row) -> rows to write`` (default: the row itself).
+      first_rows: ``(state, rows kept from an earlier run) -> rows written before the first chunk``
+        (baselines, a step-0 evaluation).
+      kept_rows: ``(rows of an earlier run's metrics.jsonl, step of its checkpoint) -> the rows a
+        resume keeps`` (default: those logged at or before the checkpoint's step).
+      chunk: ``steps already done -> steps per chunk`` (default ``run_dir.chunk_size``).
+      extras: ``() -> {name: array}`` saved with each checkpoint; ``restore_extras(ck)`` reads
+        them back when resuming from checkpoint ``ck``.
+      write_inputs: ``out -> None``: files describing the run's inputs (data, vocabulary), written
+        beside config.json (primary process only).
+      finish: ``(state, rows, out, primary) -> dict``: the run's summary (and, when ``primary``,
+        its files); the driver returns it under "summary".
+      resume_defaults: settings a saved config may lack (written by an older version): they count
+        as these defaults.
+      postfix: logged keys shown on the progress bar.
+    """
+
+    name: str
+    settings: Any
+    config: Dict[str, Any]
+    state: Any
+    make_chunk: Callable[[int], Callable]
+    data_fn: Optional[Callable[[int], Any]] = None
+    summarize: Optional[Callable[[Dict[str, Any]], Row]] = None
+    evaluate: Optional[Callable[[Any], Row]] = None
+    log_rows: Optional[Callable[[Dict[str, Any], Row], List[Row]]] = None
+    first_rows: Optional[Callable[[Any, List[Row]], List[Row]]] = None
+    kept_rows: Optional[Callable[[List[Row], int], List[Row]]] = None
+    chunk: Optional[Callable[[int], int]] = None
+    extras: Optional[Callable[[], Dict[str, Any]]] = None
+    restore_extras: Optional[Callable[[str], None]] = None
+    write_inputs: Optional[Callable[[str], None]] = None
+    finish: Optional[Callable[[Any, List[Row], str, bool], Dict[str, Any]]] = None
+    resume_defaults: Optional[Dict[str, Any]] = None
+    postfix: Sequence[str] = ("loss",)
+
+
+def check_resume(exp: Experiment, out: str) -> None:
+    """ValueError naming each setting that differs from the run saved in ``out``."""
+    run_dir.check_resume(exp.config, out, defaults=exp.resume_defaults)
+
+
+def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
+    """Drive ``exp`` in run folder ``out``; returns {"final": the last logged row, "summary":
+    ``exp.finish``'s dict (or {}), "state": the final state (this process's replica)}.
+
+    resume: continue the run in ``out`` from its newest checkpoint (step 0 if it has none) up to
+    ``settings.steps``: the rows and the final state equal those of a run never stopped (keys
+    depend only on the seed and the step; the chunks of a resumed run are those of the
+    uninterrupted one)."""
+    s = exp.settings
+    t0 = time.perf_counter()
+    if resume:
+        check_resume(exp, out)
+    state, ck = run_dir.restore_latest(out, exp.state, resume)
+    done = int(D.to_local(state.step))
+    run_dir.check_steps(s.steps, done, out)
+    if ck is not None and exp.restore_extras is not None:
+        exp.restore_extras(ck)
+    run_dir.write_config(out, exp.config)
+    primary = D.is_primary()
+    if primary and exp.write_inputs is not None:
+        exp.write_inputs(out)
+    chunk = exp.chunk(done) if exp.chunk is not None else run_dir.chunk_size(s.steps, done,
+                                                                               s.log_every)
+    run_chunk = exp.make_chunk(chunk)
+    cks = run_dir.Checkpoints(out, s, extras=exp.extras, last=done if ck else None)
+    kept: List[Row] = []
+    if ck is not None:
+        earlier = run_dir.read_rows(out)
+        kept = (exp.kept_rows(earlier, done) if exp.kept_rows is not None
+                else [r for r in earlier if run_dir.upto(done)(r)])
+    chunk_metrics: List[Dict[str, Any]] = [{}]
+
+    def summarize(m):
+        chunk_metrics[0] = m
+        return exp.summarize(m) if exp.summarize is not None else {}
+
+    with run_dir.MetricsLog(out, kept, tensorboard=getattr(s, "tensorboard", False)) as log:
+        if exp.first_rows is not None:
+            for r in exp.first_rows(D.to_local(state), kept):
+                log.write(r)
+
+        def on_log(row):
+            rows = exp.log_rows(chunk_metrics[0], row) if exp.log_rows is not None else [row]
+            for r in rows:
+                log.write(r)
+
+        state = loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=exp.data_fn,
+                               summarize=summarize, evaluate=exp.evaluate, on_log=on_log,
+                               progress=progress, desc=exp.name, postfix=tuple(exp.postfix),
+                               wall_offset=log.wall_offset() + time.perf_counter() - t0,
+                               **cks.loop_kwargs())
+    cks.save(state)  # collective with several processes
+    state = D.to_local(state)
+    rows = log.rows
+    summary = exp.finish(state, rows, out, primary) if exp.finish is not None else {}
+    return {"final": rows[-1] if rows else {}, "summary": summary, "state": state}
+
+
+def restore_run(run: str, like: Any) -> Any:
+    """The newest checkpoint of a finished run folder restored into the structure of ``like``
+    (``gfnem sample``, ``parse``, ``eval``); ValueError naming the run when it holds none."""
+    ck = checkpoint.latest(run)
+    if ck is None:
+        raise ValueError(f"run {run!r} holds no checkpoint")
+    return checkpoint.restore(ck, like)
