@@ -15,6 +15,10 @@ energy's contrastive loss), under a ``Schedule``. Each side is an ``Update`` of 
     terms(own, other, aux) -> q                       per-sample differentiable terms [b, ...]
     reduce(q, aux) -> (loss, metrics)                 the loss of the whole (global) batch
 
+or, for a side that only moves its state (persistent MCMC chains), a ``Move``:
+
+    move(own, other, batch, key, shard) -> (own', metrics)   no loss, no gradient, no optimizer
+
 Data parallelism (``shard_step``, given a ``jax.sharding.Mesh``) shards ``batch`` along its
 leading axis; ``prepare`` and ``terms`` run on a device's shard, ``q`` and ``aux`` are gathered so
 that ``reduce`` sees the *global* batch (leave-one-out baselines, log-variance, self-normalized
@@ -104,6 +108,22 @@ class Update(NamedTuple):
     terms_aux: bool = False
 
 
+class Move(NamedTuple):
+    """A side that only moves its state (persistent MCMC chains): no loss, no gradient, no
+    optimizer. Accepted wherever an ``Update`` is (``make_step``, ``apply_update``).
+
+    move(own, other, batch, key, shard) -> (own', metrics): the new state of this side given the
+      other side's parameters (e.g. chains moved under the current energy). With a mesh, ``batch``
+      is this device's shard, and ``own'`` and the metrics must be global (replicated): move this
+      device's rows, then ``shard.gather`` them.
+    Its optimizer slot in the ``LoopState`` is passed through untouched (``init_state`` with
+    ``tx=None`` puts None there); its loss is 0, or NaN when ``own'`` holds a NaN or an Inf (so
+    the host loop stops at that step, as for an ``Update``'s non-finite gradient)."""
+
+    move: Callable[..., Any]
+    tx: None = None  # no optimizer (read by code that asks any side for its ``tx``)
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """When each side updates.
@@ -154,11 +174,15 @@ def global_grad(update: Update, own, other, aux, shard: Shard):
     return loss, metrics, shard.sum(g)
 
 
-def apply_update(update: Update, own, opt, other, batch, key, shard: Shard):
+def apply_update(update, own, opt, other, batch, key, shard: Shard):
     """prepare -> global gradient -> one optimizer step. Returns (own, opt, loss, metrics).
 
     A gradient holding a NaN or Inf makes the returned loss NaN, so the host loop stops at the
-    step where it happened, even when the loss itself was finite."""
+    step where it happened, even when the loss itself was finite. A ``Move`` moves ``own``
+    instead; ``opt`` comes back as it was, the loss is 0 (NaN for a non-finite ``own'``)."""
+    if isinstance(update, Move):
+        own, metrics = update.move(own, other, batch, key, shard)
+        return own, opt, jnp.where(tree_finite(own), 0.0, jnp.nan).astype(jnp.float32), metrics
     aux = update.prepare(own, other, batch, key, shard)
     loss, metrics, g = global_grad(update, own, other, aux, shard)
     loss = jnp.where(tree_finite(g), loss, jnp.nan)
@@ -185,7 +209,8 @@ def make_step(sampler: Optional[Update] = None, model: Optional[Update] = None,
     """``step(state, batch, key) -> (state, metrics)``: the one alternating step.
 
     Args:
-      sampler, model: the two sides (either may be None, as the schedule allows).
+      sampler, model: the two sides, each an ``Update`` or a ``Move`` (either may be None, as the
+        schedule allows).
       schedule: when each side runs (``Schedule``).
       after_sampler: optional ``(state, batch, key, shard) -> (state, metrics)`` run after each
         sampler update (e.g. EM's sleep phase); its metrics must not depend on whether it ran.
