@@ -146,7 +146,7 @@ def parse_args(argv=None):
 def build(env_name, loss, overrides, args):
     task, cfg = ENVS[env_name]
     mod = runner.task_module(task)
-    env = mod.build_env(mod.SETTINGS(**cfg))
+    env = mod.build_env(mod.Settings(**cfg).env())
     module = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=args.hidden, n_layers=2,
                        uniform_pb=True)
     obj = objectives.get(loss, **{"alpha": args.alpha, **overrides})

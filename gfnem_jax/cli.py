@@ -12,34 +12,22 @@ import json
 import os
 import sys
 
-GFN_TASKS = ("hypergrid", "sets", "sequences")
-# run kinds declared by a Settings class and a run(settings, out, progress, resume) function
-RUN_KINDS = {
-    "grammar": ("gfnem_jax.experiments.grammar", "GrammarSettings",
-                "grammar induction: a neural PCFG / NCFG (or a given grammar) by GFlowNet-EM "
-                "(--method gflownet: a parse-tree GFlowNet as the E-step), marginalisation, "
-                "exact-sampling EM or MC-EM"),
-    "dvae": ("gfnem_jax.experiments.dvae", "DVAESettings",
-             "discrete VAE (a grid of K codes) with a GFlowNet encoder by GFlowNet-EM, or baselines"),
-    "ebm": ("gfnem_jax.experiments.ebm", "EBMSettings",
-            "an energy model and its GFlowNet sampler trained jointly (EB-GFN), or PCD / GwG"),
-}
-
-
-def _settings_class(mod_name, cls_name):
-    import importlib
-    return getattr(importlib.import_module(mod_name), cls_name)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         sys.stderr.write(f"gfnem: error: {message}\n")
         sys.exit(2)
 
 
+# the CLI's spelling of settings whose flag is not "--" + the name ("--no-" + it when on by
+# default), and of the process settings of jax.distributed
+FLAGS = {"keep_checkpoints": "--keep", "normalized": "--unnormalized",
+         "shared_torso": "--separate-torso", "num_processes": "--num-processes",
+         "process_id": "--process-id", "coordinator": "--coordinator"}
+
+
 def _fail(msg: str, classes=()):
     from gfnem_jax.config import flag_message
-    sys.stderr.write(f"gfnem: error: {flag_message(msg, classes)}\n")
+    sys.stderr.write(f"gfnem: error: {flag_message(msg, classes, FLAGS)}\n")
     sys.exit(2)
 
 
@@ -70,8 +58,7 @@ def _add_run_args(p, resume=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gfnem_jax import config
-    from gfnem_jax.experiments import runner
+    from gfnem_jax import config, experiments
     p = _Parser(prog="gfnem", description="GFlowNets and GFlowNet-EM in JAX.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -79,35 +66,29 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train on a task; writes OUT/config.json, OUT/metrics.jsonl and a checkpoint.")
     tasks = pt.add_subparsers(dest="task", metavar="TASK", parser_class=_Parser)
     tasks.required = True
-    for name in GFN_TASKS:
-        mod = runner.task_module(name)
-        tp = tasks.add_parser(name, help=mod.HELP, description=mod.HELP)
-        config.add_arguments(tp, mod.SETTINGS, group="task")
-        config.add_arguments(tp, runner.TrainSettings, group="training")
-        _add_run_args(tp)
-    from gfnem_jax.experiments import mixture
-    mp = tasks.add_parser("mixture", help=mixture.HELP, description=mixture.HELP)
-    config.add_arguments(mp, mixture.MixtureSettings, group="GFlowNet-EM")
-    _add_run_args(mp)
-    for name, (mod_name, cls_name, help_) in RUN_KINDS.items():
-        kp = tasks.add_parser(name, help=help_, description=help_)
-        config.add_arguments(kp, _settings_class(mod_name, cls_name), group=name)
+    evals = None
+    for name in experiments.KINDS:
+        mod = experiments.kind(name)
+        kp = tasks.add_parser(name, help=mod.HELP, description=mod.HELP)
+        config.add_arguments(kp, mod.Settings, group=name, flags=FLAGS)
         _add_run_args(kp)
-
-    from gfnem_jax.experiments import grammar_cli
-    pp = sub.add_parser("parse", help="parse a corpus with a grammar run or a grammar file",
-                        description="Write one JSON object per sentence: {logprob, spans}.")
-    grammar_cli.add_parse_args(pp)
-    pe = sub.add_parser("export-grammar", help="export a learned CFG as a .npz grammar file")
-    grammar_cli.add_export_args(pe)
-    pv = sub.add_parser("eval", help="evaluate a run (test NLL by importance sampling)")
-    ek = pv.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser)
-    ek.required = True
-    from gfnem_jax.experiments import dvae_cli
-    dvae_cli.add_eval_args(ek.add_parser("dvae", help="discrete VAE: test NLL by importance sampling"))
+        for cmd in getattr(mod, "COMMANDS", ()):
+            cp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+            cmd.add_args(cp)
+            cp.set_defaults(command_fn=cmd)
+        if hasattr(mod, "EVAL"):
+            if evals is None:
+                pv = sub.add_parser("eval", help="evaluate a run (held-out metrics)")
+                evals = pv.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser)
+                evals.required = True
+            ep = evals.add_parser(name, help=mod.EVAL.help, description=mod.EVAL.help)
+            mod.EVAL.add_args(ep)
+            ep.set_defaults(command_fn=mod.EVAL)
 
     ps = sub.add_parser("sample", help="draw terminal states from a trained run",
-                        description="Write the terminal states of N fresh on-policy samples as an integer .npy array [N, ...].")
+                        description="Write the terminal states of N fresh on-policy samples as an "
+                                    "integer .npy array [N, ...] (run kinds: "
+                                    f"{', '.join(_kinds_with('sample'))}).")
     ps.add_argument("--run", required=True, help="run directory written by `gfnem train`")
     ps.add_argument("--n", type=int, default=100000, help="number of samples (>= 1; default 100000)")
     ps.add_argument("--seed", type=int, default=1, help="sampling seed (default 1)")
@@ -178,108 +159,69 @@ def _train_run(args, classes, run):
         _fail(str(e), classes)
 
 
-def _train_gfn(args):
-    from gfnem_jax import config
-    from gfnem_jax.experiments import runner
-    mod = runner.task_module(args.task)
-    classes = (mod.SETTINGS, runner.TrainSettings)
+def _train(args):
+    """``gfnem train KIND``: the kind's settings from the flags, its Experiment, the driver."""
+    from gfnem_jax import config, driver, experiments
+    mod = experiments.kind(args.task)
+    classes = (mod.Settings,)
 
     def make():
-        env_s = config.from_args(mod.SETTINGS, args)
-        train_s = config.from_args(runner.TrainSettings, args)
-        env_s.validate()
-        train_s.validate()
-        cfg = runner.config_dict(args.task, env_s, train_s)
+        s = config.from_args(mod.Settings, args)
+        s.validate()
+        s.check_processes(_process_count())
+        exp = mod.build(s)
         if args.resume:
-            runner.check_resume(cfg, args.out)
-        return cfg
+            driver.check_resume(exp, args.out)
+        return exp
 
-    cfg = _settings_or_fail(args, classes, make)
-    res = _train_run(args, classes, lambda: runner.run(cfg, args.out, progress=not args.quiet,
+    if not hasattr(mod, "build"):  # TEMPORARY: a kind not yet on the driver (being converted)
+        s = config.from_args(mod.Settings, args)
+        _settings_or_fail(args, classes, s.validate)
+        res = _train_run(args, classes, lambda: mod.run(s, args.out, progress=not args.quiet,
+                                                        resume=args.resume))
+        print(json.dumps(res.get("final", res) if isinstance(res, dict) else res, default=float))
+        return
+    exp = _settings_or_fail(args, classes, make)
+    res = _train_run(args, classes, lambda: driver.run(exp, args.out, progress=not args.quiet,
                                                       resume=args.resume))
-    print(json.dumps(res["final"]))
+    print(json.dumps(exp.report(res) if exp.report is not None else res["final"], default=float))
 
 
-def _train_mixture(args):
-    from gfnem_jax import config, run_dir
-    from gfnem_jax.experiments import mixture
-    classes = (mixture.MixtureSettings,)
-
-    def make():
-        s = config.from_args(mixture.MixtureSettings, args)
-        s.validate()
-        if args.resume:
-            run_dir.check_resume(s.to_dict(), args.out, defaults=mixture.MixtureSettings.defaults())
-        return s
-
-    s = _settings_or_fail(args, classes, make)
-    res = _train_run(args, classes, lambda: mixture.run(s, args.out, progress=not args.quiet,
-                                                       resume=args.resume))
-    summ = res["summary"]
-    print(json.dumps({"loglik": summ["loglik"], "gap_to_exact_em": summ["gap_to_exact_em"],
-                      "posterior_tv_gflownet": summ["posterior_tv_gflownet"],
-                      "seconds": round(res["timing"]["total_s"], 1)}))
+def _process_count() -> int:
+    import jax
+    return jax.process_count()
 
 
-def _train_kind(args):
-    import importlib
-    from gfnem_jax import config
-    mod_name, cls_name, _ = RUN_KINDS[args.task]
-    cls = _settings_class(mod_name, cls_name)
-
-    def make():
-        s = config.from_args(cls, args)
-        s.validate()
-        return s
-
-    s = _settings_or_fail(args, (cls,), make)
-    res = _train_run(args, (cls,), lambda: importlib.import_module(mod_name).run(
-        s, args.out, progress=not args.quiet, resume=args.resume))
-    final = res.get("final", res) if isinstance(res, dict) else res
-    print(json.dumps(final, default=float))
-
-
-def _run_glue(fn, args, classes=()):
-    try:
-        return fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(str(e), classes)
+def _kinds_with(attr: str):
+    from gfnem_jax import experiments
+    return [k for k in experiments.KINDS if hasattr(experiments.kind(k), attr)]
 
 
 def _sample(args):
     import numpy as np
-    from gfnem_jax.experiments import runner
+    from gfnem_jax import experiments
     if args.n < 1:
         _fail(f"--n must be >= 1, got {args.n}")
     if not os.path.isdir(args.run):
         _fail(f"--run {args.run!r} is not a directory")
     if os.path.exists(args.out):
         _fail(f"--out {args.out!r} already exists; choose a new file")
-    kind = _run_kind(args.run)
-    if kind == "ebm":
-        from gfnem_jax.experiments import ebm
-        try:
-            x = ebm.sample_run(args.run, args.n, args.seed)
-        except ValueError as e:
-            _fail(str(e).replace("run ", "--run ", 1))
-        np.save(args.out, x)
-        print(f"wrote {args.out}: {x.dtype} array of shape {list(x.shape)}")
-        return
+    kind = experiments.kind_of_run(args.run)
+    if kind is None or not hasattr(experiments.kind(kind), "sample"):
+        what = f"a {kind!r} run" if kind else "not a run gfnem can sample from"
+        _fail(f"--run {args.run!r} is {what}; gfnem sample takes runs of "
+              f"{', '.join(_kinds_with('sample'))}")
     try:
-        cfg, env, gfn, params = runner.load_run(args.run)
+        x = experiments.kind(kind).sample(args.run, args.n, args.seed, progress=True)
     except ValueError as e:
-        _fail(str(e).replace("run ", "--run ", 1))
-    x = runner.sample_terminals(env, gfn, params, args.n, args.seed, progress=True).astype(np.int64)
+        _fail(_named_run(str(e)))
     np.save(args.out, x)
     print(f"wrote {args.out}: {x.dtype} array of shape {list(x.shape)}")
 
 
-def _run_kind(run_dir):
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            return json.load(f).get("task")
-    except (OSError, ValueError, AttributeError):
-        return None
+def _named_run(msg: str) -> str:
+    """A library error about a run folder ("run 'x' ...") names the --run flag."""
+    return "--" + msg if msg.startswith("run ") else msg
 
 
 def _bench(args):
@@ -302,9 +244,6 @@ def _compile_cache(args):
         pass
 
 
-MULTI_PROCESS = ("hypergrid", "sets", "sequences", "mixture", "ebm", "dvae", "grammar")  # grammar last
-
-
 def _join_processes(args, argv):
     """jax.distributed for a train command (before any JAX computation); with several processes
     --devices defaults to every device of every process."""
@@ -312,14 +251,10 @@ def _join_processes(args, argv):
     try:
         joined = distributed.initialize(args.num_processes, args.process_id, args.coordinator)
     except ValueError as e:
-        _fail(str(e).replace("num_processes", "--num-processes").replace("process_id", "--process-id")
-              .replace("coordinator", "--coordinator"))
+        _fail(str(e))
     if not joined:
         return
     import jax
-    if args.task not in MULTI_PROCESS or (args.task == "grammar" and args.method != "gflownet"):
-        _fail(f"--num-processes {jax.process_count()}: train {args.task} runs in one process "
-              f"(several processes: {', '.join(MULTI_PROCESS[:-1])}, grammar --method gflownet)")
     if getattr(args, "devices", None) == 1 and "--devices" not in argv:
         args.devices = jax.device_count()
 
@@ -331,18 +266,13 @@ def main(argv=None):
     try:
         if args.command == "train":
             _join_processes(args, argv)
-            if args.task == "mixture":
-                return _train_mixture(args)
-            if args.task in RUN_KINDS:
-                return _train_kind(args)
-            return _train_gfn(args)
-        if args.command in ("parse", "export-grammar"):
-            from gfnem_jax.experiments import grammar, grammar_cli
-            fn = grammar_cli.parse_main if args.command == "parse" else grammar_cli.export_main
-            return _run_glue(fn, args, (grammar.GrammarSettings,))
-        if args.command == "eval":
-            from gfnem_jax.experiments import dvae, dvae_cli
-            return _run_glue(dvae_cli.eval_main, args, (dvae.DVAESettings,))
+            return _train(args)
+        if hasattr(args, "command_fn"):  # a command a run kind declares (parse, eval KIND, ...)
+            cmd = args.command_fn
+            try:
+                return cmd.main(args)
+            except (ValueError, FileNotFoundError) as e:
+                _fail(_named_run(str(e)), cmd.settings)
         if args.command == "sample":
             return _sample(args)
         if args.command == "bench":

@@ -80,6 +80,15 @@ class Settings:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_config(self) -> Dict[str, Any]:
+        """What config.json holds (every setting, by name; a run kind may nest groups)."""
+        return self.to_dict()
+
+    @classmethod
+    def from_config(cls: Type[T], d: Dict[str, Any]) -> T:
+        """The settings of a saved config.json (``to_config``'s inverse)."""
+        return cls.from_dict(d)
+
     @classmethod
     def defaults(cls) -> Dict[str, Any]:
         """Every setting's declared default, by name."""
@@ -98,13 +107,21 @@ class Settings:
         return dataclasses.replace(self, **kw)
 
 
-def flag_name(f: dataclasses.Field) -> str:
-    return _meta(f).get("flag") or "--" + f.name.replace("_", "-")
+def flag_name(f: dataclasses.Field, flags: Optional[Dict[str, str]] = None) -> str:
+    """The CLI flag of setting ``f``: ``flags[name]`` (the CLI's own spellings), else ``--`` + the
+    name with dashes, or ``--no-`` + it for a setting that is on by default."""
+    if flags and f.name in flags:
+        return flags[f.name]
+    if _meta(f).get("flag"):
+        return _meta(f)["flag"]
+    dashed = f.name.replace("_", "-")
+    return "--no-" + dashed if f.default is True else "--" + dashed
 
 
 def add_arguments(parser, cls: Type[Settings], group: Optional[str] = None,
-                  exclude: Tuple[str, ...] = ()) -> None:
-    """Add one flag per CLI field of ``cls`` (type, default and help from the declaration)."""
+                  exclude: Tuple[str, ...] = (), flags: Optional[Dict[str, str]] = None) -> None:
+    """Add one flag per CLI field of ``cls`` (type, default and help from the declaration);
+    ``flags``: the CLI's spelling of settings whose flag is not derived from the name."""
     g = parser.add_argument_group(group) if group else parser
     for f in dataclasses.fields(cls):
         m = _meta(f)
@@ -115,14 +132,11 @@ def add_arguments(parser, cls: Type[Settings], group: Optional[str] = None,
         if m.get("choices"):
             helptext += f" (one of: {', '.join(map(str, m['choices']))})"
         if isinstance(default, bool):
-            if default:
-                flag = m.get("flag") or "--no-" + f.name.replace("_", "-")
-                g.add_argument(flag, dest=f.name, action="store_false", help=helptext)
-            else:
-                g.add_argument(flag_name(f), dest=f.name, action="store_true", help=helptext)
+            g.add_argument(flag_name(f, flags), dest=f.name,
+                           action="store_false" if default else "store_true", help=helptext)
             continue
         typ = type(default) if default is not None else str
-        g.add_argument(flag_name(f), dest=f.name, type=typ, default=default,
+        g.add_argument(flag_name(f, flags), dest=f.name, type=typ, default=default,
                        help=f"{helptext} (default {default})")
 
 
@@ -133,16 +147,18 @@ def from_args(cls: Type[T], args, **overrides) -> T:
     return cls(**kw)
 
 
-def flag_message(msg: str, classes: Sequence[Type[Settings]] = ()) -> str:
+def flag_message(msg: str, classes: Sequence[Type[Settings]] = (),
+                 flags: Optional[Dict[str, str]] = None) -> str:
     """Turn setting names at the start of / inside an error message into CLI flags.
 
     Only the CLI calls this: ``"batch_size must be >= 1"`` -> ``"--batch-size must be >= 1"``.
-    Names are taken from ``classes``' fields; any other ``snake_case`` word is left alone.
+    Names are taken from ``classes``' fields (spelled as ``flag_name(f, flags)``) and from
+    ``flags`` itself; any other ``snake_case`` word is left alone.
     """
-    names = {}
+    names = dict(flags or {})
     for cls in classes:
         for f in dataclasses.fields(cls):
-            names[f.name] = flag_name(f)
+            names[f.name] = flag_name(f, flags)
     if not names:
         return msg
 

@@ -41,8 +41,8 @@ class Experiment:
       summarize: ``metrics of a chunk -> dict`` merged into its logged row.
       evaluate: ``state -> dict`` merged into each logged row (exact metrics, held-out scores).
       log_rows: ``(metrics of the chunk, its row) -> rows to write`` (default: the row itself).
-      first_rows: ``(state, rows kept from an earlier run) -> rows written before the first chunk``
-        (baselines, a step-0 evaluation).
+      first_rows: ``(state, rows kept from an earlier run) -> rows written before them`` (rows
+        computed before the first chunk: baselines, a step-0 evaluation when nothing is kept).
       kept_rows: ``(rows of an earlier run's metrics.jsonl, step of its checkpoint) -> the rows a
         resume keeps`` (default: those logged at or before the checkpoint's step).
       chunk: ``steps already done -> steps per chunk`` (default ``run_dir.chunk_size``).
@@ -55,6 +55,8 @@ class Experiment:
       resume_defaults: settings a saved config may lack (written by an older version): they count
         as these defaults.
       postfix: logged keys shown on the progress bar.
+      report: ``result of run -> dict``: the one JSON line ``gfnem train`` prints at the end
+        (default: the last logged row).
     """
 
     name: str
@@ -75,6 +77,7 @@ class Experiment:
     finish: Optional[Callable[[Any, List[Row], str, bool], Dict[str, Any]]] = None
     resume_defaults: Optional[Dict[str, Any]] = None
     postfix: Sequence[str] = ("loss",)
+    report: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
 
 
 def check_resume(exp: Experiment, out: str) -> None:
@@ -118,10 +121,9 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
         chunk_metrics[0] = m
         return exp.summarize(m) if exp.summarize is not None else {}
 
-    with run_dir.MetricsLog(out, kept, tensorboard=getattr(s, "tensorboard", False)) as log:
-        if exp.first_rows is not None:
-            for r in exp.first_rows(D.to_local(state), kept):
-                log.write(r)
+    first = exp.first_rows(D.to_local(state), kept) if exp.first_rows is not None else []
+    with run_dir.MetricsLog(out, first + kept, tensorboard=getattr(s, "tensorboard", False)) as log:
+        log.board(first)
 
         def on_log(row):
             rows = exp.log_rows(chunk_metrics[0], row) if exp.log_rows is not None else [row]

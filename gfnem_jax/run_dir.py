@@ -42,10 +42,13 @@ class CheckpointSettings(Settings):
     checkpoint_minutes: float = setting(5.0, "also checkpoint after the first logged chunk ending "
                                         "this many minutes after the last checkpoint (0 = off)",
                                         min=0)
-    keep_checkpoints: int = setting(3, "keep only the newest K checkpoints (0 = all)", min=0,
-                                    flag="--keep")
+    keep_checkpoints: int = setting(3, "keep only the newest K checkpoints (0 = all)", min=0)
     tensorboard: bool = setting(False, "also write the logged metrics as TensorBoard event files "
                                 "in OUT/tensorboard (tensorboardX)")
+
+    def check_processes(self, count: int) -> None:
+        """Refuse a run over ``count`` processes (jax.distributed) that this kind cannot split
+        (ValueError naming the setting); every kind here runs over several."""
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -192,12 +195,20 @@ class MetricsLog:
         if self._f is not None:
             self._f.write(json.dumps(row) + "\n")
             self._f.flush()
-        if self._tb is not None and isinstance(row.get("step"), int):
+        self.board([row])
+
+    def board(self, rows: List[Dict[str, Any]]) -> None:
+        """Send rows already in the file to TensorBoard (when it is on)."""
+        if self._tb is None:
+            return
+        for row in rows:
+            if not isinstance(row.get("step"), int):
+                continue
             prefix = f"{row['method']}/" if isinstance(row.get("method"), str) else ""
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(prefix + k, float(v), row["step"])
-            self._tb.flush()
+        self._tb.flush()
 
     def wall_offset(self) -> float:
         """wall_s of the last row that has one (0.0 if none): a resumed run keeps counting."""

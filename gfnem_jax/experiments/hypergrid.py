@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from gfnem_jax.config import Settings, setting
+from gfnem_jax.experiments import runner
 from gfnem_jax.envs.hypergrid import HyperGrid
 
 NAME = "hypergrid"
@@ -25,7 +26,6 @@ class HyperGridSettings(Settings):
                              f"{self.height ** self.ndim} cells; exact metrics allow at most 5e6")
 
 
-SETTINGS = HyperGridSettings
 
 
 def build_env(s: HyperGridSettings) -> HyperGrid:
@@ -38,3 +38,7 @@ def mode_indices(env: HyperGrid):
     import numpy as np
     # one jitted program (cached on disk) instead of ~20 eager ops at every start
     return np.flatnonzero(np.asarray(jax.jit(env.mode_mask)())) + env.height ** env.ndim
+
+
+Settings = runner.task_settings(NAME, HyperGridSettings)  # the environment's and the training settings
+build, sample = runner.experiment, runner.sample

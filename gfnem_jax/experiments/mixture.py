@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from gfnem_jax import distributed as D
-from gfnem_jax import em, run_dir
+from gfnem_jax import driver, em, run_dir
 from gfnem_jax.config import setting
 
 NAME = "mixture"
@@ -85,13 +85,16 @@ class MixtureSettings(run_dir.CheckpointSettings):
                            ls_back=self.ls_back)
 
 
+Settings = MixtureSettings
+
+
 def _settings(cfg) -> MixtureSettings:
     s = cfg if isinstance(cfg, MixtureSettings) else MixtureSettings.from_dict(dict(cfg))
     s.validate()
     return s
 
 
-def build(s: MixtureSettings):
+def build_parts(s: MixtureSettings):
     """(model, env, gfn, gfn_tx, m_tx)."""
     from gfnem_jax import objectives
     from gfnem_jax.envs.sequence import Sequence
@@ -120,120 +123,131 @@ def posterior_tv(model, env, gfn, params, theta, x) -> jax.Array:
     return jnp.mean(0.5 * jnp.sum(jnp.abs(q - model.exact_posterior(theta, x)), axis=-1))
 
 
-def run(cfg, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
-    """Run the three methods; write the run directory (see the module docstring).
-
-    cfg: ``MixtureSettings`` or a dict of its fields. resume: continue GFlowNet-EM from the latest
-    checkpoint in OUT (step 0 if none), identical to a run never stopped."""
+def build(settings) -> driver.Experiment:
+    """The GFlowNet-EM run, with the two baselines computed before its first chunk and written
+    first in metrics.jsonl (module docstring). settings: ``MixtureSettings`` or a dict of its
+    fields."""
     from gfnem_jax import loop
     from gfnem_jax.experiments.mixture_baselines import run_exact_em, run_mean_field_em
     from gfnem_jax.models.mixture import GENERATING_MEANS, generate_data, latent_to_state
-    s = _settings(cfg)
-    if resume:
-        run_dir.check_resume(s.to_dict(), out)
+    s = _settings(settings)
     t_start = time.perf_counter()
-    model, env, gfn, gfn_tx, m_tx = build(s)
+    model, env, gfn, gfn_tx, m_tx = build_parts(s)
     x_np, _ = generate_data(model, s.seed, s.n_data)
     x = jnp.asarray(x_np)
     run_key = jax.random.PRNGKey(s.seed)
     theta0 = model.init_means(jax.random.fold_in(run_key, 1), x)
-    run_dir.write_config(out, s.to_dict())
-    primary = D.is_primary()
-    if primary:
-        np.save(os.path.join(out, "data.npy"), x_np)
-    timing = {}
-
-    # -- baselines (one lax.scan each) --
-    t0 = time.perf_counter()
-    ex = jax.jit(run_exact_em, static_argnums=(0, 3, 4))(model, x, theta0, s.em_iters, s.lr_m)
-    mf = jax.jit(run_mean_field_em, static_argnums=(0, 3, 4, 5))(
-        model, x, theta0, s.em_iters, s.lr_m, s.mf_sweeps)
-    ex, mf = jax.device_get((ex, mf))
-    timing["baselines_s"] = time.perf_counter() - t0
-
-    # -- GFlowNet-EM: the one alternating loop --
     ecfg = s.em_config()
     mesh = loop.make_mesh(s.devices)
     step = em.make_em_step(gfn, em.LatentModel(model.log_joint, model.sample), ecfg, gfn_tx, m_tx,
                            z_to_state=latent_to_state, mesh=mesh)
     params = gfn.init(jax.random.fold_in(run_key, 0x7FFFFFFF), x[0])
     state = loop.init_state(params, gfn_tx, theta0, m_tx, run_key)
-    state, ck = run_dir.restore_latest(out, state, resume)
-    done = int(state.step)
-    run_dir.check_steps(s.steps, done, out)
-    chunk = run_dir.chunk_size(s.steps, done, s.log_every)
-    compiled = loop.make_chunk(step, chunk, em.batch_fn(ecfg, s.n_data),
-                               eval_fn=lambda st, data: {"loglik": model.loglik(st.model, data)})
     x_all = D.to_global(x, mesh)
-    run_chunk = lambda st, data: compiled(D.to_global(st, mesh), x_all)
-    t0 = time.perf_counter()
-    rows = []
-    for method, res in (("exact_em", ex), ("mean_field_em", mf)):
-        for i, ll in enumerate(np.asarray(res.loglik)):
-            row = {"method": method, "step": i, "loglik": float(ll)}
-            if i < len(res.m_loss):
-                row["m_loss"] = float(res.m_loss[i])
-                row["m_step"] = True
-            rows.append(row)
-    if ck is not None:
-        rows += run_dir.read_rows(out, lambda r: r.get("method") == "gflownet_em"
-                                  and r["step"] <= done)
-    n_m = [sum(bool(r.get("m_step")) for r in rows if r["method"] == "gflownet_em")]
-    cks = run_dir.Checkpoints(out, s, last=done if ck else None)
-    with run_dir.MetricsLog(out, rows, tensorboard=s.tensorboard) as log:
-        def per_step_rows(m):
-            """Writes one row per GFlowNet-EM step (the chunk's metrics); returns the chunk row."""
-            n = len(np.asarray(m["loss"]))
-            start = n_m_steps_done[0]
-            for i in range(n):
-                row = {"method": "gflownet_em", "step": start + i + 1}
-                for k, v in m.items():
-                    v = np.asarray(v)[i]
-                    row[k] = bool(v) if v.dtype == bool else float(v)
-                log.write(row)
-            n_m_steps_done[0] += n
-            n_m[0] += int(np.sum(m["m_step"]))
-            return {"loglik": float(np.asarray(m["loglik"])[-1]), "M": n_m[0]}
+    timing: Dict[str, float] = {}
+    base: Dict[str, Any] = {}
+    counts = {"done": 0, "m": 0}  # GFlowNet-EM steps logged, M-steps among them
 
-        n_m_steps_done = [done]
-        state = loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=lambda c: x,
-                               summarize=per_step_rows, progress=progress, desc="gflownet-em",
-                               postfix=("loss", "loglik", "M"), **cks.loop_kwargs())
-    cks.save(state)
-    state = D.to_local(state)
-    n_m = n_m[0]
-    timing["gflownet_em_s"] = time.perf_counter() - t0
+    def make_chunk(n):
+        compiled = loop.make_chunk(step, n, em.batch_fn(ecfg, s.n_data),
+                                   eval_fn=lambda st, data: {"loglik": model.loglik(st.model, data)})
+        return lambda st, data: compiled(D.to_global(st, mesh), x_all)
 
-    theta_gfn = np.asarray(state.model)
-    gen = jnp.asarray(GENERATING_MEANS, jnp.float32)
-    ll = {"gflownet_em": float(model.loglik(state.model, x)), "exact_em": float(ex.loglik[-1]),
-          "mean_field_em": float(mf.loglik[-1]), "generating": float(model.loglik(gen, x))}
-    tv = float(jax.jit(posterior_tv, static_argnums=(0, 1, 2))(model, env, gfn, state.sampler,
-                                                                state.model, x))
-    means = {"gflownet_em": theta_gfn.tolist(), "exact_em": np.asarray(ex.theta).tolist(),
-             "mean_field_em": np.asarray(mf.theta).tolist(), "generating": np.asarray(gen).tolist(),
-             "init": np.asarray(theta0).tolist()}
-    summary = {"loglik": ll, "means": means,
-               "gap_to_exact_em": {"gflownet_em": ll["exact_em"] - ll["gflownet_em"],
-                                   "mean_field_em": ll["exact_em"] - ll["mean_field_em"]},
-               "posterior_tv_gflownet": tv, "gflownet_m_steps": n_m, "steps": s.steps,
-               "em_iters": s.em_iters, "n_data": s.n_data, "seed": s.seed}
-    if not primary:  # only process 0 writes the run files
+    def first_rows(st, kept):
+        """Exact EM and mean-field EM (one lax.scan each), one row per iteration."""
+        t0 = time.perf_counter()
+        ex = jax.jit(run_exact_em, static_argnums=(0, 3, 4))(model, x, theta0, s.em_iters, s.lr_m)
+        mf = jax.jit(run_mean_field_em, static_argnums=(0, 3, 4, 5))(
+            model, x, theta0, s.em_iters, s.lr_m, s.mf_sweeps)
+        base["exact_em"], base["mean_field_em"] = jax.device_get((ex, mf))
+        timing["baselines_s"] = time.perf_counter() - t0
+        rows = []
+        for method, res in base.items():
+            for i, ll in enumerate(np.asarray(res.loglik)):
+                row = {"method": method, "step": i, "loglik": float(ll)}
+                if i < len(res.m_loss):
+                    row["m_loss"] = float(res.m_loss[i])
+                    row["m_step"] = True
+                rows.append(row)
+        counts["done"] = int(st.step)
+        counts["m"] = sum(bool(r.get("m_step")) for r in kept)
+        timing["t0"] = time.perf_counter()
+        return rows
+
+    def summarize(m):
+        counts["m"] += int(np.sum(m["m_step"]))
+        return {"loglik": float(np.asarray(m["loglik"])[-1]), "M": counts["m"]}
+
+    def log_rows(m, _):
+        """One row per GFlowNet-EM step of the chunk (its metrics)."""
+        n = len(np.asarray(m["loss"]))
+        rows = [{"method": "gflownet_em", "step": counts["done"] + i + 1,
+                 **{k: bool(v[i]) if v.dtype == bool else float(v[i])
+                    for k, v in ((k, np.asarray(v)) for k, v in m.items())}} for i in range(n)]
+        counts["done"] += n
+        return rows
+
+    def finish(state, rows, out, primary):
+        ex, mf = base["exact_em"], base["mean_field_em"]
+        timing["gflownet_em_s"] = time.perf_counter() - timing.pop("t0")
+        gen = jnp.asarray(GENERATING_MEANS, jnp.float32)
+        ll = {"gflownet_em": float(model.loglik(state.model, x)), "exact_em": float(ex.loglik[-1]),
+              "mean_field_em": float(mf.loglik[-1]), "generating": float(model.loglik(gen, x))}
+        tv = float(jax.jit(posterior_tv, static_argnums=(0, 1, 2))(model, env, gfn, state.sampler,
+                                                                    state.model, x))
+        means = {"gflownet_em": np.asarray(state.model).tolist(),
+                 "exact_em": np.asarray(ex.theta).tolist(),
+                 "mean_field_em": np.asarray(mf.theta).tolist(),
+                 "generating": np.asarray(gen).tolist(), "init": np.asarray(theta0).tolist()}
+        summary = {"loglik": ll, "means": means,
+                   "gap_to_exact_em": {"gflownet_em": ll["exact_em"] - ll["gflownet_em"],
+                                       "mean_field_em": ll["exact_em"] - ll["mean_field_em"]},
+                   "posterior_tv_gflownet": tv, "steps": s.steps, "em_iters": s.em_iters,
+                   "gflownet_m_steps": sum(bool(r.get("m_step")) for r in rows
+                                           if r["method"] == "gflownet_em"),
+                   "n_data": s.n_data, "seed": s.seed}
         timing["total_s"] = time.perf_counter() - t_start
-        return {"summary": summary, "state": state, "timing": timing}
+        if primary:  # only process 0 writes the run files
+            write_files(out, s, summary, state, x_np, timing)
+        return {**summary, "timing": timing}
+
+    return driver.Experiment(
+        name="gflownet-em", settings=s, config=s.to_config(), state=state, make_chunk=make_chunk,
+        summarize=summarize, log_rows=log_rows, first_rows=first_rows,
+        kept_rows=lambda rows, done: [r for r in rows if r.get("method") == "gflownet_em"
+                                      and r["step"] <= done],
+        write_inputs=lambda out: np.save(os.path.join(out, "data.npy"), x_np),
+        finish=finish, postfix=("loss", "loglik", "M"), report=report)
+
+
+def report(res: Dict[str, Any]) -> Dict[str, Any]:
+    """The line ``gfnem train mixture`` prints."""
+    summ = res["summary"]
+    return {"loglik": summ["loglik"], "gap_to_exact_em": summ["gap_to_exact_em"],
+            "posterior_tv_gflownet": summ["posterior_tv_gflownet"],
+            "seconds": round(summ["timing"]["total_s"], 1)}
+
+
+def write_files(out: str, s: MixtureSettings, summary, state, x_np, timing) -> None:
+    """summary.json, params.npz, mixture.png (``plot``) and timing.json."""
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
-    flat = {"theta_" + k: np.asarray(v, np.float32) for k, v in means.items()}
+    flat = {"theta_" + k: np.asarray(v, np.float32) for k, v in summary["means"].items()}
     leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.sampler))[0]
     for path, leaf in leaves:
         flat["gfn/" + jax.tree_util.keystr(path)] = np.asarray(leaf)
     np.savez(os.path.join(out, "params.npz"), **flat)
     if s.plot:
-        plot(os.path.join(out, "mixture.png"), x_np, means, ll)
-    timing["total_s"] = time.perf_counter() - t_start
+        plot(os.path.join(out, "mixture.png"), x_np, summary["means"], summary["loglik"])
     with open(os.path.join(out, "timing.json"), "w") as f:
         json.dump(timing, f, indent=2, sort_keys=True)
-    return {"summary": summary, "state": state, "timing": timing}
+
+
+def run(settings, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
+    """``driver.run(build(settings), ...)``: {"summary" (with "timing"), "state", "final"}."""
+    res = driver.run(build(settings), out, progress, resume)
+    res["timing"] = res["summary"].pop("timing")
+    return res
 
 
 def plot(path: str, x: np.ndarray, means: Dict[str, Any], ll: Dict[str, float]) -> None:

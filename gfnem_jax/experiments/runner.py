@@ -3,9 +3,10 @@
 A run directory holds config.json (everything needed to rebuild the run), metrics.jsonl (one JSON
 object per logged step) and checkpoint/step_N (orbax; ``gfnem_jax.run_dir`` owns the files, the
 resume check and the checkpoint policy). ``gfnem sample`` rebuilds the sampler
-from it. A task is a thin module of ``gfnem_jax.experiments`` declaring its ``SETTINGS`` (a
-``config.Settings`` dataclass), ``build_env`` and ``mode_indices``; the training settings shared
-by every task are ``TrainSettings``. The run is the one alternating loop of ``gfnem_jax.loop`` with
+from it. A task is a thin module of ``gfnem_jax.experiments`` declaring its environment's settings
+(a ``config.Settings`` dataclass), ``build_env`` and ``mode_indices``; its run kind's ``Settings``
+add the training settings shared by every task (``TrainSettings``, by ``task_settings``) and its
+``build`` is ``experiment`` (a ``driver.Experiment``). The run is the one alternating loop of ``gfnem_jax.loop`` with
 a sampler update only; the environment's reward parameters ride in the loop state's model slot
 (not trained), so they are arguments of the compiled step, not constants.
 """
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import checkpoint, distributed, loop, metrics, objectives, run_dir
+from gfnem_jax import checkpoint, distributed, driver, loop, metrics, objectives, run_dir
 from gfnem_jax.config import Settings, setting
 from gfnem_jax.gflownet import GFlowNet, sampler_update
 from gfnem_jax.nets.mlp import MLPPolicy
@@ -50,7 +51,7 @@ class TrainSettings(run_dir.CheckpointSettings):
     alpha: float = setting(0.5, "alpha of renyi / tsallis / alpha_kl")
     control_variate: str = setting("loo", "control variate of renyi / tsallis / alpha_kl (see the loss's docs)")
     normalized: bool = setting(True, "forward_kl: unnormalized importance weights (unbiased up to "
-                               "1/Z) instead of self-normalized", flag="--unnormalized")
+                               "1/Z) instead of self-normalized")
     steps: int = setting(2000, "number of gradient steps", min=1)
     batch_size: int = setting(64, "trajectories per step (global, over all devices)", min=1)
     lr: float = setting(5e-4, "Adam learning rate of the policy", gt=0)
@@ -60,7 +61,7 @@ class TrainSettings(run_dir.CheckpointSettings):
     n_layers: int = setting(2, "MLP hidden layers", min=1)
     uniform_pb: bool = setting(False, "fixed uniform backward policy instead of a learned one")
     shared_torso: bool = setting(True, "give P_B and the flow head their own MLP torso (torchgfn's "
-                                 "default) instead of sharing one", flag="--separate-torso")
+                                 "default) instead of sharing one")
     temperature: float = setting(1.0, "exploration: sample from softmax(logits / T)", gt=0)
     epsilon: float = setting(0.0, "exploration: mix eps of uniform over legal actions", min=0, lt=1)
     seed: int = setting(0, "random seed; the same seed gives identical results", min=0, max=2 ** 32 - 1)
@@ -72,8 +73,7 @@ class TrainSettings(run_dir.CheckpointSettings):
                              "evaluating its states again in a second pass (one policy pass per "
                              "state): the same loss and gradient. On a 2-core CPU about 10% "
                              "faster and 20% less memory at batch 1024 on the HyperGrid, slower "
-                             "at batch 16 to 256",
-                             flag="--one-pass")
+                             "at batch 16 to 256")
     log_every: int = setting(100, "steps between logged rows (exact metrics computed there)", min=1)
 
     def check(self):
@@ -92,23 +92,51 @@ class TrainSettings(run_dir.CheckpointSettings):
         return Exploration(self.temperature, self.epsilon)
 
 
+def task_settings(name: str, env_cls):
+    """The settings of run kind ``name``: its environment's settings ``env_cls`` and
+    ``TrainSettings`` as one class (one flag per field). Its config.json nests the environment's
+    fields under "env": ``{"task": name, "env": {...}, **training settings}``."""
+    env_names = [f.name for f in dataclasses.fields(env_cls)]
+    clash = set(env_names) & {f.name for f in dataclasses.fields(TrainSettings)}
+    assert not clash, f"{env_cls.__name__} redeclares training settings {sorted(clash)}"
+
+    @dataclasses.dataclass(frozen=True)
+    class RunSettings(TrainSettings, env_cls):  # the environment's settings first
+        def check(self):
+            env_cls.check(self)
+            TrainSettings.check(self)
+
+        def env(self):
+            return env_cls(**{k: getattr(self, k) for k in env_names})
+
+        def train(self) -> TrainSettings:
+            return TrainSettings(**{f.name: getattr(self, f.name)
+                                    for f in dataclasses.fields(TrainSettings)})
+
+        def to_config(self) -> Dict[str, Any]:
+            return config_dict(name, self.env(), self.train())
+
+        @classmethod
+        def from_config(cls, cfg: Dict[str, Any]):
+            env = env_cls.from_dict(cfg.get("env", {}))
+            train = TrainSettings.from_dict({k: v for k, v in cfg.items() if k not in ("task", "env")})
+            return cls(**env.to_dict(), **train.to_dict())
+
+    RunSettings.__name__ = RunSettings.__qualname__ = env_cls.__name__.replace("Settings", "") + "Run"
+    RunSettings.__doc__ = f"Every setting of ``gfnem train {name}``: {env_cls.__name__} and TrainSettings."
+    return RunSettings
+
+
 def settings_of(cfg: Dict[str, Any]):
     """(task module, env settings, train settings) of a run config dict (validated)."""
     mod = task_module(cfg.get("task", ""))
-    env_s = mod.SETTINGS.from_dict(cfg.get("env", {}))
-    train_s = TrainSettings.from_dict({k: v for k, v in cfg.items() if k not in ("task", "env")})
-    env_s.validate()
-    train_s.validate()
-    return mod, env_s, train_s
+    s = mod.Settings.from_config(cfg)
+    s.validate()
+    return mod, s.env(), s.train()
 
 
 def config_dict(task: str, env_s: Settings, train_s: Settings) -> Dict[str, Any]:
     return {"task": task, "env": env_s.to_dict(), **train_s.to_dict()}
-
-
-def validate_run(cfg: Dict[str, Any]) -> None:
-    """Raise ValueError naming the setting, the value and what is allowed."""
-    settings_of(cfg)
 
 
 def build(cfg: Dict[str, Any]):
@@ -176,38 +204,29 @@ def make_train(cfg: Dict[str, Any]):
     return loop.make_train(lambda k: init_state(gfn, optim, k)[0], step, s.steps, final_fn=final)
 
 
-def check_resume(cfg: Dict[str, Any], out: str) -> Dict[str, Any]:
-    """The saved config of OUT if ``cfg`` may resume it; ValueError naming what differs."""
-    return run_dir.check_resume(cfg, out)
-
-
-def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
-    """Train as configured, writing OUT/config.json, OUT/metrics.jsonl and checkpoints.
-
-    resume: continue the run in OUT from its latest checkpoint (step 0 if it has none) up to
-    ``steps``; the result is identical to a run that was never stopped (keys depend only on seed
-    and step).
-    """
-    mod, env_s, s = settings_of(cfg)
-    cfg = config_dict(mod.NAME, env_s, s)
-    if resume:
-        check_resume(cfg, out)
+def experiment(settings) -> driver.Experiment:
+    """The run of a task's settings (``task_settings``) for ``driver.run``: the one alternating
+    loop with a sampler update only, the exact L1 / JSD to the target and the modes found so far
+    logged every ``log_every`` steps (the visited states are saved with each checkpoint)."""
+    cfg = settings.to_config()
+    mod = task_module(cfg["task"])
+    s = settings.train()
     env, gfn, optim = build(cfg)
     state, tx = init_state(gfn, optim, s.seed)
     exact, _, _ = make_evaluator(env, gfn)
     mode_idx = np.asarray(mod.mode_indices(env))
-    state, ck = run_dir.restore_latest(out, state, resume)
-    done = int(state.step)
-    run_dir.check_steps(s.steps, done, out)
     seen = np.zeros(env.num_states(), bool)
-    if ck is not None and checkpoint.load_extra(ck, "seen") is not None:
-        seen = checkpoint.load_extra(ck, "seen")
-    run_dir.write_config(out, cfg)
     step = make_step(gfn, tx, s.batch_size, s.devices)
-    chunk = run_dir.chunk_size(s.steps, done, s.log_every)
-    compiled, mesh = loop.make_chunk(step, chunk), loop.make_mesh(s.devices)
-    run_chunk = lambda st, data: compiled(distributed.to_global(st, mesh))  # noqa: E731
-    cks = run_dir.Checkpoints(out, s, extras=lambda: {"seen": seen}, last=done if ck else None)
+    mesh = loop.make_mesh(s.devices)
+
+    def make_chunk(n):
+        compiled = loop.make_chunk(step, n)
+        return lambda st, data: compiled(distributed.to_global(st, mesh))
+
+    def restore_extras(ck):
+        saved = checkpoint.load_extra(ck, "seen")
+        if saved is not None:
+            seen[:] = saved
 
     def summarize(m):
         seen[np.asarray(m["visited"]).reshape(-1)] = True
@@ -220,14 +239,18 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
         vals, _ = exact(st.sampler)
         return {k: float(v) for k, v in vals.items()}
 
-    with run_dir.MetricsLog(out, run_dir.read_rows(out, run_dir.upto(done)) if ck else [],
-                            tensorboard=s.tensorboard) as log:
-        state = loop.host_loop(state, run_chunk, s.steps - done, chunk, summarize=summarize,
-                               evaluate=evaluate, on_log=log.write, progress=progress,
-                               desc=f"{mod.NAME}/{s.loss}", wall_offset=log.wall_offset(),
-                               **cks.loop_kwargs())
-    cks.save(state)
-    return {"final": log.rows[-1] if log.rows else {}, "state": distributed.to_local(state)}
+    return driver.Experiment(
+        name=f"{mod.NAME}/{s.loss}", settings=settings, config=cfg, state=state,
+        make_chunk=make_chunk, summarize=summarize, evaluate=evaluate,
+        extras=lambda: {"seen": seen}, restore_extras=restore_extras,
+        postfix=("loss", "l1", "log_z"))
+
+
+def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:
+    """Train as configured (a config dict, ``config_dict``), writing OUT/config.json,
+    OUT/metrics.jsonl and checkpoints (``driver.run``)."""
+    mod, _, _ = settings_of(cfg)
+    return driver.run(experiment(mod.Settings.from_config(cfg)), out, progress, resume)
 
 
 def load_run(run: str):
@@ -238,12 +261,14 @@ def load_run(run: str):
                          f"from it is not supported here")
     # the devices it trained on need not be here: sampling runs on one device
     env, gfn, optim = build(dict(cfg, devices=1))
-    ck = checkpoint.latest(run)
-    if ck is None:
-        raise ValueError(f"run {run!r} holds no checkpoint")
     like, _ = init_state(gfn, optim, cfg["seed"])
-    state = checkpoint.restore(ck, like)
-    return cfg, env, gfn, state.sampler
+    return cfg, env, gfn, driver.restore_run(run, like).sampler
+
+
+def sample(run: str, n: int, seed: int, progress: bool = False) -> np.ndarray:
+    """``gfnem sample``: the terminal values of n fresh on-policy samples of a run, int64[n, ...]."""
+    _, env, gfn, params = load_run(run)
+    return sample_terminals(env, gfn, params, n, seed, progress=progress).astype(np.int64)
 
 
 def sample_terminals(env, gfn, params, n: int, seed: int, chunk: int = 8192,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from gfnem_jax.config import Settings, setting
+from gfnem_jax.experiments import runner
 from gfnem_jax.envs.sequence_design import SequenceDesign
 
 NAME = "sequences"
@@ -31,7 +32,6 @@ class SequencesSettings(Settings):
                              f"metrics allow at most {MAX_STATES} (e.g. length 6 and vocab 8)")
 
 
-SETTINGS = SequencesSettings
 
 
 def build_env(s: SequencesSettings) -> SequenceDesign:
@@ -43,3 +43,7 @@ def mode_indices(env: SequenceDesign):
     """State indices (in env.all_states order) of the N_MODES highest-reward sequences."""
     from gfnem_jax.metrics import top_reward_terminals
     return top_reward_terminals(env, env.terminal_indices(), N_MODES)
+
+
+Settings = runner.task_settings(NAME, SequencesSettings)  # the environment's and the training settings
+build, sample = runner.experiment, runner.sample

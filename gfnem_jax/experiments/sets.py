@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 from gfnem_jax.config import Settings, setting
+from gfnem_jax.experiments import runner
 from gfnem_jax.envs.sets import SetGeneration
 
 NAME = "sets"
@@ -34,7 +35,6 @@ class SetsSettings(Settings):
                              f"allow at most {MAX_STATES} (e.g. set_size 12 and k 6, or 16 and 4)")
 
 
-SETTINGS = SetsSettings
 
 
 def build_env(s: SetsSettings) -> SetGeneration:
@@ -45,3 +45,7 @@ def mode_indices(env: SetGeneration):
     """State indices (in env.all_states order) of the N_MODES highest-reward terminal sets."""
     from gfnem_jax.metrics import top_reward_terminals
     return top_reward_terminals(env, env.terminal_indices(), N_MODES)
+
+
+Settings = runner.task_settings(NAME, SetsSettings)  # the environment's and the training settings
+build, sample = runner.experiment, runner.sample
