@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfnem_jax.data import toy2d
+from gfnem_jax import ebgfn
 from gfnem_jax.experiments import ebm, ebm_eval
 from gfnem_jax.models import energy as em
 
@@ -34,7 +35,7 @@ METHODS = ebm.METHODS
 
 
 def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True):
-    st = ebm.init_state(e, seed)
+    st = ebgfn.init_state(e, seed)
     t0 = time.perf_counter()
     steps, curve = 0, []
     while time.perf_counter() - t0 < budget:
@@ -67,14 +68,14 @@ def run_d32(a, methods, dens):
         s = ebm.EBMSettings(method=m, bits=16, energy_hidden=a.hidden, gfn_hidden=a.hidden,
                             mcmc_steps=a.mcmc_steps, k=a.k, gfn_updates=a.gfn_updates, lr=a.energy_lr,
                             energy_l2=a.energy_l2, lr_logz=a.lr_logz)
-        e = ebm.build(s, 32)
-        rc = ebm.make_chunk(e, a.chunk)
-        jax.block_until_ready(rc(ebm.init_state(e, 0), jnp.zeros((a.n_train, 32), jnp.float32))[0].model)
+        e = ebgfn.make(s, 32)
+        rc = ebgfn.make_chunk(e, a.chunk)
+        jax.block_until_ready(rc(ebgfn.init_state(e, 0), jnp.zeros((a.n_train, 32), jnp.float32))[0].model)
         for name in dens:
             rng = np.random.default_rng([0, 0])
             train = jnp.asarray(toy2d.make_data(name, 16, a.n_train, rng), jnp.float32)
             test = toy2d.make_data(name, 16, a.n_test, rng)
-            st = ebm.init_state(e, 0)
+            st = ebgfn.init_state(e, 0)
             t0, steps = time.perf_counter(), 0
             while time.perf_counter() - t0 < a.budget:
                 st, _ = rc(st, train)
@@ -141,10 +142,10 @@ def main(argv=None):
         s = ebm.EBMSettings(method=m, bits=a.bits, energy_hidden=a.hidden, gfn_hidden=a.hidden,
                             mcmc_steps=a.mcmc_steps, k=a.k, gfn_updates=a.gfn_updates, lr=a.energy_lr,
                             energy_l2=a.energy_l2, lr_logz=a.lr_logz)
-        e = ebm.build(s, d)
-        rc = ebm.make_chunk(e, a.chunk)
+        e = ebgfn.make(s, d)
+        rc = ebgfn.make_chunk(e, a.chunk)
         t0 = time.perf_counter()
-        jax.block_until_ready(rc(ebm.init_state(e, 0), jnp.zeros((a.n_train, d), jnp.float32))[0].model)
+        jax.block_until_ready(rc(ebgfn.init_state(e, 0), jnp.zeros((a.n_train, d), jnp.float32))[0].model)
         print(f"  compiled {m} in {time.perf_counter() - t0:.1f} s", flush=True)
         runners[m] = (e, rc)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gfnem_jax.envs.bits import Bits, all_binary
+from gfnem_jax import ebgfn
 from gfnem_jax.experiments import ebm, ebm_eval
 from gfnem_jax.models import energy as em
 from gfnem_jax.nets.mlp import MLPPolicy
@@ -66,8 +67,8 @@ def test_mmd_matches_bruteforce_and_separates():
 
 def test_sampler_tv_exact_for_small_d():
     s = ebm.EBMSettings(bits=2, energy_hidden=8, gfn_hidden=8)
-    model_ebm = ebm.build(s, 4)
-    st = ebm.init_state(model_ebm, 0)
+    model_ebm = ebgfn.make(s, 4)
+    st = ebgfn.init_state(model_ebm, 0)
     tv, how = ebm_eval.sampler_tv(model_ebm, st.sampler, st.model, jax.random.PRNGKey(0))
     q = np.asarray(ebm_eval.exact_sampler_probs(model_ebm.env, model_ebm.policy, st.sampler))
     p = np.exp(np.asarray(em.log_probs(model_ebm.model, st.model)))
@@ -94,7 +95,7 @@ def test_run_writes_files(tmp_path, method):
     assert [r["step"] for r in rows] == [2, 4] and all(math.isfinite(r["test_nll"]) for r in rows)
     assert json.load(open(os.path.join(out, "config.json")))["method"] == method
     assert os.path.exists(os.path.join(out, "heatmaps.png")) and summary["test_nll"] == saved["test_nll"]
-    x = ebm.sample_run(out, 10, seed=0)
+    x = ebm.sample(out, 10, seed=0)
     assert x.shape == (10, 4) and x.dtype == np.uint8 and set(np.unique(x)) <= {0, 1}
     # resume: continue the run to 6 steps from its checkpoint
     ebm.run(s.replace(steps=6), out, progress=False, resume=True)

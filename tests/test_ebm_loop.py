@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from _o2 import with_device_flags
 
-from gfnem_jax import loop
+from gfnem_jax import ebgfn, loop
 from gfnem_jax.envs.bits import all_binary
 from gfnem_jax.experiments import ebm, ebm_eval
 from gfnem_jax.models import energy as em
@@ -30,11 +30,11 @@ def test_model_update_gradient_with_exact_model_samples_is_grad_nll(float64):
     """The model Update (terms + reduce on the global batch, energy_l2 = 0) with negatives = every
     state weighted by p_phi gives grad NLL exactly; with exact samples of p_phi (weights 1) its
     gradient is an unbiased estimate of it (checked against the sampling error)."""
-    e = ebm.build(ebm.EBMSettings(**TINY, energy_l2=0.0), 4)
+    e = ebgfn.make(ebm.EBMSettings(**TINY, energy_l2=0.0), 4)
     phi = jax.tree.map(lambda a: 3.0 * a.astype(jnp.float64), e.model.init(jax.random.PRNGKey(0)))
     X = all_binary(4).astype(jnp.float64)
     data = X[jax.random.randint(jax.random.PRNGKey(1), (24,), 0, 16)]
-    upd = ebm.model_update(e)
+    upd = ebgfn.model_update(e)
     g_nll = _flat(jax.grad(lambda p: em.exact_nll(e.model, p, data))(phi))
     p_phi = jnp.exp(em.log_probs(e.model, phi))
     aux = {"x": data, "neg": X, "w": p_phi}
@@ -66,12 +66,12 @@ def test_loss_by_name_trains_the_sampler():
     terminal distribution moves toward p_phi."""
     s = ebm.EBMSettings(**TINY, loss="db", lr=1e-12, lr_gfn=2e-2, n_train=200)
     s.validate()
-    e = ebm.build(s, 4)
+    e = ebgfn.make(s, 4)
     assert e.gfn.objective.name == "db"
-    st0 = ebm.init_state(e, 0)
+    st0 = ebgfn.init_state(e, 0)
     st0 = st0._replace(model=jax.tree.map(lambda a: 4.0 * a, st0.model))  # a peaked target
     train = jnp.asarray(ebm.load_data(s)[0], jnp.float32)
-    st, m = ebm.make_chunk(e, 40)(st0, train)
+    st, m = ebgfn.make_chunk(e, 40)(st0, train)
     assert np.all(np.isfinite(np.asarray(m["loss"]))) and "log_z" not in m  # db has no log Z
     tv0 = ebm_eval.sampler_tv(e, st0.sampler, st0.model, jax.random.PRNGKey(0))[0]
     tv1 = ebm_eval.sampler_tv(e, st.sampler, st.model, jax.random.PRNGKey(0))[0]
@@ -98,7 +98,7 @@ def test_cli_flags_from_the_settings():
                                        "--alpha", "0.3", "--devices", "1", "--out", "x"])
     s = from_args(ebm.EBMSettings, a)
     assert (s.loss, s.lam, s.alpha, s.devices) == ("subtb", 0.5, 0.3, 1)
-    obj = ebm.build(s, 4).gfn.objective
+    obj = ebgfn.make(s, 4).gfn.objective
     assert (obj.name, obj.lam) == ("subtb", 0.5)
 
 
@@ -108,6 +108,7 @@ SCRIPT = textwrap.dedent("""
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax, numpy as np
     from gfnem_jax import loop
+    from gfnem_jax import ebgfn
     from gfnem_jax.experiments import ebm
     assert jax.device_count() == 2
     flat = lambda t: np.concatenate([np.asarray(a).ravel() for a in jax.tree.leaves(t)])
@@ -117,13 +118,13 @@ SCRIPT = textwrap.dedent("""
              "gwg": {}}
     for method, extra in CASES.items():
         s = ebm.EBMSettings(**TINY, method=method, **extra)
-        e = ebm.build(s, 4)
+        e = ebgfn.make(s, 4)
         train = np.asarray(ebm.load_data(s)[0], np.float32)
         res = []
         for nd in (1, 2):
-            run_chunk = ebm.make_chunk(e, 6, loop.make_mesh(nd))
+            run_chunk = ebgfn.make_chunk(e, 6, loop.make_mesh(nd))
             for _ in range(1 if nd == 1 else 2):  # 2 devices: a rerun
-                st, m = run_chunk(ebm.init_state(e, 0), train)
+                st, m = run_chunk(ebgfn.init_state(e, 0), train)
                 res.append((flat(st.sampler), flat(st.model), jax.device_get(m)))
         (s1, p1, m1), (s2, p2, m2), (s3, p3, m3) = res
         assert m1.keys() == m2.keys()
@@ -132,7 +133,7 @@ SCRIPT = textwrap.dedent("""
         np.testing.assert_allclose(s1, s2, rtol=2e-3, atol=2e-5, err_msg=method)
         np.testing.assert_allclose(p1, p2, rtol=2e-3, atol=2e-5, err_msg=method)
         assert s2.tobytes() == s3.tobytes() and p2.tobytes() == p3.tobytes(), method  # bitwise
-        assert not np.allclose(p1, flat(ebm.init_state(e, 0).model))  # it did train
+        assert not np.allclose(p1, flat(ebgfn.init_state(e, 0).model))  # it did train
     print("OK")
 """)
 
