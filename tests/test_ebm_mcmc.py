@@ -3,7 +3,9 @@
 back-and-forth MH: the transition matrix built from the formula by enumerating every backward
 path and forward completion satisfies detailed balance w.r.t. R (and a ratio without the P_B / P_F
 terms does not, so the check has power); the implementation's empirical transition frequencies
-match that matrix. Gibbs and Gibbs-with-gradients: same, with their exact matrices.
+match that matrix, and those of its multi-round chain (traced k) match the matrix's power. Gibbs
+and Gibbs-with-gradients: same, with their exact matrices, for one step and for the n-step chains
+PCD and GWG use (sharded by index_offset: bitwise the whole batch).
 """
 import itertools
 
@@ -138,17 +140,40 @@ def test_back_and_forth_implementation_matches_exact_matrix(k):
     assert np.max(np.abs(T_bad - T) / (5 * sd + 2e-3)) > 3
 
 
-def test_back_and_forth_traced_k_and_chain():
-    env = Bits(4)
-    pol, params = _tabular_policy(env, jax.random.PRNGKey(0))
-    x0 = env.all_terminals().bits[:6]
-    f = jax.jit(lambda k: mcmc.back_and_forth_chain(env, pol, params, jax.random.PRNGKey(1),
-                                                    BitsState(x0), k, 3,
-                                                    lambda p, c, s: jnp.zeros(()), None))
-    for k in (1, 2, 4):
-        x, acc = f(jnp.asarray(k))
-        assert x.bits.shape == (6, 4) and np.all(np.asarray(x.bits) >= 0)
-        assert acc.shape == (6,) and np.all((0 <= np.asarray(acc)) & (np.asarray(acc) <= 1))
+@pytest.mark.parametrize("k", [1, 2])
+def test_back_and_forth_chain_traced_k_matches_exact_matrix_power(k):
+    """back_and_forth_chain (2 rounds) with a traced k (and with k per chain) is bitwise the chain
+    with a static k, and its end states from each start follow the exact T^2 (enumeration)."""
+    env = Bits(D)
+    pol, params = _tabular_policy(env, jax.random.PRNGKey(20 + k))
+    pf, pb = _tables(env, params)
+    log_r = jax.random.normal(jax.random.PRNGKey(30 + k), (2 ** D,)) * 1.5
+    T2 = np.linalg.matrix_power(_exact_bnf_matrix(D, k, pf, pb, np.asarray(log_r, np.float64)), 2)
+
+    def log_reward_fn(lr, cond, s):
+        return lr[env.terminal_index(s)]
+
+    n_per = 3000
+    start = jnp.repeat(jnp.arange(2 ** D), n_per)
+    x0 = BitsState(env.all_terminals().bits[start])
+    chain = lambda kk: mcmc.back_and_forth_chain(env, pol, params, jax.random.PRNGKey(8), x0, kk,
+                                                 2, log_reward_fn, log_r)
+    x, acc = jax.jit(chain)(jnp.asarray(k))  # traced
+    x_s, acc_s = jax.jit(lambda: chain(k))()  # static
+    x_b, acc_b = jax.jit(chain)(jnp.full((start.shape[0],), k, jnp.int32))  # one per chain
+    for other in (x_s, x_b):
+        np.testing.assert_array_equal(np.asarray(x.bits), np.asarray(other.bits))
+    np.testing.assert_array_equal(np.asarray(acc), np.asarray(acc_s))
+    np.testing.assert_array_equal(np.asarray(acc), np.asarray(acc_b))
+    end = np.asarray(jax.vmap(env.terminal_index)(x))
+    counts = np.zeros((2 ** D, 2 ** D))
+    np.add.at(counts, (np.asarray(start), end), 1)
+    sd = np.sqrt(T2 * (1 - T2) / n_per)
+    assert np.all(np.abs(counts / n_per - T2) < 5 * sd + 2e-3), np.max(np.abs(counts / n_per - T2))
+    # power: the chain of a ratio without the P_B / P_F terms is far outside this tolerance
+    T2_bad = np.linalg.matrix_power(
+        _exact_bnf_matrix(D, k, pf, pb, np.asarray(log_r, np.float64), use_pb_pf=False), 2)
+    assert np.max(np.abs(T2_bad - T2) / (5 * sd + 2e-3)) > 3
 
 
 def _energy_setup(seed=0):
@@ -165,6 +190,31 @@ def _flip_index(r, i):
     return r ^ (1 << (D - 1 - i))
 
 
+def _exact_gibbs_matrix(e):
+    """T[x, x'] of one random-scan Gibbs step for energies e float64[2^d] (enumeration)."""
+    T = np.zeros((2 ** D, 2 ** D))
+    for r in range(2 ** D):
+        for i in range(D):
+            y = _flip_index(r, i)
+            p_y = 1.0 / (1.0 + np.exp(e[y] - e[r]))  # p(x_i = y_i | rest)
+            T[r, y] += p_y / D
+            T[r, r] += (1 - p_y) / D
+    return T
+
+
+def _exact_gwg_matrix(model, params64, e, X):
+    """(T[x, x'] of one Gibbs-with-gradients step, log q(i | x) [2^d, d]) by enumeration."""
+    lq = np.asarray(jax.vmap(lambda x: mcmc.gwg_log_q(model.energy, params64, x))(jnp.asarray(X, jnp.float64)))
+    T = np.zeros((2 ** D, 2 ** D))
+    for r in range(2 ** D):
+        for i in range(D):
+            y = _flip_index(r, i)
+            a = min(1.0, np.exp(e[r] - e[y] + lq[y, i] - lq[r, i]))
+            T[r, y] += np.exp(lq[r, i]) * a
+            T[r, r] += np.exp(lq[r, i]) * (1 - a)
+    return T, lq
+
+
 def _empirical(step_fn, X, n_per, key):
     start = np.repeat(np.arange(2 ** D), n_per)
     xn = np.asarray(step_fn(key, jnp.asarray(X[start])))
@@ -176,13 +226,7 @@ def _empirical(step_fn, X, n_per, key):
 
 def test_gibbs_exact_invariance_and_implementation():
     model, params, e, pi, X = _energy_setup()
-    T = np.zeros((2 ** D, 2 ** D))
-    for r in range(2 ** D):
-        for i in range(D):
-            y = _flip_index(r, i)
-            p_y = 1.0 / (1.0 + np.exp(e[y] - e[r]))  # p(x_i = y_i | rest)
-            T[r, y] += p_y / D
-            T[r, r] += (1 - p_y) / D
+    T = _exact_gibbs_matrix(e)
     assert _check_detailed_balance(T, pi)
     n_per = 4000
     T_hat = _empirical(jax.jit(lambda k, x: mcmc.gibbs_step(model.energy, params, k, x)), X, n_per,
@@ -197,14 +241,7 @@ def test_gibbs_exact_invariance_and_implementation():
 def test_gwg_exact_invariance_and_implementation(float64):
     model, params, e, pi, X = _energy_setup(1)
     params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
-    lq = np.asarray(jax.vmap(lambda x: mcmc.gwg_log_q(model.energy, params64, x))(jnp.asarray(X, jnp.float64)))
-    T = np.zeros((2 ** D, 2 ** D))
-    for r in range(2 ** D):
-        for i in range(D):
-            y = _flip_index(r, i)
-            a = min(1.0, np.exp(e[r] - e[y] + lq[y, i] - lq[r, i]))
-            T[r, y] += np.exp(lq[r, i]) * a
-            T[r, r] += np.exp(lq[r, i]) * (1 - a)
+    T, lq = _exact_gwg_matrix(model, params64, e, X)
     assert _check_detailed_balance(T, pi, tol=1e-6)
     n_per = 4000
     T_hat = _empirical(jax.jit(lambda k, x: mcmc.gwg_step(model.energy, params64, k, x)[0]),
@@ -214,10 +251,41 @@ def test_gwg_exact_invariance_and_implementation(float64):
     assert np.max(np.abs(np.exp(lq) - 1.0 / D)) > 0.05
 
 
-def test_chains_run_under_scan():
-    model, params, e, pi, X = _energy_setup()
-    x0 = jnp.zeros((16, D))
-    x = mcmc.gibbs(model.energy, params, jax.random.PRNGKey(0), x0, 5)
-    x2, acc = mcmc.gwg(model.energy, params, jax.random.PRNGKey(0), x0, 5)
-    assert x.shape == x2.shape == (16, D) and 0 <= float(acc) <= 1
-    assert set(np.unique(np.asarray(x))) <= {0.0, 1.0}
+def test_chains_under_scan_match_exact_matrix_powers(float64):
+    """The PCD / GWG chains (n steps under lax.scan, per-chain keys by global index): a batch
+    split in two (index_offset) moves bitwise as the whole, and the end states after n = 3
+    steps from each start follow the exact T^3; GwG's acceptance rates average to the exact
+    expected acceptance of those 3 steps."""
+    model, params, e, pi, X = _energy_setup(2)
+    params64 = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    T_gibbs = _exact_gibbs_matrix(e)
+    T_gwg, lq = _exact_gwg_matrix(model, params64, e, X)
+    n, n_per = 3, 4000
+    start = np.repeat(np.arange(2 ** D), n_per)
+    x0 = jnp.asarray(X[start], jnp.float64)
+    key = jax.random.PRNGKey(6)
+    half = x0.shape[0] // 2
+    gibbs = jax.jit(lambda x, off: mcmc.gibbs(model.energy, params64, key, x, n, index_offset=off))
+    gwg = jax.jit(lambda x, off: mcmc.gwg_chains(model.energy, params64, key, x, n, off))
+    xg = gibbs(x0, 0)
+    xw, acc = gwg(x0, 0)
+    # sharded: each half with its global offset is the whole, bitwise
+    np.testing.assert_array_equal(np.concatenate([gibbs(x0[:half], 0), gibbs(x0[half:], half)]), xg)
+    parts = [gwg(x0[:half], 0), gwg(x0[half:], half)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), xw)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), acc)
+    code = lambda x: (np.asarray(x).astype(int) * (2 ** np.arange(D - 1, -1, -1))).sum(1)
+    for x, T in ((xg, T_gibbs), (xw, T_gwg)):
+        Tn = np.linalg.matrix_power(T, n)
+        counts = np.zeros((2 ** D, 2 ** D))
+        np.add.at(counts, (start, code(x)), 1)
+        sd = np.sqrt(Tn * (1 - Tn) / n_per)
+        assert np.all(np.abs(counts / n_per - Tn) < 5 * sd + 2e-3), np.max(np.abs(counts / n_per - Tn))
+        assert np.max(np.abs(T - Tn) / (5 * sd + 2e-3)) > 3  # power: one step is not three
+    # GwG acceptance: per start, E[accepted steps] / n = sum_t (mu_t @ a) / n, a(x) = P(accept | x)
+    a = np.array([sum(np.exp(lq[r, i]) * min(1.0, np.exp(e[r] - e[_flip_index(r, i)]
+                                                         + lq[_flip_index(r, i), i] - lq[r, i]))
+                      for i in range(D)) for r in range(2 ** D)])
+    exp_acc = sum(np.linalg.matrix_power(T_gwg, t) @ a for t in range(n)) / n
+    mean_acc = np.bincount(start, weights=np.asarray(acc)) / n_per
+    assert np.all(np.abs(mean_acc - exp_acc) < 5 * np.sqrt(0.25 / n_per) + 1e-3)
