@@ -61,6 +61,64 @@ def _flat_j(tree):
     return jnp.concatenate([a.ravel() for a in jax.tree.leaves(tree)])
 
 
+def _old_chain_update(e):
+    """The chains' side as earlier versions wrote it: an Update with a fake loss
+    1/2 ||c - c'||^2 per chain and SGD at rate 1 (landing on c')."""
+    import optax
+    from gfnem_jax import mcmc
+    s, B = e.settings, e.settings.batch_size
+
+    def prepare(chains, phi, batch, key, shard):
+        b = B // shard.count
+        rows = shard.offset(b) + jnp.arange(b)
+        x = chains[rows]
+        if s.method == "pcd":
+            return {"rows": rows, "new": mcmc.gibbs(e.model.energy, phi, key, x, s.mcmc_steps,
+                                                    index_offset=shard.offset(b))}
+        new, acc = mcmc.gwg_chains(e.model.energy, phi, key, x, s.mcmc_steps, shard.offset(b))
+        return {"rows": rows, "new": new, "acc": acc}
+
+    def terms(chains, phi, aux):
+        return 0.5 * jnp.sum((chains[aux["rows"]] - aux["new"]) ** 2, axis=1)
+
+    def reduce(q, aux):
+        total = jnp.sum(q)
+        m = {"accept": jnp.mean(aux["acc"])} if "acc" in aux else {}
+        return total - jax.lax.stop_gradient(total), m
+
+    return loop.Update(prepare, terms, reduce, optax.sgd(1.0))
+
+
+@pytest.mark.parametrize("method", ["pcd", "gwg"])
+def test_chain_move_is_the_old_sgd_update_bitwise_without_optimizer_state(method):
+    """The chains' loop.Move moves them, and trains phi, bitwise as the old fake-loss Update with
+    SGD at rate 1 (4 steps of the whole loop step); it carries no optimizer state: the slot holds
+    no array, comes back untouched, and loop.init_state with tx None puts None there."""
+    s = ebm.EBMSettings(**TINY, method=method, mcmc_steps=3, n_train=200)
+    e = ebgfn.make(s, 4)
+    st0 = ebgfn.init_state(e, 0)
+    assert jax.tree.leaves(st0.sampler_opt) == [] and st0.sampler_opt is ebgfn.CHAINS_OPT_SLOT
+    assert loop.init_state(st0.sampler, None).sampler_opt is None
+    move = ebgfn.chain_move(e)
+    assert isinstance(move, loop.Move) and move.tx is None
+    chains, opt, loss, m = loop.apply_update(move, st0.sampler, st0.sampler_opt, st0.model, {},
+                                             jax.random.PRNGKey(3), loop.Shard())
+    assert opt is st0.sampler_opt and float(loss) == 0.0 and loss.dtype == jnp.float32
+    assert not np.array_equal(np.asarray(chains), np.asarray(st0.sampler))  # it moved
+    train = jnp.asarray(ebm.load_data(s)[0], jnp.float32)
+    new = ebgfn.make_chunk(e, 4)
+    old_step = loop.make_step(_old_chain_update(e), ebgfn.model_update(e), loop.Schedule("both"))
+    old = loop.make_chunk(old_step, 4, ebgfn.batch_fn(e))
+    old0 = st0._replace(sampler_opt=_old_chain_update(e).tx.init(st0.sampler))
+    (st_n, m_n), (st_o, m_o) = new(st0, train), old(old0, train)
+    np.testing.assert_array_equal(np.asarray(st_n.sampler), np.asarray(st_o.sampler))
+    assert _flat(st_n.model).tobytes() == _flat(st_o.model).tobytes()
+    assert _flat(st_n.model_opt).tobytes() == _flat(st_o.model_opt).tobytes()
+    assert m_n.keys() == m_o.keys()
+    for k in m_n:
+        np.testing.assert_array_equal(np.asarray(m_n[k]), np.asarray(m_o[k]), err_msg=k)
+
+
 def test_loss_by_name_trains_the_sampler():
     """loss "db" by name picks the objective; with the energy (nearly) frozen the sampler's exact
     terminal distribution moves toward p_phi."""
