@@ -42,6 +42,20 @@ def setting(default: Any, help: str, *, min: Optional[float] = None, max: Option
     return dataclasses.field(default=default, metadata={_META: meta})
 
 
+def retune(cls: type, name: str, default: Any, *, help: Optional[str] = None,
+           choices: Optional[Sequence[Any]] = None, **bounds) -> Any:
+    """Setting ``name`` of settings group ``cls`` with a run kind's own default (and, optionally,
+    its own help, narrower choices or bounds); everything else as the group declares it."""
+    f = {g.name: g for g in dataclasses.fields(cls)}[name]
+    meta = dict(_meta(f))
+    if help is not None:
+        meta["help"] = help
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    meta.update(bounds)
+    return dataclasses.field(default=default, metadata={_META: meta})
+
+
 def _meta(f: dataclasses.Field) -> Dict[str, Any]:
     return f.metadata.get(_META, {"help": "", "cli": False})
 

@@ -53,7 +53,7 @@ class Experiment:
       finish: ``(state, rows, out, primary) -> dict``: the run's summary (and, when ``primary``,
         its files); the driver returns it under "summary".
       resume_defaults: settings a saved config may lack (written by an older version): they count
-        as these defaults.
+        as these defaults (default: every setting's declared default).
       postfix: logged keys shown on the progress bar.
       report: ``result of run -> dict``: the one JSON line ``gfnem train`` prints at the end
         (default: the last logged row).
@@ -82,7 +82,10 @@ class Experiment:
 
 def check_resume(exp: Experiment, out: str) -> None:
     """ValueError naming each setting that differs from the run saved in ``out``."""
-    run_dir.check_resume(exp.config, out, defaults=exp.resume_defaults)
+    defaults = exp.resume_defaults
+    if defaults is None and hasattr(exp.settings, "defaults"):
+        defaults = exp.settings.defaults()
+    run_dir.check_resume(exp.config, out, defaults=defaults)
 
 
 def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:

@@ -30,46 +30,42 @@ import optax
 
 from gfnem_jax import distributed as D
 from gfnem_jax import driver, em, run_dir
-from gfnem_jax.config import setting
+from gfnem_jax.config import retune, setting
+from gfnem_jax.groups import (EMScheduleSettings, ExplorationSettings, MLPSettings,
+                              OptimiserSettings)
 
 NAME = "mixture"
 HELP = ("GFlowNet-EM on the hierarchical Gaussian mixture (4 superclusters x 4 petals), against "
         "exact EM and mean-field VI-EM from the same initialization")
 
 @dataclasses.dataclass(frozen=True)
-class MixtureSettings(run_dir.CheckpointSettings):
-    """Every setting of ``gfnem train mixture`` (flags, validation and config.json come from here)."""
+class MixtureSettings(EMScheduleSettings, ExplorationSettings, MLPSettings, OptimiserSettings,
+                      run_dir.CheckpointSettings):
+    """Every setting of ``gfnem train mixture`` (flags, validation and config.json come from here):
+    the EM schedule, exploration, MLP and optimiser groups (``gfnem_jax.groups``) and these."""
 
     seed: int = setting(0, "seed of the data, the initialization and every key", min=0, max=2 ** 32 - 1)
     n_data: int = setting(4000, "number of data points", min=16)
     steps: int = setting(12000, "GFlowNet-EM steps (E- and M-steps together)", min=1)
     batch_size: int = setting(256, "data points per E-step", min=1)
     m_batch_size: int = setting(0, "data points per M-step, 0 = all", min=0)
-    schedule: str = setting("fixed", "fixed (k E-steps then m M-steps) or adaptive (M-step when "
-                            "the loss EMA is under a falling threshold)", choices=em.SCHEDULES)
-    e_steps: int = setting(100, "fixed schedule: E-steps per cycle", min=1)
-    m_steps: int = setting(1, "fixed schedule: M-steps per cycle", min=1)
-    ema_decay: float = setting(0.9, "adaptive: EMA decay of the loss", min=0, lt=1)
-    threshold_start: float = setting(4.0, "adaptive: threshold at step 0", min=0)
-    threshold_end: float = setting(0.8, "adaptive: final threshold", min=0)
-    threshold_steps: int = setting(0, "adaptive: steps of the linear decrease, 0 = steps", min=0)
-    sleep_prob: float = setting(0.0, "probability of a sleep-phase update per E-step (0 = off)", min=0, max=1)
-    ls_rounds: int = setting(0, "local-search rounds on the M-step's samples (0 = off)", min=0)
-    ls_back: int = setting(1, "local search: steps back with P_B", min=1, max=2)
-    temperature: float = setting(1.0, "E-step exploration: softmax temperature", gt=0)
-    epsilon: float = setting(0.1, "E-step exploration: uniform mixing", min=0, lt=1)
+    temperature: float = retune(ExplorationSettings, "temperature", 1.0,
+                                help="E-step exploration: softmax temperature")
+    epsilon: float = retune(ExplorationSettings, "epsilon", 0.1,
+                            help="E-step exploration: uniform mixing")
     loss: str = setting("tb", "GFlowNet objective (conditional log Z(x))", choices=("tb", "subtb"))
     lam: float = setting(1.0, "SubTB lambda", gt=0)
-    lr: float = setting(1e-2, "Adam learning rate of the GFlowNet policy", gt=0)
-    lr_logz: float = setting(3e-2, "Adam learning rate of log Z(x)", gt=0)
+    lr: float = retune(OptimiserSettings, "lr", 1e-2,
+                       help="Adam learning rate of the GFlowNet policy")
+    lr_logz: float = retune(OptimiserSettings, "lr_logz", 3e-2,
+                            help="Adam learning rate of log Z(x)")
     lr_m: float = setting(0.1, "SGD learning rate of the M-step, every method", gt=0)
-    hidden: int = setting(128, "MLP width", min=1)
-    n_layers: int = setting(2, "MLP hidden layers", min=1)
+    hidden: int = retune(MLPSettings, "hidden", 128)
     em_iters: int = setting(500, "iterations of exact EM and of mean-field EM", min=1)
     mf_sweeps: int = setting(5, "mean-field coordinate-ascent sweeps per iteration", min=1)
     log_every: int = setting(500, "steps per jitted chunk / progress update", min=1)
     devices: int = setting(1, "split each batch over this many devices", min=1)
-    plot: bool = setting(True, "write mixture.png", flag="--no-plot")
+    plot: bool = setting(True, "write mixture.png")
 
     def check(self):
         D.check_devices(self.devices)
@@ -101,16 +97,14 @@ def build_parts(s: MixtureSettings):
     from gfnem_jax.gflownet import GFlowNet
     from gfnem_jax.models.mixture import HierarchicalMixture
     from gfnem_jax.nets.mlp import MLPPolicy
-    from gfnem_jax.optim import OptimConfig, policy_optimizer
-    from gfnem_jax.sampling import Exploration
+    from gfnem_jax.optim import policy_optimizer
     model = HierarchicalMixture()
     env = Sequence(length=2, vocab=4)
     policy = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=s.hidden, n_layers=s.n_layers,
                        uniform_pb=True, conditional=True)
-    gfn = GFlowNet(env, policy, objectives.get(s.loss, lam=s.lam),
-                   Exploration(s.temperature, s.epsilon))
+    gfn = GFlowNet(env, policy, objectives.get(s.loss, lam=s.lam), s.explore())
     params = gfn.init(jax.random.PRNGKey(0), jnp.zeros((2,), jnp.float32))
-    gfn_tx = policy_optimizer(gfn, OptimConfig(s.lr, s.lr_logz), params)
+    gfn_tx = policy_optimizer(gfn, s.optim(), params)
     return model, env, gfn, gfn_tx, optax.sgd(s.lr_m)
 
 

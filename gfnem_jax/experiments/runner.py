@@ -13,7 +13,6 @@ a sampler update only; the environment's reward parameters ride in the loop stat
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import sys
@@ -23,47 +22,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import checkpoint, distributed, driver, loop, metrics, objectives, run_dir
+from gfnem_jax import checkpoint, distributed, driver, loop, metrics, run_dir
 from gfnem_jax.config import Settings, setting
+from gfnem_jax.groups import (ExplorationSettings, MLPSettings, ObjectiveSettings,
+                              OptimiserSettings)
 from gfnem_jax.gflownet import GFlowNet, sampler_update
 from gfnem_jax.nets.mlp import MLPPolicy
 from gfnem_jax.optim import OptimConfig, policy_optimizer
-from gfnem_jax.sampling import Exploration
 
-TASKS = ("hypergrid", "sets", "sequences")
 PARAMS_TAG = 0x7FFFFFFF  # policy parameters come from fold_in(run_key, PARAMS_TAG)
 
 
+def tasks():
+    """The registered run kinds that are enumerable tasks of this module (``task_settings``)."""
+    from gfnem_jax import experiments
+    return tuple(k for k in experiments.KINDS
+                 if getattr(experiments.kind(k), "build", None) is experiment)
+
+
 def task_module(name: str):
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; allowed: {', '.join(TASKS)}")
-    return importlib.import_module(f"gfnem_jax.experiments.{name}")
+    """The module of enumerable task ``name``; ValueError naming the allowed ones."""
+    from gfnem_jax import experiments
+    if name not in tasks():
+        raise ValueError(f"unknown task {name!r}; allowed: {', '.join(tasks())}")
+    return experiments.kind(name)
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSettings(run_dir.CheckpointSettings):
-    """The settings of GFlowNet training shared by every enumerable task."""
+class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, ObjectiveSettings,
+                    run_dir.CheckpointSettings):
+    """The settings of GFlowNet training shared by every enumerable task: the objective,
+    optimiser, MLP policy and exploration groups (``gfnem_jax.groups``) and these."""
 
-    loss: str = setting("tb", "training objective", choices=tuple(sorted(objectives.OBJECTIVES)))
-    lam: float = setting(0.9, "SubTB lambda", gt=0)
-    baseline: str = setting("loo", "reverse_kl baseline: none, mean, loo (leave-one-out) or global "
-                            "(learned log Z)", choices=objectives.BASELINES)
-    alpha: float = setting(0.5, "alpha of renyi / tsallis / alpha_kl")
-    control_variate: str = setting("loo", "control variate of renyi / tsallis / alpha_kl (see the loss's docs)")
-    normalized: bool = setting(True, "forward_kl: unnormalized importance weights (unbiased up to "
-                               "1/Z) instead of self-normalized")
     steps: int = setting(2000, "number of gradient steps", min=1)
     batch_size: int = setting(64, "trajectories per step (global, over all devices)", min=1)
-    lr: float = setting(5e-4, "Adam learning rate of the policy", gt=0)
-    lr_logz: float = setting(0.05, "Adam learning rate of log Z", gt=0)
-    grad_clip: float = setting(0.0, "global-norm gradient clipping, 0 = off", min=0)
-    hidden: int = setting(256, "MLP width", min=1)
-    n_layers: int = setting(2, "MLP hidden layers", min=1)
     uniform_pb: bool = setting(False, "fixed uniform backward policy instead of a learned one")
     shared_torso: bool = setting(True, "give P_B and the flow head their own MLP torso (torchgfn's "
                                  "default) instead of sharing one")
-    temperature: float = setting(1.0, "exploration: sample from softmax(logits / T)", gt=0)
-    epsilon: float = setting(0.0, "exploration: mix eps of uniform over legal actions", min=0, lt=1)
     seed: int = setting(0, "random seed; the same seed gives identical results", min=0, max=2 ** 32 - 1)
     devices: int = setting(1, "split each batch over this many devices (shard_map data parallelism)", min=1)
     pack: int = setting(4, "before the loss pass, pack the real (not yet terminated) states into "
@@ -83,13 +78,6 @@ class TrainSettings(run_dir.CheckpointSettings):
             raise ValueError("one_pass differentiates the trajectories' log-probabilities; loss "
                              "fm evaluates edge flows of every parent instead (allowed: one_pass "
                              "with any other loss)")
-
-    def objective(self) -> objectives.Objective:
-        return objectives.get(self.loss, lam=self.lam, baseline=self.baseline, alpha=self.alpha,
-                              control_variate=self.control_variate, normalized=self.normalized)
-
-    def explore(self) -> Exploration:
-        return Exploration(self.temperature, self.epsilon)
 
 
 def task_settings(name: str, env_cls):
@@ -148,7 +136,7 @@ def build(cfg: Dict[str, Any]):
     buckets = tuple((i + 1) / s.pack for i in range(s.pack)) if s.pack > 1 else None
     gfn = GFlowNet(env, policy, s.objective(), s.explore(), eval_buckets=buckets,
                    one_pass=s.one_pass)
-    return env, gfn, OptimConfig(s.lr, s.lr_logz, s.grad_clip)
+    return env, gfn, s.optim()
 
 
 def init_state(gfn: GFlowNet, optim: OptimConfig, key):
@@ -256,7 +244,7 @@ def run(cfg: Dict[str, Any], out: str, progress: bool = True, resume: bool = Fal
 def load_run(run: str):
     """(cfg, env, gfn, params) of a finished run directory."""
     cfg = run_dir.load_config(run)
-    if cfg.get("task") not in TASKS:
+    if cfg.get("task") not in tasks():
         raise ValueError(f"run {run!r} is a {cfg.get('task', 'different')!r} run; sampling "
                          f"from it is not supported here")
     # the devices it trained on need not be here: sampling runs on one device
