@@ -174,7 +174,7 @@ def _train(args):
             driver.check_resume(exp, args.out)
         return exp
 
-    if not hasattr(mod, "build"):  # TEMPORARY: a kind not yet on the driver (being converted)
+    if getattr(mod, "_LEGACY", False):  # TEMPORARY: a kind not yet on the driver (being converted)
         s = config.from_args(mod.Settings, args)
         _settings_or_fail(args, classes, s.validate)
         res = _train_run(args, classes, lambda: mod.run(s, args.out, progress=not args.quiet,

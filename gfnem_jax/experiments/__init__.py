@@ -85,6 +85,7 @@ def kind_of_run(run: str) -> Optional[str]:
 
 def _legacy(name, mod):  # TEMPORARY: the protocol's names for kinds being converted
     cls = {"grammar": "GrammarSettings", "dvae": "DVAESettings", "ebm": "EBMSettings"}[name]
+    mod._LEGACY = True
     mod.Settings = getattr(mod, cls)
     mod.HELP = getattr(mod, "HELP", {
         "grammar": "grammar induction: a neural PCFG / NCFG (or a given grammar) by GFlowNet-EM "
