@@ -95,6 +95,11 @@ def rows_of(run):
     return rows
 
 
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def digest(rows):
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
@@ -108,7 +113,7 @@ def main(argv=None):
     p.add_argument("--compare", nargs=2)
     a = p.parse_args(argv)
     if a.compare:
-        x, y = (json.load(open(os.path.join(d, "golden.json"))) for d in a.compare)
+        x, y = (_read(os.path.join(d, "golden.json")) for d in a.compare)
         bad = 0
         for k in sorted(set(x["kinds"]) & set(y["kinds"])):
             same = x["kinds"][k]["sha256"] == y["kinds"][k]["sha256"]
@@ -122,7 +127,7 @@ def main(argv=None):
         return 1 if bad else 0
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "golden.json")
-    res = json.load(open(path)) if os.path.isfile(path) else {"kinds": {}, "resumed": {}}
+    res = _read(path) if os.path.isfile(path) else {"kinds": {}, "resumed": {}}
     import platform
     res["cpu"] = platform.processor() or platform.machine()
     for name in a.only or sorted(KINDS):

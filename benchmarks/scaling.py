@@ -87,7 +87,8 @@ def main():
            "task": f"hypergrid {a.ndim}D H=8, TB, MLP 2x256", "rows": rows,
            "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:])}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    json.dump(res, open(a.out, "w"), indent=2)
+    with open(a.out, "w") as f:
+        json.dump(res, f, indent=2)
     print(f"wrote {a.out}")
 
 
