@@ -44,8 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gfnem_jax import keys
+
 AXIS = "batch"
-BATCH_TAG = 0x62617463  # "batc"
+BATCH_TAG = keys.BATCH
 SCHEDULES = ("sampler", "model", "both", "fixed", "adaptive")
 
 

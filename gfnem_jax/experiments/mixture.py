@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from gfnem_jax import distributed as D
-from gfnem_jax import driver, em, run_dir
+from gfnem_jax import driver, em, keys, run_dir
 from gfnem_jax.config import retune, setting
 from gfnem_jax.groups import (EMScheduleSettings, ExplorationSettings, MLPSettings,
                               OptimiserSettings)
@@ -135,7 +135,7 @@ def build(settings) -> driver.Experiment:
     mesh = loop.make_mesh(s.devices)
     step = em.make_em_step(gfn, em.LatentModel(model.log_joint, model.sample), ecfg, gfn_tx, m_tx,
                            z_to_state=latent_to_state, mesh=mesh)
-    params = gfn.init(jax.random.fold_in(run_key, 0x7FFFFFFF), x[0])
+    params = gfn.init(keys.tagged(run_key, keys.PARAMS), x[0])
     state = loop.init_state(params, gfn_tx, theta0, m_tx, run_key)
     x_all = D.to_global(x, mesh)
     timing: Dict[str, float] = {}

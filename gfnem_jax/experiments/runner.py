@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import checkpoint, distributed, driver, loop, metrics, run_dir
+from gfnem_jax import checkpoint, distributed, driver, keys, loop, metrics, run_dir
 from gfnem_jax.config import Settings, setting
 from gfnem_jax.groups import (ExplorationSettings, MLPSettings, ObjectiveSettings,
                               OptimiserSettings)
@@ -30,7 +30,6 @@ from gfnem_jax.gflownet import GFlowNet, sampler_update
 from gfnem_jax.nets.mlp import MLPPolicy
 from gfnem_jax.optim import OptimConfig, policy_optimizer
 
-PARAMS_TAG = 0x7FFFFFFF  # policy parameters come from fold_in(run_key, PARAMS_TAG)
 
 
 def tasks():
@@ -140,11 +139,11 @@ def build(cfg: Dict[str, Any]):
 
 
 def init_state(gfn: GFlowNet, optim: OptimConfig, key):
-    """(LoopState at step 0, optimizer): policy parameters from fold_in(key, PARAMS_TAG); the
+    """(LoopState at step 0, optimizer): policy parameters from fold_in(key, keys.PARAMS); the
     environment's reward parameters in the model slot."""
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
     # jitted: one compilation instead of dozens of eager ones (about 45 MiB less peak memory)
-    params = jax.jit(gfn.init)(jax.random.fold_in(key, PARAMS_TAG))
+    params = jax.jit(gfn.init)(keys.tagged(key, keys.PARAMS))
     tx = policy_optimizer(gfn, optim, params)
     st = loop.init_state(params, None, gfn.env.default_params(), None, key)
     return st._replace(sampler_opt=jax.jit(tx.init)(params)), tx

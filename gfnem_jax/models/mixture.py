@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfnem_jax import keys
+
 SQRT2 = math.sqrt(2.0)
 
 # The paper's generating supercluster means (a square of side 2 sqrt 2): the 16 petal centres
@@ -170,7 +172,7 @@ class HierarchicalMixture:
 def generate_data(model: HierarchicalMixture, seed: int, n: int = 4000,
                   means=GENERATING_MEANS) -> Tuple[np.ndarray, np.ndarray]:
     """(x float32[n, 2], z int32[n, 2]) from the generating means, a pure function of the seed."""
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x6D6978)  # "mix"
+    key = keys.tagged(jax.random.PRNGKey(seed), keys.MIXTURE_DATA)
     x, z = model.sample(jnp.asarray(means, jnp.float32), key, n)
     return np.asarray(x), np.asarray(z)
 
