@@ -59,7 +59,8 @@ def _add_run_args(p, resume=True):
 
 def build_parser() -> argparse.ArgumentParser:
     from gfnem_jax import config, experiments
-    p = _Parser(prog="gfnem", description="GFlowNets and GFlowNet-EM in JAX.")
+    p = _Parser(prog="gfnem", description="GFlowNets and GFlowNet-EM in JAX.",
+                epilog=command_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     pt = sub.add_parser("train", help="train a GFlowNet (or run GFlowNet-EM) and write a run directory",
@@ -190,6 +191,27 @@ def _train(args):
 def _process_count() -> int:
     import jax
     return jax.process_count()
+
+
+def command_table() -> str:
+    """Which commands apply to which run kind (from the registry's declarations)."""
+    from gfnem_jax import experiments
+    cols = ["train", "--resume", "sample", "eval"]
+    rows = []
+    for k in experiments.KINDS:
+        mod = experiments.kind(k)
+        own = [c.name for c in getattr(mod, "COMMANDS", ())]
+        for c in own:
+            if c not in cols:
+                cols.append(c)
+        rows.append((k, {"train", "--resume"} | ({"sample"} if hasattr(mod, "sample") else set())
+                     | ({"eval"} if hasattr(mod, "EVAL") else set()) | set(own)))
+    width = max(len(k) for k, _ in rows) + 2
+    lines = ["commands by run kind (x: applies):", " " * width + "  ".join(cols)]
+    for k, has in rows:
+        lines.append(k.ljust(width) + "  ".join(("x" if c in has else "-").center(len(c))
+                                                for c in cols))
+    return "\n".join(lines)
 
 
 def _kinds_with(attr: str):
