@@ -32,10 +32,10 @@ import numpy as np
 import optax
 
 from gfnem_jax import objectives
-from gfnem_jax.envs.parse_tree import ParseTree, make_cond
-from gfnem_jax.models import grammar as gm
-from gfnem_jax.models import parse_buckets as pb
-from gfnem_jax.models.parse_policy import ParsePolicy
+from gfnem_jax.grammar.env import ParseTree, make_cond
+from gfnem_jax.grammar import rules as gm
+from gfnem_jax.grammar import rollout as pb
+from gfnem_jax.grammar.policy import ParsePolicy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAPER_E_STEP = 2.4  # sentences/s of the official code on this CPU (REFERENCES.md)
@@ -110,7 +110,7 @@ def bench_estep(policy, env, cond, n_buckets, repeats, mode="two", lam=1.0, pack
 
 
 def bench_mstep(env, cond, trees, repeats):
-    from gfnem_jax.models.neural_grammar import NeuralGrammar
+    from gfnem_jax.grammar.neural import NeuralGrammar
     model = NeuralGrammar(env.n_nt, 60, 10000, 256)
     params = model.init(jax.random.PRNGKey(3))
     tx = optax.adam(1e-3)
@@ -191,7 +191,7 @@ def main(argv=None):
     print(f"batch {args.batch}, lengths median {np.median(lengths):.0f} max {lengths.max()} "
           f"mean {lengths.mean():.1f}")
     if args.mstep_only:
-        from gfnem_jax import inside
+        from gfnem_jax.grammar import inside
         g = gm.random_grammar(jax.random.PRNGKey(7), NT, 60, V)
         trees = inside.sample(g, jax.random.PRNGKey(8), cond["tokens"], cond["length"])
         comp, sec, flops, _ = bench_mstep(env, cond, trees, args.repeats)

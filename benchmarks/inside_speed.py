@@ -80,8 +80,8 @@ def main():
     a = ap.parse_args()
     import jax
     import jax.numpy as jnp
-    from gfnem_jax import inside, parse_metrics
-    from gfnem_jax.models import grammar as G
+    from gfnem_jax.grammar import inside, metrics as parse_metrics
+    from gfnem_jax.grammar import rules as G
     NT, PT, V, B = 30, 60, 10000, 32
     lengths = ptb_like_lengths(B)
     N = int(lengths.max())

@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax import parse_metrics as M
-from gfnem_jax.data import corpus as C
-from gfnem_jax.models import grammar as G
+from gfnem_jax.grammar import metrics as M
+from gfnem_jax.grammar import corpus as C
+from gfnem_jax.grammar import rules as G
+from gfnem_jax.grammar import tree as T
 
 
 def test_f1_hand_made():
@@ -29,22 +30,22 @@ def test_f1_hand_made():
 
 
 def test_tree_round_trip_and_errors():
-    t = G.tree_from_spans([[0, 4], [0, 1], [2, 4], [2, 3]], [1, 0, 2, 0], 5, 6)
-    spans, labels = G.tree_spans(t)
+    t = T.tree_from_spans([[0, 4], [0, 1], [2, 4], [2, 3]], [1, 0, 2, 0], 5, 6)
+    spans, labels = T.tree_spans(t)
     assert sorted(map(tuple, spans)) == [(0, 1), (0, 4), (2, 3), (2, 4)]
     order = [(int(a), int(b), int(c)) for a, b, c in zip(t.left[:4], t.split[:4], t.right[:4])]
     assert sorted(order) == [(0, 1, 2), (0, 2, 5), (2, 3, 4), (2, 4, 5)]
     with pytest.raises(ValueError, match="binary tree"):
-        G.tree_from_spans([[0, 4], [0, 2], [2, 4], [1, 2]], None, 5, 6)
+        T.tree_from_spans([[0, 4], [0, 2], [2, 4], [1, 2]], None, 5, 6)
     with pytest.raises(ValueError, match="needs 4 distinct spans"):
-        G.tree_from_spans([[0, 4]], None, 5, 6)
+        T.tree_from_spans([[0, 4]], None, 5, 6)
     # bottom-up builder
-    tr = G.empty_tree(6, 3)
-    tr = G.merge(tr, 0, 1, 2, 3, 1)
-    tr = G.merge(tr, 1, 0, 1, 3, 0)
+    tr = T.empty_tree(6, 3)
+    tr = T.merge(tr, 0, 1, 2, 3, 1)
+    tr = T.merge(tr, 1, 0, 1, 3, 0)
     g = G.random_grammar(jax.random.PRNGKey(0), 2, 2, 4)
     w = jnp.array([0, 1, 2, 0, 0, 0])
-    ref = G.tree_from_spans([[0, 2], [1, 2]], [0, 1], 3, 6)
+    ref = T.tree_from_spans([[0, 2], [1, 2]], [0, 1], 3, 6)
     lj = jax.jit(G.log_joint)
     assert float(lj(g, w, tr)) == pytest.approx(float(lj(g, w, ref)), abs=1e-6)
 
@@ -138,7 +139,7 @@ def test_synthetic_corpus_small():
     assert tr.words.shape == (30, 8) and va.words.shape == (10, 8)
     assert np.all((tr.lengths >= 2) & (tr.lengths <= 8))
     for b in range(30):  # gold trees are binary trees over the sentence
-        G.tree_from_spans(tr.gold[b], None, int(tr.lengths[b]), 8)
+        T.tree_from_spans(tr.gold[b], None, int(tr.lengths[b]), 8)
     assert 0 < tr.stats["true_nll_per_token"] < 10
     tr2, _, _ = C.synthetic(seed=3, n_train=30, n_valid=10, max_len=8, nt=3, pt=4, v=10)
     np.testing.assert_array_equal(tr.words, tr2.words)

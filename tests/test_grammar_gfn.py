@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax import em, inside, loop
-from gfnem_jax.experiments import grammar_gfn as GF
-from gfnem_jax.experiments.grammar import GrammarSettings
-from gfnem_jax.models import grammar as G
-from gfnem_jax.models.neural_grammar import TableGrammar
+from gfnem_jax import em, loop
+from gfnem_jax.grammar import decode as DEC
+from gfnem_jax.grammar import inside
+from gfnem_jax.grammar import gfn_em as GF
+from gfnem_jax.grammar.settings import GrammarSettings
+from gfnem_jax.grammar import rules as G
+from gfnem_jax.grammar import tree as T
+from gfnem_jax.grammar.neural import TableGrammar
 
 NT, PT, V, L = 2, 2, 5, 4
 MODEL = TableGrammar(NT, PT, V)
@@ -105,7 +108,7 @@ def test_importance_sampling_estimate_is_unbiased_and_decoders_are_per_line(trai
     equals the same line decoded in a batch of 2 (keys per line), and greedy is deterministic."""
     b, _, st, _ = trained
     exact = float(inside.log_marginal(THETA, jnp.asarray(WORDS), jnp.asarray(LENGTHS))[0])
-    dec = GF.make_gfn_decoder(b, MODEL.rule_log_probs, 1000)
+    dec = DEC.make_gfn_decoder(b.env, b.gfn, MODEL.rule_log_probs, 1000)
     # 8 independent 1000-sample estimates of p(x) averaged (8000 samples: one 1000-sample
     # estimate was 0.03 off on one CPU); their spread gives the standard error as a check
     lps = np.array([float(dec(st.sampler, THETA, jax.random.PRNGKey(i), jnp.asarray(WORDS),
@@ -113,14 +116,14 @@ def test_importance_sampling_estimate_is_unbiased_and_decoders_are_per_line(trai
     est = float(np.log(np.mean(np.exp(lps - lps.max()))) + lps.max())
     assert abs(est - exact) < 0.02, (est, exact, lps)
     assert np.std(lps) < 0.05, lps  # each 1000-sample estimate is itself close
-    one = GF.make_gfn_decoder(b, MODEL.rule_log_probs, 1)
+    one = DEC.make_gfn_decoder(b.env, b.gfn, MODEL.rule_log_probs, 1)
     words = np.array([[1, 4, 0, 2], [1, 4, 0, 2], [3, 3, 1, 0]], np.int32)
     lengths = np.array([4, 4, 3], np.int32)
     key = jax.random.PRNGKey(5)
-    _, a = GF.decode_corpus(one, st.sampler, THETA, key, words, lengths, 3)
-    _, c = GF.decode_corpus(one, st.sampler, THETA, key, words, lengths, 2)
+    _, a = DEC.gfn_spans(one, st.sampler, THETA, key, words, lengths, 3)
+    _, c = DEC.gfn_spans(one, st.sampler, THETA, key, words, lengths, 2)
     assert a["gfn_"] == c["gfn_"] and a["greedy_"] == c["greedy_"]
-    _, many = GF.decode_corpus(one, st.sampler, THETA, key, np.repeat(words[:1], 16, 0),
+    _, many = DEC.gfn_spans(one, st.sampler, THETA, key, np.repeat(words[:1], 16, 0),
                                np.repeat(lengths[:1], 16), 2)  # the batch-2 program again
     assert len({json.dumps(sorted(x)) for x in many["gfn_"]}) > 1  # a repeated line: own draws
     assert len({json.dumps(sorted(x)) for x in many["greedy_"]}) == 1
@@ -155,13 +158,13 @@ def test_cli_gflownet_em_run_and_parse(tmp_path):
 
 
 def test_synthetic_ncfg_corpus_has_valid_gold_trees_and_depends_on_parents():
-    from gfnem_jax.data import corpus as C
+    from gfnem_jax.grammar import corpus as C
     tr, va, g = C.synthetic_ncfg(1, 60, 20, 6, 2, 3, 8)
     assert G.is_ncfg(g) and g["binary"].shape == (3, 2, 5, 5)
     assert not np.allclose(g["binary"][0], g["binary"][1])  # the parent's label matters
     for b in range(len(va)):
         n = int(va.lengths[b])
-        G.tree_from_spans(va.gold[b], None, n, 6)  # raises unless a binary tree over n words
+        T.tree_from_spans(va.gold[b], None, n, 6)  # raises unless a binary tree over n words
         assert 2 <= n <= 6 and (va.words[b, n:] == 0).all()
     # exact by inside on the parent annotation; a tree's joint is below the marginal
     assert va.stats["true_log_joint_per_token"] > va.stats["true_nll_per_token"] > 0
@@ -207,10 +210,10 @@ def test_m_step_importance_weights_recover_the_exact_posterior(trained, weights)
         st.sampler, theta, jax.random.PRNGKey(5))
     z, w = jax.device_get(aux["z"]), np.asarray(aux["w"])[0]
     assert w.shape == (S,) and np.sum(w) == pytest.approx(1.0, abs=1e-5)
-    trees = G.all_trees(L, NT, L)
+    trees = T.all_trees(L, NT, L)
     lj = np.asarray(jax.vmap(lambda t: G.log_joint(theta, jnp.asarray(WORDS[0]), t))(trees))
     post = np.exp(lj - np.logaddexp.reduce(lj))
-    key = lambda t: tuple(sorted(zip(map(tuple, G.tree_spans(t)[0]), G.tree_spans(t)[1])))
+    key = lambda t: tuple(sorted(zip(map(tuple, T.tree_spans(t)[0]), T.tree_spans(t)[1])))
     index = {key(jax.tree.map(lambda a: a[i], trees)): i for i in range(len(post))}
     q = np.zeros(len(post))
     for j in range(S):

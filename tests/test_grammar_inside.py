@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax import inside
-from gfnem_jax.models import grammar as G
+from gfnem_jax.grammar import inside
+from gfnem_jax.grammar import rules as G
+from gfnem_jax.grammar import tree as T
 
 NT, PT, V, N = 2, 3, 5, 6
 
@@ -42,26 +43,26 @@ def _tree_logp_full(g, words, nodes, labels, pts):
 def test_log_joint_sums_preterminals_exactly(n, float64):
     g, w = _setup(n)
     words = np.asarray(w)
-    for nodes in G.bracketings(0, n)[:3]:
+    for nodes in T.bracketings(0, n)[:3]:
         for labels in itertools.product(range(NT), repeat=n - 1):
             full = [_tree_logp_full(g, words, nodes, labels, pts)
                     for pts in itertools.product(range(PT), repeat=n)]
             want = np.logaddexp.reduce(full)
-            tree = G.tree_from_spans([[i, j - 1] for i, _, j in nodes], labels, n, N)
+            tree = T.tree_from_spans([[i, j - 1] for i, _, j in nodes], labels, n, N)
             assert float(log_joint(g, w, tree)) == pytest.approx(want, abs=1e-9)
 
 
 @pytest.mark.parametrize("n", range(2, N + 1))
 def test_catalan_count(n):
-    assert len(G.bracketings(0, n)) == math.comb(2 * (n - 1), n - 1) // n
-    assert G.all_trees(n, NT, N).length.shape[0] == math.comb(2 * (n - 1), n - 1) // n * NT ** (n - 1)
+    assert len(T.bracketings(0, n)) == math.comb(2 * (n - 1), n - 1) // n
+    assert T.all_trees(n, NT, N).length.shape[0] == math.comb(2 * (n - 1), n - 1) // n * NT ** (n - 1)
 
 
 _enum_lj = jax.jit(lambda g, w, trees: jax.vmap(lambda t: G.log_joint(g, w, t))(trees))
 
 
 def _enum(g, w, n, nt=NT):
-    trees = G.all_trees(n, nt, N)
+    trees = T.all_trees(n, nt, N)
     return trees, _enum_lj(g, w, trees)
 
 
@@ -96,7 +97,7 @@ def test_viterbi_is_brute_force_argmax(n, float64):
     best = jax.tree.map(lambda a: a[int(jnp.argmax(lj))], trees)
     top2 = np.sort(np.asarray(lj))[-2:]
     if top2[1] - top2[0] > 1e-9:  # unique argmax: the same tree
-        assert sorted(map(tuple, G.tree_spans(one)[0])) == sorted(map(tuple, G.tree_spans(best)[0]))
+        assert sorted(map(tuple, T.tree_spans(one)[0])) == sorted(map(tuple, T.tree_spans(best)[0]))
 
 
 @pytest.mark.parametrize("n", [2, 4, 6])
@@ -117,7 +118,7 @@ def test_gradient_is_expected_counts(n, float64):
 
 
 def _key(tree):
-    s, a = G.tree_spans(tree)
+    s, a = T.tree_spans(tree)
     return tuple(sorted(zip(map(tuple, s), a)))
 
 
@@ -186,16 +187,16 @@ def test_ncfg_log_joint_exact(n, float64):
     assert g["binary"].shape == (NT + 1, NT, NT + PT, NT + PT)
     w = jax.random.randint(jax.random.PRNGKey(12), (N,), 0, V)
     words = np.asarray(w)
-    for nodes in G.bracketings(0, n):
+    for nodes in T.bracketings(0, n):
         for labels in itertools.product(range(NT), repeat=n - 1):
             want = np.logaddexp.reduce([_ncfg_logp_full(g, words, nodes, labels, pts)
                                         for pts in itertools.product(range(PT), repeat=n)])
-            tree = G.tree_from_spans([[i, j - 1] for i, _, j in nodes], labels, n, N)
+            tree = T.tree_from_spans([[i, j - 1] for i, _, j in nodes], labels, n, N)
             assert float(log_joint(g, w, tree)) == pytest.approx(want, abs=1e-9)
     # an NCFG whose rules ignore the parent is the PCFG
     pc = G.random_grammar(jax.random.PRNGKey(13), NT, PT, V)
     nc = {**pc, "binary": jnp.broadcast_to(pc["binary"], (NT + 1,) + pc["binary"].shape)}
-    trees = G.all_trees(n, NT, N)
+    trees = T.all_trees(n, NT, N)
     a = _enum_lj(pc, w, trees)
     b = _enum_lj(nc, w, trees)
     np.testing.assert_allclose(a, b, atol=1e-10)
@@ -203,7 +204,7 @@ def test_ncfg_log_joint_exact(n, float64):
 
 @pytest.mark.parametrize("ncfg", [False, True])
 def test_neural_grammar_rules_are_distributions(ncfg):
-    from gfnem_jax.models.neural_grammar import NeuralGrammar
+    from gfnem_jax.grammar.neural import NeuralGrammar
     m = NeuralGrammar(nt=3, pt=4, vocab_size=11, dim=16, ncfg=ncfg)
     g = m.rule_log_probs(m.init(jax.random.PRNGKey(0)))
     assert g["root"].shape == (3,) and g["emit"].shape == (4, 11)
@@ -223,7 +224,7 @@ def _ncfg_setup(n, seed):
 @pytest.mark.parametrize("n", [2, 3, 5, 6])
 def test_ncfg_inside_and_viterbi_equal_enumeration(n, float64):
     g, w = _ncfg_setup(n, 21)
-    lj = _enum_lj(g, w, G.all_trees(n, NT + 1, N))
+    lj = _enum_lj(g, w, T.all_trees(n, NT + 1, N))
     assert float(log_marginal(g, w[None], jnp.array([n]))[0]) == pytest.approx(
         float(jax.nn.logsumexp(lj)), abs=1e-9)
     vt, score = viterbi(g, w[None], jnp.array([n]))

@@ -1,5 +1,4 @@
 """End to end: each training method writes its metrics; parse, export, resume; MH chain correctness."""
-import argparse
 import dataclasses
 import json
 import os
@@ -10,9 +9,10 @@ import numpy as np
 import pytest
 
 from gfnem_jax.experiments import grammar as E
-from gfnem_jax.experiments import grammar_baselines as GB
-from gfnem_jax.experiments import grammar_cli
-from gfnem_jax.models import grammar as G
+from gfnem_jax.grammar import baselines as GB
+from gfnem_jax.grammar import rules as G
+from gfnem_jax.grammar import run as R
+from gfnem_jax.grammar import tree as T
 
 TINY = dict(nt=3, pt=4, dim=16, max_len=8, steps=4, batch_size=8, log_every=2, synth_train=40,
             synth_valid=12, synth_nt=3, synth_pt=4, synth_vocab=12, mcmc_steps=3, eval_mcmc_steps=5,
@@ -45,32 +45,34 @@ def test_each_method_writes_metrics(tmp_path, method, grammar):
     assert os.path.isdir(os.path.join(out, "checkpoint"))
 
 
+def _cli(*argv):
+    from gfnem_jax import cli
+    return cli.main(list(argv))
+
+
 @pytest.mark.slow
-def test_parse_export_resume_and_cli(tmp_path, capsys):
+def test_parse_export_and_resume_through_the_cli(tmp_path, capsys):
     out = str(tmp_path / "run")
-    p = argparse.ArgumentParser()
-    grammar_cli.add_train_args(p)
-    args = p.parse_args(["--out", out, "--quiet"] + sum(([f"--{k.replace('_', '-')}", str(v)]
-                                                          for k, v in TINY.items()), []))
-    assert grammar_cli.train_main(args) == 0
-    # resume to 6 steps: the first rows are kept
-    s = E.GrammarSettings(**{**TINY, "steps": 6})
-    E.run(s, out, progress=False, resume=True)
+    flags = sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in TINY.items()), [])
+    _cli("train", "grammar", "--out", out, "--quiet", *flags)
+    assert [r["step"] for r in _rows(out)] == [0, 2, 4]
+    # resume to 6 steps: the first rows are kept; a changed setting is refused, named as a flag
+    more = [f for f in flags]
+    more[more.index("--steps") + 1] = "6"
+    _cli("train", "grammar", "--out", out, "--quiet", "--resume", *more)
     assert [r["step"] for r in _rows(out)] == [0, 2, 4, 6]
-    with pytest.raises(ValueError, match="differ from the saved run in lr"):
-        E.run(s.replace(steps=8, lr=0.5), out, progress=False, resume=True)
+    more[more.index("--steps") + 1] = "8"
+    with pytest.raises(SystemExit) as e:
+        _cli("train", "grammar", "--out", out, "--quiet", "--resume", "--lr", "0.5", *more)
+    assert e.value.code == 2 and "--lr" in capsys.readouterr().err
     # export, then parse with the file grammar and with the run
     gpath = str(tmp_path / "g.npz")
-    p = argparse.ArgumentParser()
-    grammar_cli.add_export_args(p)
-    assert grammar_cli.export_main(p.parse_args(["--run", out, "--out", gpath])) == 0
+    _cli("export-grammar", "--run", out, "--out", gpath)
     g, vocab = G.load_npz(gpath)
     txt = tmp_path / "s.txt"
     txt.write_text(f"{vocab[1]} {vocab[2]} {vocab[3]}\n{vocab[1]}\n{vocab[2]} {vocab[2]}\n")
-    p = argparse.ArgumentParser()
-    grammar_cli.add_parse_args(p)
     po = str(tmp_path / "p.jsonl")
-    assert grammar_cli.parse_main(p.parse_args(["--grammar", gpath, "--corpus", str(txt), "--out", po])) == 0
+    _cli("parse", "--grammar", gpath, "--corpus", str(txt), "--out", po)
     assert "skipped 1" in capsys.readouterr().err
     lines = [json.loads(l) for l in open(po)]
     assert len(lines) == 2 and lines[1]["spans"] == [[0, 1]]
@@ -78,10 +80,16 @@ def test_parse_export_resume_and_cli(tmp_path, capsys):
     assert lines[0]["logprob"] < 0
     # the run gives the same log p(x) as its exported file
     po2 = str(tmp_path / "p2.jsonl")
-    grammar_cli.parse_main(p.parse_args(["--run", out, "--corpus", str(txt), "--out", po2,
-                                         "--decoder", "sample"]))
+    _cli("parse", "--run", out, "--corpus", str(txt), "--out", po2, "--decoder", "sample")
     lines2 = [json.loads(l) for l in open(po2)]
     assert lines2[0]["logprob"] == pytest.approx(lines[0]["logprob"], abs=1e-4)
+    # errors: one line naming the flag, exit 2
+    for argv, msg in ((["--run", str(tmp_path), "--decoder", "viterbi"], "--run"),
+                      (["--grammar", gpath, "--decoder", "best-of-0"], "decoder must be"),
+                      (["--grammar", gpath, "--decoder", "greedy"], "needs a run trained with")):
+        with pytest.raises(SystemExit) as e:
+            _cli("parse", "--corpus", str(txt), "--out", po, *argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
     txt.write_text("nosuchword " + vocab[1] + "\n")
     with pytest.raises(ValueError, match="not in the grammar's vocabulary"):
         E.parse(str(txt), po, grammar=gpath)
@@ -102,12 +110,12 @@ def test_lr_drop_counts_the_grammar_updates_of_the_run():
     # fixed schedule, 2 E-steps then 1 M-step: 10 steps = 3 full cycles + 1 E-step -> 3 updates
     s = E.GrammarSettings(method="gflownet", schedule="fixed", e_steps=2, m_steps=1, steps=10,
                           lr=0.01, lr_drop=0.1, lr_drop_at=0.5, grad_clip=0.0)
-    assert E.grammar_updates(s) == 3
-    assert E.grammar_updates(dataclasses.replace(s, steps=11)) == 3
-    assert E.grammar_updates(dataclasses.replace(s, steps=12)) == 4
-    assert E.grammar_updates(dataclasses.replace(s, method="marginal")) == 10
+    assert R.grammar_updates(s) == 3
+    assert R.grammar_updates(dataclasses.replace(s, steps=11)) == 3
+    assert R.grammar_updates(dataclasses.replace(s, steps=12)) == 4
+    assert R.grammar_updates(dataclasses.replace(s, method="marginal")) == 10
     # Adam on a constant gradient moves by lr per update; after int(0.5 * 3) = 1 update by lr/10
-    tx = E.make_optimizer(s)
+    tx = R.make_optimizer(s)
     p = jnp.zeros(())
     st = tx.init(p)
     moves = []
@@ -116,7 +124,7 @@ def test_lr_drop_counts_the_grammar_updates_of_the_run():
         moves.append(float(-u))
     np.testing.assert_allclose(moves, [0.01, 0.001, 0.001], rtol=1e-4)
     # constant by default, as before the setting existed
-    tx, st = E.make_optimizer(dataclasses.replace(s, lr_drop=1.0)), None
+    tx, st = R.make_optimizer(dataclasses.replace(s, lr_drop=1.0)), None
     st = tx.init(p)
     for _ in range(3):
         u, st = tx.update(jnp.ones(()), st, p)
@@ -130,12 +138,12 @@ def test_mh_chain_targets_the_posterior():
     g = G.random_grammar(jax.random.PRNGKey(4), 2, 3, 5, scale=1.5)
     n, N, B = 4, 6, 3000
     w = jax.random.randint(jax.random.PRNGKey(104), (N,), 0, 5)
-    trees = G.all_trees(n, 2, N)
+    trees = T.all_trees(n, 2, N)
     lj = jax.vmap(lambda t: G.log_joint(g, w, t))(trees)
     post = np.asarray(jnp.exp(lj - jax.nn.logsumexp(lj)))
 
     def key_(t):
-        s, a = G.tree_spans(t)
+        s, a = T.tree_spans(t)
         return tuple(sorted(zip(map(tuple, s), a)))
 
     index = {key_(jax.tree.map(lambda a: a[i], trees)): i for i in range(len(post))}

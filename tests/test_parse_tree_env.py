@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from gfnem_jax import metrics
-from gfnem_jax.envs.parse_tree import ParseTree, make_cond
-from gfnem_jax.models import grammar as gm
+from gfnem_jax.grammar.env import ParseTree, make_cond
+from gfnem_jax.grammar import rules as gm
 
 L, NT = 6, 3
 ENV = ParseTree(L, NT)
@@ -105,7 +105,7 @@ def test_illegal_actions_leave_the_state_unchanged():
 
 
 def test_tree_conversion_and_rewards_against_inside(float64):
-    from gfnem_jax import inside
+    from gfnem_jax.grammar import inside
     words = [1, 4, 0, 2]
     c = make_cond(words, L)
     states = ENV.all_states(c)

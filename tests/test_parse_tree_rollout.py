@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from gfnem_jax import objectives, sampling
-from gfnem_jax.envs.parse_tree import ParseTree, make_cond
-from gfnem_jax.models import grammar as gm
-from gfnem_jax.models import parse_buckets as pb
-from gfnem_jax.models.parse_policy import ParsePolicy, shrink
+from gfnem_jax.grammar.env import ParseTree, make_cond
+from gfnem_jax.grammar import rules as gm
+from gfnem_jax.grammar import rollout as pb
+from gfnem_jax.grammar.policy import ParsePolicy, shrink
 
 L, NT, V = 5, 2, 11
 ENV = ParseTree(L, NT)

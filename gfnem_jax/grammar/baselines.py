@@ -19,14 +19,16 @@ rotation at t. An impossible rotation (the child is a word) proposes z itself.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from gfnem_jax import em, inside
-from gfnem_jax.models.grammar import Tree
+from gfnem_jax import em
+from gfnem_jax.grammar import inside
+from gfnem_jax.grammar import rules as G
+from gfnem_jax.grammar.tree import Tree
 
 METHODS = ("marginal", "exact-sampling", "mc-em")
 
@@ -138,3 +140,78 @@ def m_step(model, tx: optax.GradientTransformation, params, opt_state, words, tr
     S = trees.left.shape[1]
     w = jnp.full(trees.left.shape[:2], 1.0 / S)
     return em.m_update(model.log_joint, tx, params, opt_state, words, trees, w)
+
+
+# -- the training step ------------------------------------------------------------------------
+THETA_TAG = 0x7FFFFFFF  # grammar parameters from fold_in(run_key, THETA_TAG) (GFlowNet-EM too)
+CHAINS_TAG = 0x7FFFFFFE  # mc-em: the chains' initial trees from fold_in(run_key, CHAINS_TAG)
+
+
+class GrammarState(NamedTuple):
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+    chains: Tree  # mc-em: one tree per training sentence (a single dummy row otherwise)
+
+
+def init_theta(model, params0, seed: int):
+    """The grammar's parameters at step 0: ``params0`` (a fixed grammar) or the model's
+    initialisation from fold_in(PRNGKey(seed), THETA_TAG)."""
+    if params0 is not None:
+        return params0
+    return model.init(jax.random.fold_in(jax.random.PRNGKey(seed), THETA_TAG))
+
+
+def init_state(method: str, seed: int, max_len: int, model, params0, lengths, tx) -> GrammarState:
+    """The state at step 0 (``lengths`` int[N]: the training sentences' lengths, for mc-em)."""
+    key = jax.random.PRNGKey(seed)
+    params = init_theta(model, params0, seed)
+    if method == "mc-em":
+        chains = random_trees(jax.random.fold_in(key, CHAINS_TAG), jnp.asarray(lengths), max_len,
+                              model.nt)
+    else:
+        chains = random_trees(key, jnp.full((1,), 2), max_len, model.nt)
+    return GrammarState(params, tx.init(params), jnp.zeros((), jnp.int32), key, chains)
+
+
+def make_update(s, model, tx, fixed: bool):
+    """update(state, key, words_all, lengths_all) -> (state, metrics): one training step."""
+    nt = model.nt
+
+    def update(st: GrammarState, key, W, L):
+        k_idx, k_z = jax.random.split(jax.random.fold_in(key, 0))
+        idx = jax.random.randint(k_idx, (s.batch_size,), 0, W.shape[0])
+        words, lengths = W[idx], L[idx]
+        acc = jnp.zeros(())
+        chains = st.chains
+        if s.method == "marginal":
+            params, opt, loss = marginal_update(model, tx, st.params, st.opt_state, words, lengths)
+        else:
+            theta = jax.lax.stop_gradient(st.params)
+            if s.method == "exact-sampling":
+                trees = exact_samples(model.rule_log_probs(theta), k_z, words, lengths, s.samples)
+            else:
+                g = model.rule_log_probs(theta)
+                start = jax.tree.map(lambda a: a[idx], chains)
+                new, acc = mh_chain(lambda x, z: G.log_joint(g, x, z), k_z, words, start,
+                                    s.mcmc_steps, nt)
+                chains = jax.tree.map(lambda a, b: a.at[idx].set(b), chains, new)
+                trees = jax.tree.map(lambda a: a[:, None], new)
+            params, opt, loss = m_step(model, tx, st.params, st.opt_state, words, trees)
+        if fixed:
+            params, opt = st.params, st.opt_state
+        return GrammarState(params, opt, st.step + 1, st.key, chains), {"loss": loss, "accept": acc}
+
+    return update
+
+
+def make_chunk(update, n: int):
+    """Jitted (state, words_all, lengths_all) -> (state, metrics[n]); step key fold_in(key, step)."""
+
+    @jax.jit
+    def run_chunk(st, W, L):
+        return jax.lax.scan(lambda c, _: update(c, jax.random.fold_in(c.key, c.step), W, L),
+                            st, None, length=n)
+
+    return run_chunk

@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gfnem_jax.grammar import inside
+from gfnem_jax.grammar import rules as gm
+
 UNK = "<unk>"
 
 
@@ -44,7 +47,7 @@ class Corpus:
 
 
 # -- files -------------------------------------------------------------------------------------
-def _read_lines(path: str, what: str) -> List[str]:
+def read_lines(path: str, what: str) -> List[str]:
     try:
         with open(path, encoding="utf-8") as f:
             lines = [l.strip() for l in f]
@@ -122,10 +125,10 @@ def load(path: str, gold: Optional[str] = None, max_len: int = 20,
 
     vocab: the vocabulary to use (validation / test files); None builds it from this file.
     """
-    sents = [l.split() for l in _read_lines(path, "corpus")]
+    sents = [l.split() for l in read_lines(path, "corpus")]
     trees = None
     if gold is not None:
-        lines = _read_lines(gold, "gold trees")
+        lines = read_lines(gold, "gold trees")
         if len(lines) != len(sents):
             raise ValueError(f"gold trees {gold!r} has {len(lines)} trees but corpus {path!r} has "
                              f"{len(sents)} sentences")
@@ -247,7 +250,6 @@ def synthetic(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: i
     from, the generating grammar conditioned on 2 <= n <= max_len (draws of other lengths are
     rejected): -sum [log p(x) - log P(2 <= n <= max_len)] / sum n on that split,
     and Corpus.gold holds the generating trees' spans. Cached per arguments (do not mutate)."""
-    from gfnem_jax import inside
     key = jax.random.PRNGKey(seed)
     g = synthetic_grammar(jax.random.fold_in(key, 0), nt, pt, v)
     gen = jax.jit(jax.vmap(lambda k: _generate_one(g, k, max_len)))
@@ -282,7 +284,6 @@ def _corpus_log_probs(grammar, X: np.ndarray, L: np.ndarray, max_len: int, chunk
     """float64[B]: log p(x) - log P(2 <= n <= max_len) of each sentence, the exact log-probability
     under the distribution a rejection sampler of 2..max_len words draws from (inside, in chunks of
     ``chunk`` sentences; an NCFG through its parent annotation)."""
-    from gfnem_jax import inside
     lm = jax.jit(inside.log_marginal)
     logp = np.concatenate([np.asarray(lm(grammar, X[i:i + chunk], L[i:i + chunk]), np.float64)
                            for i in range(0, len(L), chunk)])
@@ -309,12 +310,11 @@ def synthetic_ncfg_grammar(key, nt: int = 5, pt: int = 10, v: int = 50, rule_sca
 def synthetic_ncfg(seed: int = 0, n_train: int = 2000, n_valid: int = 500, max_len: int = 20,
                    nt: int = 5, pt: int = 10, v: int = 50, rule_scale: float = 4.0):
     """(train Corpus, valid Corpus, generating NCFG): sentences and gold trees drawn by
-    ``models.grammar.sample`` from ``synthetic_ncfg_grammar`` (``rule_scale``: its logit scale).
+    ``grammar.rules.sample`` from ``synthetic_ncfg_grammar`` (``rule_scale``: its logit scale).
     ``stats["true_nll_per_token"]`` is the exact NLL per token of the corpus's distribution (the
     grammar conditioned on 2 <= n <= max_len, as ``synthetic``), by inside on the parent
     annotation (None when ``nt`` is too large to annotate), and
     ``stats["true_log_joint_per_token"]`` is -sum log p(x, z_gold) / tokens (an upper bound)."""
-    from gfnem_jax.models import grammar as gm
     key = jax.random.PRNGKey(seed)
     g = synthetic_ncfg_grammar(jax.random.fold_in(key, 0), nt, pt, v, rule_scale)
     gen = jax.jit(jax.vmap(lambda k: gm.sample(g, k, max_len)))

@@ -17,7 +17,7 @@ padding with every field -1):
   node_left, node_right   int32[L-1]  gap of its left / right child (-1: the child is a word)
   n, r        int32[]     sentence length, number of roots
 Every binary tree over n leaves has exactly one internal node per gap, so the per-gap arrays hold
-the whole tree at the terminal state (``tree``, in ``gfnem_jax.models.grammar.Tree`` form;
+the whole tree at the terminal state (``tree``, in ``gfnem_jax.grammar.tree.Tree`` form;
 ``from_tree`` goes back), and any partial forest on the way.
 
 Actions: forward a = p * NT + A (p < L-1, A < NT) merges roots p and p+1 under label A; legal iff
@@ -26,7 +26,7 @@ two children, read back from the per-gap arrays. ``backward_action(s, a) = a // 
 ``forward_action(s', b) = b * NT + label[b]``.
 
 Policy view: ``observe(s)`` = {"start", "end", "label": int32[L], "mask": bool[L] (q < r)}; at
-step t at most L - t slots are live (``models.parse_buckets`` shrinks to them).
+step t at most L - t slots are live (``grammar.rollout`` shrinks to them).
 Rewards: ``log_reward(grammar, cond, s)`` = log p(x, z) (``grammar.log_joint``, params = the
 grammar's log-prob pytree); ``partial_log_reward`` = the rules fixed so far (forward-looking flows).
 
@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfnem_jax.envs.base import Environment
-from gfnem_jax.models import grammar as gm
+from gfnem_jax.grammar import rules as gm
+from gfnem_jax.grammar.tree import Tree
 
 
 class ParseState(NamedTuple):
@@ -184,16 +185,16 @@ class ParseTree(Environment):
     def features(self, s):
         raise ValueError("ParseTree has a structured observation: use observe(state)")
 
-    def tree(self, s: ParseState) -> gm.Tree:
-        """The internal nodes built so far as a ``gfnem_jax.models.grammar.Tree`` (node slot g =
+    def tree(self, s: ParseState) -> Tree:
+        """The internal nodes built so far as a ``gfnem_jax.grammar.tree.Tree`` (node slot g =
         the node splitting at gap g: left = start, split = g + 1, right = end + 1, half-open;
         zeros where gap g is not built). The whole tree at a terminal state."""
         built = s.node_label >= 0
         g = jnp.arange(self.max_len - 1, dtype=jnp.int32)
         z = lambda x: jnp.where(built, x, 0).astype(jnp.int32)
-        return gm.Tree(z(s.node_start), z(g + 1), z(s.node_end + 1), z(s.node_label), s.n)
+        return Tree(z(s.node_start), z(g + 1), z(s.node_end + 1), z(s.node_label), s.n)
 
-    def from_tree(self, tree: gm.Tree) -> ParseState:
+    def from_tree(self, tree: Tree) -> ParseState:
         """The terminal state of a complete ``grammar.Tree`` (any node order; sleep phase, data)."""
         L = self.max_len
         n = jnp.asarray(tree.length, jnp.int32)

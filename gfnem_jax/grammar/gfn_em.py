@@ -1,10 +1,10 @@
 """GFlowNet-EM for grammar induction (Hu et al. 2023, section 5.1): `gfnem train grammar --method gflownet`.
 
 Nothing here is a new algorithm: it configures the library's pieces for parse trees.
-  environment   ``envs.parse_tree.ParseTree(max_len, NT)``: bottom-up merges of adjacent roots.
-  policy        ``models.parse_policy.ParsePolicy``: a transformer over the current roots,
+  environment   ``grammar.env.ParseTree(max_len, NT)``: bottom-up merges of adjacent roots.
+  policy        ``grammar.policy.ParsePolicy``: a transformer over the current roots,
                 conditioned on the sentence (encoded once per trajectory); log Z(x) an MLP of it.
-  engine        ``models.parse_buckets.Buckets(n_buckets, pack)``: the training rollout and its
+  engine        ``grammar.rollout.Buckets(n_buckets, pack)``: the training rollout and its
                 differentiable pass look only at the root slots still live (K(t) = L - t); with
                 pack > 0 the differentiable pass packs the states of all sentences by root count.
   flows         forward-looking: log F(s) = g_theta(x, s) + NN(s), g = the log-probs of the rules
@@ -16,7 +16,7 @@ Nothing here is a new algorithm: it configures the library's pieces for parse tr
                 a threshold falling linearly, paper: 6 -> 3 for CFG, 7 -> 3.5 for NCFG) or fixed.
 The loop state is ``loop.LoopState`` (sampler = policy parameters, model = grammar parameters).
 
-Evaluation (``make_gfn_decoder``), on the evaluation corpus:
+Evaluation (``grammar.decode.make_gfn_decoder``), on the evaluation corpus:
   gfn_*_f1        F1 of one GFlowNet sample per sentence (line i: key fold_in(key, i)) and of the
                   best of K samples under p_theta(x, z) (``best_*``), sentence and corpus level;
   is_nll_per_token  -sum_i log p_hat(x_i) / tokens, p_hat(x) = (1/K) sum_k p(x, z_k) P_B(tau_k | z_k)
@@ -35,19 +35,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import distributed as D
-from gfnem_jax import em, loop, metrics, objectives, parse_metrics
-from gfnem_jax.envs.parse_tree import ParseTree
+from gfnem_jax import em, loop, metrics, objectives
 from gfnem_jax.gflownet import GFlowNet
-from gfnem_jax.models import grammar as G
-from gfnem_jax.models.parse_buckets import Buckets
-from gfnem_jax.models.parse_policy import ParsePolicy
+from gfnem_jax.grammar import rules as G
+from gfnem_jax.grammar.env import ParseTree
+from gfnem_jax.grammar.policy import ParsePolicy
+from gfnem_jax.grammar.rollout import Buckets
 from gfnem_jax.nets.policy import PolicyOutput
 from gfnem_jax.optim import OptimConfig, policy_optimizer
 from gfnem_jax.sampling import Exploration
 
 PARAMS_TAG = 0x7FFFFFFC  # policy parameters from fold_in(run_key, PARAMS_TAG)
-GREEDY = Exploration(temperature=1e-6)  # argmax of P_F at every step
 
 
 class Built(NamedTuple):
@@ -64,7 +62,7 @@ def thresholds(s, ncfg: bool):
 
 def build(s, model, vocab_size: int) -> Built:
     """The GFlowNet, the latent variable model and the EM settings of a run's settings ``s``
-    (``experiments.grammar.GrammarSettings``) and grammar ``model`` (Neural/TableGrammar)."""
+    (``grammar.settings.GrammarSettings``) and grammar ``model`` (Neural/TableGrammar)."""
     env = ParseTree(s.max_len, model.nt)
     policy = ParsePolicy(s.max_len, model.nt, vocab_size, dim=s.policy_dim, layers=s.policy_layers,
                          heads=s.policy_heads, enc_layers=s.policy_enc_layers)
@@ -115,66 +113,27 @@ def make_step(b: Built, gfn_tx, m_tx, train_grammar: bool, mesh=None):
     return loop.make_step(e, m, b.cfg.loop_schedule(), after_sampler=after, mesh=mesh)
 
 
+def summarize(m) -> Dict[str, Any]:
+    """The logged summary of a chunk's step metrics (numpy arrays [n]): M-steps, their mean loss
+    and local-search acceptance, sleep updates, the last EMA and threshold."""
+    out: Dict[str, Any] = {}
+    if "m_step" in m:
+        sel = np.asarray(m["m_step"], bool)
+        out["m_steps"] = int(sel.sum())
+        out["m_loss"] = float(np.asarray(m["m_loss"])[sel].mean()) if sel.any() else None
+        if "ls_accept" in m:
+            acc = np.asarray(m["ls_accept"])[sel]
+            out["ls_accept"] = float(acc.mean()) if sel.any() else None
+    if "sleep" in m:
+        out["sleep_updates"] = int(np.asarray(m["sleep"]).sum())
+    for name in ("ema", "threshold"):
+        if name in m:
+            out[name] = float(np.asarray(m[name])[-1])
+    return out
+
+
 def corpus_data(c) -> Dict[str, jax.Array]:
     return {"tokens": jnp.asarray(c.words), "length": jnp.asarray(c.lengths)}
-
-
-# -- decoding and evaluation ------------------------------------------------------------------
-def make_gfn_decoder(b: Built, rules, k: int):
-    """Jitted ``decode(params, theta, key, words[B, L], lengths[B], offset)`` ->
-    (is_logp float[B], one sample's trees, best-of-k trees, greedy trees) (``grammar.Tree``s).
-
-    Sample j of sentence i (global index offset + i) uses key fold_in(key, (offset + i) * k + j),
-    so with k = 1 line i draws with fold_in(key, i) whatever the batching."""
-    env, gfn = b.env, b.gfn
-
-    def log_reward(theta, c, st):
-        return G.log_joint(rules(theta), c["tokens"], env.tree(st))
-
-    @jax.jit
-    def decode(params, theta, key, words, lengths, offset):
-        B = words.shape[0]
-        cond = {"tokens": words, "length": lengths}
-        rep = jax.tree.map(lambda a: jnp.repeat(a, k, 0), cond)
-        tr = gfn.sample(params, key, B * k, log_reward, theta, rep, index_offset=offset * k)
-        lr = tr.log_reward.reshape(B, k)
-        logw = lr + (jnp.sum(tr.log_pb, 1) - jnp.sum(tr.log_pf, 1)).reshape(B, k)
-        is_logp = jax.nn.logsumexp(logw, axis=1) - jnp.log(float(k))
-        trees = jax.vmap(env.tree)(tr.terminal)
-        pick = lambda idx: jax.tree.map(lambda a: a.reshape((B, k) + a.shape[1:])[jnp.arange(B), idx],
-                                        trees)
-        greedy = gfn.sample(params, key, B, log_reward, theta, cond, explore=GREEDY)
-        return (is_logp, pick(jnp.zeros((B,), jnp.int32)), pick(jnp.argmax(lr, axis=1)),
-                jax.vmap(env.tree)(greedy.terminal))
-
-    return decode
-
-
-def decode_corpus(decode, params, theta, key, words, lengths, batch: int):
-    """Host loop over fixed-size batches (the last padded): (is_logp [N], {name: spans})."""
-    N = len(lengths)
-    logp, spans = [], {"gfn_": [], "best_": [], "greedy_": []}
-    for lo in range(0, N, batch):
-        hi = min(lo + batch, N)
-        pad = batch - (hi - lo)
-        w = np.concatenate([words[lo:hi], np.repeat(words[lo:lo + 1], pad, 0)])
-        n = np.concatenate([lengths[lo:hi], np.repeat(lengths[lo:lo + 1], pad, 0)])
-        lp, *trees = decode(params, theta, key, jnp.asarray(w), jnp.asarray(n), lo)
-        logp.append(np.asarray(lp)[: hi - lo])
-        for name, t in zip(spans, trees):
-            spans[name] += parse_metrics.tree_spans_batch(jax.device_get(t))[: hi - lo]
-    return np.concatenate(logp), spans
-
-
-def evaluate_gfn(decode, params, theta, ev, batch: int, key, k: int) -> Dict[str, Any]:
-    logp, spans = decode_corpus(decode, params, theta, key, ev.words, ev.lengths, batch)
-    row: Dict[str, Any] = {"is_nll_per_token": parse_metrics.nll_per_token(logp, ev.lengths),
-                           "is_samples": k}
-    for name, sp in spans.items():
-        f = parse_metrics.span_f1(sp, ev.gold, ev.lengths) if ev.gold is not None else {}
-        row[name + "sentence_f1"] = f.get("sentence_f1")
-        row[name + "corpus_f1"] = f.get("corpus_f1")
-    return row
 
 
 def _cut_policy(policy: ParsePolicy, small: ParseTree):
@@ -235,73 +194,3 @@ def _exact_pair(small: ParseTree, policy: ParsePolicy):
         return p, metrics.target_distribution(small, lr, g, table, cond)
 
     return pair
-
-
-# -- the run (``experiments.grammar.run`` calls ``plan`` for method gflownet) ------------------
-def plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, key):
-    """``experiments.grammar.Plan`` of a GFlowNet-EM run (``tr`` None: structure only)."""
-    from gfnem_jax.experiments.grammar import Plan
-    vocab = model.vocab_size
-    b = build(s, model, vocab)
-    theta = params0 if params0 is not None else model.init(
-        jax.random.fold_in(jax.random.PRNGKey(s.seed), 0x7FFFFFFF))  # the baselines' initialisation
-    train_grammar = not (fixed or s.posterior_only)
-    state, gfn_tx = init_state(s, b, theta, m_tx if train_grammar else None)
-    rules = model.rule_log_probs
-    k = s.eval_samples
-    decode = make_gfn_decoder(b, rules, k)
-    # an NCFG too large for exact inference by parent annotation has no exact NLL or exact trees
-    no_exact = getattr(model, "ncfg", False) and not G.annotatable(model.nt)
-
-    def make_chunk(n):
-        if train_grammar:
-            b.cfg.validate(len(tr), b.env.max_steps, n_devices=s.devices)
-        mesh = loop.make_mesh(s.devices)
-        run_chunk = loop.make_chunk(make_step(b, gfn_tx, m_tx, train_grammar, mesh), n,
-                                    em.batch_fn(b.cfg, len(tr)))
-        data = D.to_global(corpus_data(tr), mesh)
-
-        def chunk(st, _):
-            st, m = run_chunk(D.to_global(st, mesh), data)
-            return st, D.to_local(m)
-
-        return chunk
-
-    def evaluate(st):
-        st = D.to_local(st)
-        row: Dict[str, Any] = {} if no_exact else grammar_eval(st.model)
-        if no_exact:
-            row["nll_per_token"] = None
-        row.update(evaluate_gfn(decode, st.sampler, st.model, ev, s.eval_batch, key, k))
-        if s.posterior_only:
-            row.update(exact_posterior_metrics(b, rules, st.sampler, st.model, ev.words,
-                                               ev.lengths, min(s.enum_len, s.max_len)))
-        return row
-
-    def summarize(m):
-        out = {}
-        if "m_step" in m:
-            sel = np.asarray(m["m_step"], bool)
-            out["m_steps"] = int(sel.sum())
-            out["m_loss"] = float(np.asarray(m["m_loss"])[sel].mean()) if sel.any() else None
-            if "ls_accept" in m:
-                acc = np.asarray(m["ls_accept"])[sel]
-                out["ls_accept"] = float(acc.mean()) if sel.any() else None
-        if "sleep" in m:
-            out["sleep_updates"] = int(np.asarray(m["sleep"]).sum())
-        for name in ("ema", "threshold"):
-            if name in m:
-                out[name] = float(np.asarray(m[name])[-1])
-        return out
-
-    return Plan(state, make_chunk, evaluate, summarize, lambda st: st.model)
-
-
-def parse_spans(s, model, state, key, words, lengths, decoder: str, batch: int):
-    """Spans of the GFlowNet decoder ``decoder`` (sample, greedy or best-of-K) of a gflownet run's
-    restored ``state`` for every sentence (line i of ``sample`` draws with fold_in(key, i))."""
-    b = build(s, model, model.vocab_size)
-    k = int(decoder[8:]) if decoder.startswith("best-of-") else 1
-    decode = make_gfn_decoder(b, model.rule_log_probs, k)
-    _, spans = decode_corpus(decode, state.sampler, state.model, key, words, lengths, batch)
-    return spans["greedy_" if decoder == "greedy" else "best_" if k > 1 else "gfn_"]

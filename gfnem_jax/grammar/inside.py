@@ -19,9 +19,9 @@ below exp(-87) relative to the largest are lost in float32). Max mode (Viterbi) 
 (start, split) pairs of each width from a static table.
 The gradient of sum_b log p(x_b) with respect to the log-probabilities is the expected rule counts
 (``expected_counts``). Trees are decoded top-down from a chart: exact posterior samples (sum
-chart) or the most likely tree (max chart), in the ``Tree`` layout of ``models.grammar``.
+chart) or the most likely tree (max chart), in the ``Tree`` layout of ``grammar.tree``.
 An NCFG (rules conditioned on the parent's label, ``binary`` [NT+1, NT, S, S]) is accepted by every
-function here: it runs as its parent-annotated PCFG (``models.grammar.parent_annotate``: exact, with
+function here: it runs as its parent-annotated PCFG (``grammar.rules.parent_annotate``: exact, with
 NT' = (NT+1)*NT nonterminals, so for small NT only) and decoded labels are mapped back.
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax.models.grammar import Tree, is_ncfg, parent_annotate
+from gfnem_jax.grammar.rules import is_ncfg, parent_annotate
+from gfnem_jax.grammar.tree import Tree
 
 NEG = -jnp.inf
 
@@ -165,7 +166,7 @@ def length_log_probs(grammar, max_len: int) -> jax.Array:
     inside algorithm with each preterminal's emission summed over the vocabulary (log 1 = 0).
 
     Corpora drawn by rejecting sentences longer than ``max_len`` follow p(x) / P(2 <= n <= max_len);
-    their exact NLL needs ``logsumexp`` of this (``data.corpus.synthetic``)."""
+    their exact NLL needs ``logsumexp`` of this (``grammar.corpus.synthetic``)."""
     pt = grammar["emit"].shape[-2]
     g = {**grammar, "emit": jnp.zeros((pt, 1), grammar["emit"].dtype)}
     n = jnp.arange(2, max_len + 1)

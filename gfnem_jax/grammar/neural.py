@@ -7,7 +7,7 @@ Rule log-probabilities come from symbol embeddings (dimension ``dim``, 256 by de
          P in 0..NT, NT = the start symbol, i.e. A is the root)
   emit   log p(T -> w)   = log_softmax(Linear_V(Res(Res(relu(Linear(e_T))))))
 with Res(h) = h + relu(Linear(relu(Linear(h)))). The output is a grammar pytree as in
-``gfnem_jax.models.grammar`` (binary float[NT, S_, S_] or float[NT+1, NT, S_, S_]).
+``gfnem_jax.grammar.rules`` (binary float[NT, S_, S_] or float[NT+1, NT, S_, S_]).
 
 ``NeuralGrammar(nt, pt, vocab_size, dim, ncfg)`` is a frozen dataclass of pure methods:
   init(key) -> params; rule_log_probs(params) -> grammar; log_joint(params, words, tree) -> float[].
@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gfnem_jax.models import grammar as G
+from gfnem_jax.grammar import rules as G
 from gfnem_jax.startup import compiled_method
 
 

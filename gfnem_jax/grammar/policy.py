@@ -1,4 +1,4 @@
-"""Transformer policy over the current roots of a parse forest (``envs.parse_tree.ParseTree``).
+"""Transformer policy over the current roots of a parse forest (``grammar.env.ParseTree``).
 
 ``ParsePolicy`` implements ``gfnem_jax.nets.policy.Policy``:
 
@@ -19,7 +19,7 @@ Shrinking. ``apply`` accepts an observation with any number K <= L of root slots
 ``env.observe``; legal when the state has at most K roots): its cost is O(K) per layer and the
 outputs are padded back to the full action spaces (padding logits 0: those actions are illegal
 whenever K >= r, and the library masks them). ``shrink(obs, K)`` slices; the bucketed rollout
-and evaluation (``gfnem_jax.models.parse_buckets``) use K = L - t at step t.
+and evaluation (``gfnem_jax.grammar.rollout``) use K = L - t at step t.
 
 Forward-looking flows (issue 9: log F(s) = sum of log-probs of the rules built so far + NN(s)):
 this network returns only NN(s). The task adds the partial log-joint of the forest in its flow

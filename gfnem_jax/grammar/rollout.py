@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from gfnem_jax.envs.base import masked_log_softmax
-from gfnem_jax.envs.parse_tree import ParseTree
-from gfnem_jax.models.parse_policy import ParsePolicy, shrink
+from gfnem_jax.grammar.env import ParseTree
+from gfnem_jax.grammar.policy import ParsePolicy, shrink
 from gfnem_jax.nets.policy import encode_batch
 from gfnem_jax.sampling import (Evaluation, Exploration, Trajectories, behaviour_log_probs,
                                 sample_keys)

@@ -1,0 +1,181 @@
+"""A grammar run's pieces from its settings ``s`` (``grammar.settings.GrammarSettings``).
+
+  load_data       the training / evaluation corpora (synthetic or text files)
+  build_model     the grammar: a neural PCFG / NCFG, or a fixed grammar file
+  make_optimizer  Adam on the grammar (with the optional learning-rate drop)
+  make_plan       what differs between the methods: the state at step 0, the compiled chunk, the
+                  evaluation row of a state and the per-chunk summary (``Plan``)
+  restore_like    a run folder's settings, model, vocabulary and checkpoint structure
+
+Keys: the run key is PRNGKey(seed); the grammar's parameters come from fold_in(key, THETA_TAG)
+for every method, the evaluation's from fold_in(key, EVAL_TAG).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from gfnem_jax import distributed as D
+from gfnem_jax import em, loop, run_dir
+from gfnem_jax.grammar import baselines as GB
+from gfnem_jax.grammar import corpus as C
+from gfnem_jax.grammar import decode as DEC
+from gfnem_jax.grammar import gfn_em
+from gfnem_jax.grammar import rules as G
+from gfnem_jax.grammar.neural import NeuralGrammar, TableGrammar
+from gfnem_jax.grammar.settings import GrammarSettings
+
+EVAL_TAG = 0x7FFFFFFD  # evaluation keys from fold_in(run_key, EVAL_TAG)
+
+
+def load_data(s, vocab=None):
+    """(train Corpus, eval Corpus, generating grammar or None). vocab: fixed (file grammar)."""
+    unknown = "error" if vocab is not None else "unk"
+    if s.corpus == "synthetic":
+        args = (s.seed, s.synth_train, s.synth_valid, s.max_len, s.synth_nt, s.synth_pt,
+                s.synth_vocab)
+        tr, va, gen = (C.synthetic_ncfg(*args, rule_scale=s.synth_rule_scale) if s.synth_ncfg
+                       else C.synthetic(*args))
+        if vocab is not None:
+            tr, va = [dataclasses.replace(c, words=C.encode(c.tokens, vocab, s.max_len, unknown)[0],
+                                          vocab=list(vocab)) for c in (tr, va)]
+        return tr, va, gen
+    tr = C.load(s.corpus, s.gold or None, s.max_len, vocab, s.vocab_size, unknown)
+    va = C.load(s.valid, s.valid_gold or None, s.max_len, tr.vocab, unknown=unknown) if s.valid else tr
+    return tr, va, None
+
+
+def build_model(s, vocab_size: int):
+    """(model, initial params or None, fixed: bool, vocab or None)."""
+    if s.grammar in ("cfg", "ncfg"):
+        return NeuralGrammar(s.nt, s.pt, vocab_size, s.dim, s.grammar == "ncfg"), None, False, None
+    g, vocab = G.load_npz(s.grammar)
+    nt, pt, v = G.sizes(g)
+    return TableGrammar(nt, pt, v), g, True, vocab
+
+
+def grammar_updates(s) -> int:
+    """How many updates the grammar's optimizer makes in the whole run: every step, or for
+    GFlowNet-EM's fixed schedule the M-steps of ``steps`` (cycles of e_steps then m_steps)."""
+    if s.method != "gflownet":
+        return s.steps
+    full, rest = divmod(s.steps, s.e_steps + s.m_steps)
+    return full * s.m_steps + max(0, rest - s.e_steps)
+
+
+def make_optimizer(s):
+    """Adam on the grammar (b1 0.75, as Kim et al. 2019), its learning rate times ``lr_drop``
+    after ``lr_drop_at`` of ``grammar_updates(s)``; global-norm clipping first."""
+    lr = s.lr
+    if s.lr_drop < 1:
+        lr = optax.piecewise_constant_schedule(
+            s.lr, {max(1, int(s.lr_drop_at * grammar_updates(s))): s.lr_drop})
+    adam = optax.adam(lr, b1=0.75, b2=0.999)  # Kim et al. 2019
+    return optax.chain(optax.clip_by_global_norm(s.grad_clip), adam) if s.grad_clip > 0 else adam
+
+
+def subset(c: C.Corpus, n: int) -> C.Corpus:
+    """The first ``n`` sentences of ``c`` (all of them for n = 0)."""
+    if not n or n >= len(c):
+        return c
+    return C.Corpus(c.words[:n], c.lengths[:n], c.vocab, None if c.gold is None else c.gold[:n], c.stats)
+
+
+class Plan(NamedTuple):
+    """What differs between the methods of a run: the state at step 0, the compiled chunk
+    (``make_chunk(n) -> run_chunk(state, data)``), the evaluation row of a state, the
+    per-chunk summary of the step metrics (or None) and the grammar parameters of a state."""
+
+    state: Any
+    make_chunk: Callable
+    evaluate: Callable
+    summarize: Optional[Callable]
+    theta: Callable
+
+
+def make_plan(s, model, params0, fixed: bool, tr: Optional[C.Corpus], ev: Optional[C.Corpus],
+              tx, n_train: Optional[int] = None) -> Plan:
+    """The ``Plan`` of a run (``tr`` and ``ev`` may be None when only the state's structure is
+    needed, with ``n_train`` the number of training sentences)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(s.seed), EVAL_TAG)
+    decode = DEC.make_decoder(model, s.max_len, s.eval_mcmc_steps)
+    grammar_eval = lambda theta: DEC.evaluate(decode, theta, ev, s.eval_batch, key)
+    if s.method == "gflownet":
+        return _gflownet_plan(s, model, params0, fixed, tr, ev, tx, grammar_eval, key)
+    n = len(tr) if tr is not None else n_train
+    lengths = tr.lengths if tr is not None else np.full((n,), 2, np.int32)
+    state = GB.init_state(s.method, s.seed, s.max_len, model, params0, lengths, tx)
+
+    def chunk(c):
+        run_chunk = GB.make_chunk(GB.make_update(s, model, tx, fixed), c)
+        W, L = jnp.asarray(tr.words), jnp.asarray(tr.lengths)
+        return lambda st, _: run_chunk(st, W, L)
+
+    return Plan(state, chunk, lambda st: grammar_eval(st.params), None, lambda st: st.params)
+
+
+def _gflownet_plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, key) -> Plan:
+    """The ``Plan`` of a GFlowNet-EM run (``gfn_em``)."""
+    b = gfn_em.build(s, model, model.vocab_size)
+    theta = GB.init_theta(model, params0, s.seed)  # the baselines' initialisation
+    train_grammar = not (fixed or s.posterior_only)
+    state, gfn_tx = gfn_em.init_state(s, b, theta, m_tx if train_grammar else None)
+    rules = model.rule_log_probs
+    k = s.eval_samples
+    decode = DEC.make_gfn_decoder(b.env, b.gfn, rules, k)
+    # an NCFG too large for exact inference by parent annotation has no exact NLL or exact trees
+    no_exact = getattr(model, "ncfg", False) and not G.annotatable(model.nt)
+
+    def make_chunk(n):
+        if train_grammar:
+            b.cfg.validate(len(tr), b.env.max_steps, n_devices=s.devices)
+        mesh = loop.make_mesh(s.devices)
+        run_chunk = loop.make_chunk(gfn_em.make_step(b, gfn_tx, m_tx, train_grammar, mesh), n,
+                                    em.batch_fn(b.cfg, len(tr)))
+        data = D.to_global(gfn_em.corpus_data(tr), mesh)
+
+        def chunk(st, _):
+            st, m = run_chunk(D.to_global(st, mesh), data)
+            return st, D.to_local(m)
+
+        return chunk
+
+    def evaluate(st):
+        st = D.to_local(st)
+        row: Dict[str, Any] = {} if no_exact else grammar_eval(st.model)
+        if no_exact:
+            row["nll_per_token"] = None
+        row.update(DEC.evaluate_gfn(decode, st.sampler, st.model, ev, s.eval_batch, key, k))
+        if s.posterior_only:
+            row.update(gfn_em.exact_posterior_metrics(b, rules, st.sampler, st.model, ev.words,
+                                                      ev.lengths, min(s.enum_len, s.max_len)))
+        return row
+
+    return Plan(state, make_chunk, evaluate, gfn_em.summarize, lambda st: st.model)
+
+
+def restore_like(run: str):
+    """(settings, model, vocab, the structure of the run's checkpointed state) of the run folder
+    ``run``."""
+    s = GrammarSettings.from_dict(run_dir.load_config(run))
+    with open(os.path.join(run, "vocab.json")) as f:
+        vocab = json.load(f)
+    model, params0, fixed, _ = build_model(s, len(vocab))
+    n = 1
+    if s.method == "mc-em":
+        with open(os.path.join(run, "data.json")) as f:
+            n = json.load(f)["n_train"]
+    like = make_plan(s, model, params0, fixed, None, None, make_optimizer(s), n).state
+    return s, model, vocab, like
+
+
+def theta_of(s, state):
+    """The grammar parameters of a restored state."""
+    return state.model if s.method == "gflownet" else state.params
