@@ -33,23 +33,24 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def speed(s: dvae.DVAESettings, n: int = 20) -> dict:
-    """E-steps/s and M-steps/s at s.batch_size: a chunk of n steps of one side, timed on its first
-    call (compile + run) and its second (run only); compile_s = the difference."""
+    """E-steps/s and M-steps/s at s.batch_size: a chunk of n steps of one phase (the run's own
+    chunks, ``dvae_parts.Built.make_chunk``), timed on its first call (compile + run) and its
+    second (run only); compile_s = the difference."""
     s = s.replace(e_steps=n, m_steps=n, steps=4 * n)
     train, _ = dvae.load_data(s)
     b = dvae.Built(s, train.shape[1:], jnp.asarray(train[0]))
-    bf = dvae.em.batch_fn(b.ecfg, len(train))
     x = jnp.asarray(train)
-    sides = [("m", b.step)] if s.method == "vqvae" else [("e", b.e_step), ("m", b.step)]
+    run_chunk = b.make_chunk(n, len(train))
     res = {"n": n}
-    for name, step in sides:
-        chunk = dvae.make_runner(step, n, bf)
-        times, st = [], b.state
-        for _ in range(2):
+    st = b.state
+    for name in ["m"] if s.method == "vqvae" else ["e", "m"]:
+        times = []
+        for _ in range(2):  # the same phase twice: from the phase's start both times
             t0 = time.perf_counter()
-            st, m = chunk(st, x)
+            st2, m = run_chunk(st, x)
             jax.block_until_ready(m["loss"])
             times.append(time.perf_counter() - t0)
+        st = st2
         res[f"{name}_steps_per_s"] = n / times[1]
         res[f"{name}_compile_s"] = times[0] - times[1]
     return res

@@ -23,14 +23,15 @@ builds (keys all derived from the per-step key ``fold_in(run_key, t)``):
            exact / mean-field posterior.
   local search (switchable) ``ls_rounds`` rounds of: go back ``ls_back`` steps with P_B, forward
            again with P_F, accept with the Metropolis-Hastings ratio for the target p_theta(x, z).
-Schedules: ``loop.Schedule`` "fixed" (k E-steps then m M-steps) or "adaptive" (an M-step when
-the EMA of the E-step loss is under a linearly falling threshold).
+Schedules: ``loop.Schedule`` "fixed" (k E-steps then m M-steps; ``fixed_updates`` counts each
+side's updates in a run) or "adaptive" (an M-step when the EMA of the E-step loss is under a
+linearly falling threshold).
 Data are an argument of the compiled chunk: ``batch_fn`` draws each step's E- and M-batches.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +45,13 @@ SCHEDULES = ("fixed", "adaptive")
 
 
 class LatentModel(NamedTuple):
-    """A latent variable model as pure functions (see the module docstring)."""
+    """A latent variable model as pure functions (see the module docstring). ``sample_rows(theta,
+    key, n, start, size)`` (optional): rows [start, start + size) of ``sample(theta, key, n)``,
+    computing only those (a device's shard of the sleep batch; ``start`` may be traced)."""
 
     log_joint: Callable[[Any, jax.Array, jax.Array], jax.Array]
     sample: Optional[Callable[[Any, jax.Array, int], Any]] = None
+    sample_rows: Optional[Callable[..., Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +62,13 @@ class EMConfig:
       e_batch: data points (one trajectory each) per E-step.
       m_batch: data points per M-step; 0 = the whole data set (in order).
       schedule: "fixed" (k=e_steps E-steps, then m=m_steps M-steps) or "adaptive".
-      ema_decay, thr_start, thr_end, thr_steps: the adaptive schedule (see module docstring).
+      ema_decay, threshold_start, threshold_end, threshold_steps: the adaptive schedule (see the
+        module docstring); the keywords thr_start, thr_end, thr_steps are accepted for them.
       sleep_prob: probability of a sleep-phase update after each E-step (0 = off).
       sleep_batch: (x, z) pairs per sleep update (0 = e_batch).
+      sleep_select: compute the sleep update after every E-step and keep it with probability
+        sleep_prob (``jnp.where``) instead of branching (``lax.cond``): same draws, same result;
+        for XLA:CPU, which runs convolutions inside a branch several times slower.
       ls_rounds: local-search rounds on the M-step's samples (0 = off); ls_back: steps back.
       m_samples: GFlowNet samples per data point in the M-step (S).
       m_weights: "uniform" (1/S) or "is" (self-normalised importance weights, see module doc).
@@ -72,15 +80,25 @@ class EMConfig:
     e_steps: int = 10
     m_steps: int = 1
     ema_decay: float = 0.9
-    thr_start: float = 1.0
-    thr_end: float = 0.05
-    thr_steps: int = 1000
+    threshold_start: float = 1.0
+    threshold_end: float = 0.05
+    threshold_steps: int = 1000
     sleep_prob: float = 0.0
     sleep_batch: int = 0
+    sleep_select: bool = False
     ls_rounds: int = 0
     ls_back: int = 1
     m_samples: int = 1
     m_weights: str = "uniform"
+    thr_start: dataclasses.InitVar[Optional[float]] = None  # old spellings, still accepted
+    thr_end: dataclasses.InitVar[Optional[float]] = None
+    thr_steps: dataclasses.InitVar[Optional[int]] = None
+
+    def __post_init__(self, thr_start, thr_end, thr_steps):
+        for name, v in (("threshold_start", thr_start), ("threshold_end", thr_end),
+                        ("threshold_steps", thr_steps)):
+            if v is not None:
+                object.__setattr__(self, name, v)
 
     def validate(self, n_data: int, max_steps: int, has_sampler: bool = True,
                  n_devices: int = 1) -> None:
@@ -115,7 +133,15 @@ class EMConfig:
 
     def loop_schedule(self) -> loop.Schedule:
         return loop.Schedule(self.schedule, self.e_steps, self.m_steps, self.ema_decay,
-                             self.thr_start, self.thr_end, self.thr_steps)
+                             self.threshold_start, self.threshold_end, self.threshold_steps)
+
+
+def fixed_updates(steps: int, e_steps: int, m_steps: int) -> Tuple[int, int]:
+    """(E-updates, M-updates) in ``steps`` steps of the fixed schedule (cycles of ``e_steps``
+    E-steps then ``m_steps`` M-steps, starting with the E-steps): what a learning-rate schedule
+    over either side's updates counts."""
+    full, rest = divmod(steps, e_steps + m_steps)
+    return full * e_steps + min(rest, e_steps), full * m_steps + max(0, rest - e_steps)
 
 
 # -- the M-step ----------------------------------------------------------------------------------
@@ -196,14 +222,11 @@ def em_updates(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
       log p_theta(x, to_z(state)) (theta = the state's model parameters).
     M-step: z ~ P_F(. | x) on the "m" rows (on-policy, no gradient), local search if switched on,
       then the expected NLL -mean_i log p_theta(x_i, z_i) (``joint_terms``); metric ls_accept.
-    Sleep (probability cfg.sleep_prob after each E-step): (x, z) ~ p_theta, backward trajectories
-      of z with P_B, one step on -mean log P_F(tau | x); metric sleep.
+    Sleep (probability cfg.sleep_prob after each E-step; None when 0): ``sleep_hook`` of
+      ``sleep_update``; metric sleep.
     """
     env = gfn.env
     to_z = to_z or env.terminal_value
-    if cfg.sleep_prob > 0 and (model.sample is None or z_to_state is None):
-        raise ValueError("the sleep phase needs model.sample and z_to_state")
-    Bs = cfg.sleep_batch or cfg.e_batch
 
     def log_reward(theta, x, state):
         return model.log_joint(theta, x, to_z(state))
@@ -240,39 +263,83 @@ def em_updates(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,
 
     m_update_ = loop.Update(m_prepare, m_terms, m_reduce, m_tx)
 
-    def s_prepare(params, theta, batch, key, shard):
-        kx, kb = jax.random.split(key)
-        drawn = model.sample(theta, kx, Bs)  # the global batch, identical on every device
-        xs, zs = drawn[0], drawn[1]
-        ok = drawn[2] if len(drawn) > 2 else jnp.ones((Bs,), bool)
-        b = Bs // shard.count
-        xs, zs, ok = shard.local((xs, zs, ok)) if shard.axis else (xs, zs, ok)
-        term = jax.vmap(z_to_state)(zs)
-        return gfn.sample_backward(params, kb, term, None, None, xs, shard.offset(b)), ok
+    sleep = None
+    if cfg.sleep_prob > 0:
+        sleep = sleep_hook(sleep_update(gfn, model, cfg.sleep_batch or cfg.e_batch, gfn_tx,
+                                        z_to_state), cfg.sleep_prob, cfg.sleep_select)
+    return e_update, m_update_, sleep
 
-    def s_terms(params, theta, aux):
+
+# -- the sleep phase ------------------------------------------------------------------------------
+def sleep_update(gfn: GFlowNet, model: LatentModel, batch: int,
+                 gfn_tx: optax.GradientTransformation, z_to_state: Callable) -> loop.Update:
+    """The sleep phase as a sampler ``loop.Update``: draw ``batch`` pairs (x, z) ~ p_theta
+    (``model.sample``; the global batch, the same key on every device), sample backward
+    trajectories tau of z with P_B given x, and take one step on
+
+        L = -(1/n) sum_i log P_F(tau_i | x_i)         (MLE of the forward policy)
+
+    over the n rows with ok True (all rows when ``model.sample`` returns no ok mask). On a mesh
+    each device trains on its own rows (global sample indices); ``model.sample_rows``, when given,
+    computes only those.
+
+    Args:
+      batch: pairs per update (divisible by the devices); z_to_state: z -> terminal state.
+    """
+    if model.sample is None or z_to_state is None:
+        raise ValueError("the sleep phase (sleep_prob > 0) needs model.sample and z_to_state")
+
+    def prepare(params, theta, _, key, shard):
+        kx, kb = jax.random.split(key)
+        b = batch // shard.count
+        if shard.axis is not None and model.sample_rows is not None:
+            drawn = model.sample_rows(theta, kx, batch, shard.offset(b), b)
+        else:
+            drawn = model.sample(theta, kx, batch)
+            drawn = shard.local(tuple(drawn)) if shard.axis else drawn
+        xs, zs = drawn[0], drawn[1]
+        ok = drawn[2] if len(drawn) > 2 else None
+        traj = gfn.sample_backward(params, kb, jax.vmap(z_to_state)(zs), None, None, xs,
+                                   shard.offset(b))
+        return traj, ok
+
+    def terms(params, theta, aux):
         return jnp.sum(gfn.evaluate(params, aux[0]).log_pf, axis=1)
 
-    def s_reduce(q, aux):
-        w = aux[1].astype(q.dtype)
-        return -jnp.sum(jnp.where(aux[1], q, 0.0)) / jnp.maximum(jnp.sum(w), 1.0), {}
+    def reduce(q, aux):
+        ok = aux[1]
+        if ok is None:
+            return -jnp.mean(q), {}
+        w = ok.astype(q.dtype)
+        return -jnp.sum(jnp.where(ok, q, 0.0)) / jnp.maximum(jnp.sum(w), 1.0), {}
 
-    sleep_update = loop.Update(s_prepare, s_terms, s_reduce, gfn_tx)
+    return loop.Update(prepare, terms, reduce, gfn_tx)
 
-    def after_sampler(st, batch, key, shard):
-        if cfg.sleep_prob <= 0:
-            return st, {}
+
+def sleep_hook(update: loop.Update, prob: float, select: bool = False):
+    """``after_sampler(state, batch, key, shard) -> (state, {"sleep": bool[]})`` for
+    ``loop.make_step``: after each E-step, with probability ``prob`` (key split (coin, update)),
+    one step of ``update`` (``sleep_update``) on the sampler. select: compute it every time and
+    keep it with ``jnp.where`` (XLA:CPU runs convolutions inside a ``lax.cond`` branch several
+    times slower); otherwise ``lax.cond``. Same draws and results either way."""
+
+    def after(st, batch, key, shard):
         kc, ks = jax.random.split(key)
-        do = jax.random.bernoulli(kc, cfg.sleep_prob)
+        do = jax.random.bernoulli(kc, prob)
 
         def run(s):
-            p, o, _, _ = loop.apply_update(sleep_update, s.sampler, s.sampler_opt, s.model, batch,
-                                           ks, shard)
+            p, o, _, _ = loop.apply_update(update, s.sampler, s.sampler_opt, s.model, batch, ks,
+                                           shard)
             return s._replace(sampler=p, sampler_opt=o)
 
+        if select:
+            new = run(st)
+            pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(do, u, v), a, b)  # noqa: E731
+            return st._replace(sampler=pick(new.sampler, st.sampler),
+                               sampler_opt=pick(new.sampler_opt, st.sampler_opt)), {"sleep": do}
         return jax.lax.cond(do, run, lambda s: s, st), {"sleep": do}
 
-    return e_update, m_update_, after_sampler
+    return after
 
 
 def make_em_step(gfn: GFlowNet, model: LatentModel, cfg: EMConfig,

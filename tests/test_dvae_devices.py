@@ -130,9 +130,6 @@ def _leaves(out):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["gflownet", "vqvae"])
 def test_two_processes_equal_one_process_of_two_devices(tmp_path, method):
-    from gfnem_jax import cli
-    if "dvae" not in cli.MULTI_PROCESS:
-        pytest.skip("the CLI does not run dvae over several processes yet (cli.MULTI_PROCESS)")
     from gfnem_jax.experiments import dvae
     args = ARGS + ["--method", method]
     with socket.socket() as s:

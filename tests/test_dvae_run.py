@@ -1,12 +1,11 @@
-"""A tiny dvae run end to end: files, resume, evaluate_run, settings errors, CLI glue."""
-import argparse
+"""A tiny dvae run end to end: files, resume, evaluate_run, settings errors, the CLI, one scan."""
 import json
 import os
 
 import numpy as np
 import pytest
 
-from gfnem_jax.experiments import dvae, dvae_cli
+from gfnem_jax.experiments import dvae
 
 TINY = dict(codes=3, grid=2, steps=4, e_steps=2, m_steps=2, batch_size=8, channels=4, embed_dim=4,
             hidden=16, log_every=2, n_test=6)
@@ -49,17 +48,48 @@ def test_tiny_run_resume_eval(tmp_path, method):
 
 
 @pytest.mark.slow
-def test_cli_glue(tmp_path, capsys):
-    p = argparse.ArgumentParser()
-    dvae_cli.add_train_args(p)
-    args = p.parse_args(["--method", "factorized", "--codes", "3", "--grid", "2", "--steps", "2",
-                         "--e-steps", "1", "--m-steps", "1", "--batch-size", "8", "--channels", "4",
-                         "--embed-dim", "4", "--hidden", "16", "--n-test", "4", "--no-plot",
-                         "--out", str(tmp_path / "r"), "--quiet"])
-    assert dvae_cli.train_main(args) == 0
-    pe = argparse.ArgumentParser()
-    dvae_cli.add_eval_args(pe)
-    assert dvae_cli.eval_main(pe.parse_args(["--run", str(tmp_path / "r"), "--is-samples", "5"])) == 0
-    line = capsys.readouterr().out.strip().splitlines()[-1]
-    d = json.loads(line)
+def test_cli_train_and_eval(tmp_path, capsys):
+    from gfnem_jax import cli
+    out = str(tmp_path / "r")
+    cli.main(["train", "dvae", "--method", "factorized", "--codes", "3", "--grid", "2",
+              "--steps", "2", "--e-steps", "1", "--m-steps", "1", "--batch-size", "8",
+              "--channels", "4", "--embed-dim", "4", "--hidden", "16", "--n-test", "4",
+              "--no-plot", "--out", out, "--quiet"])
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert final["step"] == 2 and np.isfinite(final["test_bound"])
+    assert json.load(open(os.path.join(out, "summary.json")))["method"] == "factorized"
+    cli.main(["eval", "dvae", "--run", out, "--is-samples", "5"])
+    d = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert d["method"] == "factorized" and d["is_samples"] == 5 and d["n_images"] == 4
+    assert json.load(open(os.path.join(out, "eval.json")))["nll"] == d["nll"]
+
+
+@pytest.mark.parametrize("method", ["gflownet", "greedy"])
+def test_one_scan_equals_one_program_per_phase(method):
+    """The E/M alternation inside the step, n steps in one lax.scan (accelerators), gives the
+    per-phase programs' run (XLA:CPU) to float rounding: same keys, same schedule, same sleep."""
+    import jax
+    import jax.numpy as jnp
+    s = dvae.DVAESettings(**dict(TINY, method=method, steps=6, e_steps=2, m_steps=1,
+                                 sleep_prob=0.5, prior="learned"))
+    train, _ = dvae.load_data(s)
+    x = jnp.asarray(train)
+    runs = []
+    for scan in (False, True):
+        b = dvae.Built(s, train.shape[1:], x[0], scan=scan)
+        assert len(b.steps) == (1 if scan else 2)
+        st, ms = b.state, []
+        run_chunk = b.make_chunk(1, len(train))
+        for _ in range(6):
+            st, m = run_chunk(st, x)
+            ms.append(dvae._summarize(jax.device_get(m)))
+        runs.append((st, ms))
+    (s0, m0), (s1, m1) = runs
+    assert [sorted(r) for r in m0] == [sorted(r) for r in m1]
+    assert [r.get("sleep") for r in m0] == [r.get("sleep") for r in m1]
+    assert int(s1.step) == 6
+    for a, b in zip(m0, m1):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+    for a, b in zip(jax.tree.leaves(s0), jax.tree.leaves(s1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
