@@ -48,7 +48,8 @@ class Terms(NamedTuple):
 
     ev: the ``Evaluation`` (log_pf, log_pb [B, T], log_flow [B, T+1]); log_z float[B] (the
     policy's log Z for each trajectory's condition, repeated when unconditional); fm float[B, 2]
-    (flow matching only: per-trajectory sum of squared residuals and number of visited states).
+    (objectives with ``edge_flows`` only: per-trajectory sum of squared residuals and number of
+    visited states).
     """
 
     ev: Evaluation
@@ -76,10 +77,11 @@ class GFlowNet:
             raise ValueError(f"objective must be an objectives.Objective (e.g. objectives.tb()), "
                              f"got {self.objective!r}")
         self.objective.check_sampling(self.explore)
-        if self.one_pass and (self.engine is not None or self.objective.name == "fm"):
+        if self.one_pass and (self.engine is not None or self.objective.edge_flows):
             raise ValueError("one_pass needs the core rollout (engine=None) and an objective of "
-                             f"the trajectories' log-probabilities (not fm), got engine "
-                             f"{self.engine!r} and objective {self.objective.name!r}")
+                             f"the trajectories' log-probabilities (not flow matching's edge "
+                             f"flows), got engine {self.engine!r} and objective "
+                             f"{self.objective.name!r}")
 
     # -- policy -------------------------------------------------------------------------------
     def init(self, key, example_cond=None) -> Any:
@@ -89,9 +91,13 @@ class GFlowNet:
 
     def log_z(self, params, cond=None) -> jax.Array:
         """float[] (unconditional) or float[B] (conditions with leading axis B)."""
-        if cond is None:
+        return self._log_z_of(params, encode_batch(self.policy, params, cond))
+
+    def _log_z_of(self, params, ctx) -> jax.Array:
+        """float[] (ctx None) or float[B]: log Z of each encoded condition."""
+        if ctx is None:
             return self.policy.log_z(params, None)
-        return jax.vmap(self.policy.log_z, (None, 0))(params, encode_batch(self.policy, params, cond))
+        return jax.vmap(self.policy.log_z, (None, 0))(params, ctx)
 
     def evaluate(self, params, traj: Trajectories, ctx=None) -> Evaluation:
         if self.engine is not None:
@@ -147,7 +153,7 @@ class GFlowNet:
         B = traj.actions.shape[0]
         ctx = encode_batch(self.policy, params, traj.cond)  # once per trajectory
         lz = self._log_z_per_traj(params, ctx, B)
-        if self.objective.name == "fm":
+        if self.objective.edge_flows:  # flow matching: its own pass over every parent
             ev = self.evaluate(jax.lax.stop_gradient(params), traj)
             return Terms(ev, lz, self._flow_matching_terms(params, traj, ctx))
         ev = self.with_flow_offset(self.evaluate(params, traj, ctx), traj, reward_params)
@@ -155,9 +161,7 @@ class GFlowNet:
 
     def _log_z_per_traj(self, params, ctx, B):
         """float[B]: log Z of each trajectory's encoded condition (repeated when unconditional)."""
-        if ctx is None:
-            return jnp.broadcast_to(self.policy.log_z(params, None), (B,))
-        return jax.vmap(self.policy.log_z, (None, 0))(params, ctx)
+        return jnp.broadcast_to(self._log_z_of(params, ctx), (B,))
 
     def rollout_terms(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
                       index_offset=0):
@@ -178,7 +182,7 @@ class GFlowNet:
 
     def value(self, terms: Terms, traj: Trajectories) -> jax.Array:
         """The objective on given terms; a function of the whole batch it is given."""
-        if self.objective.name == "fm":
+        if self.objective.edge_flows:
             return jnp.sum(terms.fm[:, 0]) / jnp.maximum(jnp.sum(terms.fm[:, 1]), 1.0)
         log_z = terms.log_z if traj.cond is not None else terms.log_z[0]
         return self.objective(terms.ev, traj, log_z)

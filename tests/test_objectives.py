@@ -1,10 +1,13 @@
-"""Objectives wired by name: option validation, off-policy weights, CLI, and a short training run."""
+"""Objectives: their values, their flags against what the values read, option validation, off-policy
+weights, the CLI, and a short training run."""
 import json
+import re
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from gfnem_jax import cli, losses, metrics, objectives
 from gfnem_jax.envs.sets import SetGeneration
@@ -32,12 +35,127 @@ def batch():
     return gfn, params, traj
 
 
-def test_every_divergence_is_registered():
-    for name in ("reverse_kl", "forward_kl", "renyi", "tsallis", "alpha_kl", "wake_sleep",
-                 "reverse_wake_sleep", "tb", "db", "subtb", "logvar"):
-        assert name in objectives.OBJECTIVES
-    assert objectives.ON_POLICY <= set(objectives.OBJECTIVES)
-    assert objectives.IMPORTANCE_WEIGHTED <= set(objectives.OBJECTIVES)
+# every objective once with its default options, and every option value at least once
+DEFAULTS = [objectives.OBJECTIVES[n]() for n in sorted(objectives.OBJECTIVES)]
+VARIANTS = DEFAULTS + [objectives.subtb(lam=0.3), objectives.forward_kl(normalized=False)] + [
+    objectives.reverse_kl(b) for b in objectives.BASELINES] + [
+    f(alpha, cv) for f in (objectives.renyi, objectives.tsallis) for alpha in (0.5, 2.0)
+    for cv in objectives.control_variates(f.name)] + [
+    # alpha < 1: at alpha = 1 the reverse part, the learned log Z with it, is weighted 0
+    objectives.alpha_kl(alpha, cv) for alpha in (0.0, 0.6)
+    for cv in objectives.control_variates("alpha_kl")]
+VARIANTS = [o for o in VARIANTS if not o.edge_flows]  # fm: tested through GFlowNet
+_ids = lambda o: f"{o.name}-" + "-".join(str(v) for v in o.options.values())  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def explored():
+    """A batch drawn with exploration (log_pi != log_pf), its evaluation and log Z."""
+    gfn = _gfn("tb")
+    params = gfn.init(jax.random.PRNGKey(0))
+    traj = gfn.sample(params, jax.random.PRNGKey(2), 8, ENV.log_reward,
+                      explore=Exploration(2.0, 0.2))
+    return evaluate(ENV, gfn.policy, params, traj), traj, gfn.log_z(params)
+
+
+def _noise(key, like, scale=1.0):
+    return scale * jax.random.normal(jax.random.PRNGKey(key), like.shape, like.dtype)
+
+
+def _moved(obj, a, b):
+    """Whether the objective's value differs between two inputs (ev, traj, log_z)."""
+    return not np.isclose(float(obj(*a)), float(obj(*b)), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("obj", DEFAULTS, ids=lambda o: o.name)
+def test_exploration_is_refused_exactly_by_on_policy_objectives(obj):
+    """on_policy objectives refuse tempering and eps-exploration (check_sampling and GFlowNet);
+    importance-weighted and balance ones accept them; plain sampling fits every objective."""
+    assert obj.balance == (not obj.on_policy and not obj.importance_weighted)
+    assert not (obj.on_policy and obj.importance_weighted)
+    obj.check_sampling(Exploration(), batch_size=obj.min_batch_size)
+    for explore in (Exploration(2.0, 0.0), Exploration(1.0, 0.1)):
+        if obj.on_policy:
+            with pytest.raises(ValueError, match="on-policy"):
+                obj.check_sampling(explore)
+            with pytest.raises(ValueError, match="on-policy"):
+                GFlowNet(ENV, MLPPolicy(ENV.n_actions, ENV.n_bwd_actions, hidden=4), obj, explore)
+        else:
+            obj.check_sampling(explore)
+
+
+@pytest.mark.parametrize("obj", DEFAULTS, ids=lambda o: o.name)
+def test_one_pass_is_refused_exactly_for_edge_flows(obj):
+    pol = MLPPolicy(ENV.n_actions, ENV.n_bwd_actions, hidden=4)
+    if obj.edge_flows:
+        with pytest.raises(ValueError, match="one_pass"):
+            GFlowNet(ENV, pol, obj, one_pass=True)
+        with pytest.raises(ValueError, match="flow matching"):
+            obj(None, None, None)
+    else:
+        GFlowNet(ENV, pol, obj, one_pass=True)
+
+
+@pytest.mark.parametrize("obj", VARIANTS, ids=_ids)
+def test_flags_match_what_the_value_reads(explored, obj):
+    """needs_log_z: the value moves with log Z; uses_flows: with the flow head's outputs;
+    importance_weighted: with the behaviour log-probabilities; and never otherwise."""
+    ev, traj, lz = explored
+    base = (ev, traj, lz)
+    assert _moved(obj, base, (ev, traj, lz + 0.5)) == obj.needs_log_z
+    flows = ev._replace(log_flow=ev.log_flow + _noise(1, ev.log_flow))
+    assert _moved(obj, base, (flows, traj, lz)) == obj.uses_flows
+    pi = traj._replace(log_pi=traj.log_pi + _noise(2, traj.log_pi, 0.3) * traj.mask)
+    assert _moved(obj, base, (ev, pi, lz)) == obj.importance_weighted
+
+
+@pytest.mark.parametrize("obj", VARIANTS, ids=_ids)
+def test_couples_samples_iff_one_gradient_row_reads_other_samples(explored, obj):
+    """Without couples_samples, trajectory i's gradient row depends on trajectory i alone (the
+    value is a mean of per-trajectory or per-transition terms): moving the rewards of every
+    other trajectory leaves it unchanged. With it, some row moves."""
+    ev, traj, lz = explored
+    B = traj.log_reward.shape[0]
+    grad = jax.grad(lambda e, lr: obj(e, traj._replace(log_reward=lr), lz))
+    g0 = grad(ev, traj.log_reward).log_pf
+    others = (1.0 - jnp.eye(B)) * _noise(3, jnp.zeros((B, B)))  # row i: move every j != i
+    g = jax.vmap(lambda d: grad(ev, traj.log_reward + d).log_pf)(others)  # [B (moved), B, T]
+    rows = jnp.arange(B)
+    moved = ~np.isclose(np.asarray(g[rows, rows]), np.asarray(g0), rtol=1e-5, atol=1e-7).all(-1)
+    assert moved.any() == obj.couples_samples, moved
+
+
+@pytest.mark.parametrize("call,msg", [
+    (lambda: objectives.subtb(alpha=0.5), "alpha is not an option of loss subtb; it takes: lam"),
+    (lambda: objectives.tb(lam=0.5), "lam is not an option of loss tb; it takes: no options"),
+    (lambda: objectives.renyi(baseline="loo"), "it takes: alpha, control_variate"),
+    (lambda: objectives.get("tb", lamda=0.5), "lamda is not an option of any objective"),
+    (lambda: objectives.get("kl"), "unknown loss 'kl'"),
+])
+def test_unknown_options_raise(call, msg):
+    with pytest.raises(ValueError, match=msg):
+        call()
+
+
+@given(lam=st.floats(-1.0, 2.0), baseline=st.sampled_from(objectives.BASELINES + ("x",)),
+       alpha=st.floats(-0.5, 2.5), control_variate=st.sampled_from(
+           ("none", "loo", "learned", "loo_mean", "loo_logmeanexp", "mean")),
+       normalized=st.booleans())
+def test_get_passes_each_objective_the_settings_it_declares(**bag):
+    """``get(name, **bag)`` is the factory called with the settings it declares: equal values,
+    or the same ValueError (an option value it does not allow) naming that option."""
+    for name, factory in objectives.OBJECTIVES.items():
+        own = {k: bag[k] for k in factory.option_names()}
+        try:
+            want = factory(**own)
+        except ValueError as e:
+            with pytest.raises(ValueError, match=re.escape(str(e))):
+                objectives.get(name, **bag)
+            assert any(str(e).startswith(k) for k in own), e
+            continue
+        got = objectives.get(name, **bag)
+        assert got == want and hash(got) == hash(want) and got.options == own
+    assert set(objectives.settings_names()) == set(bag)
 
 
 def _expected(name, ev, traj, lz):
@@ -166,7 +284,7 @@ CASES = ([("sets", n, []) for n in ("reverse_wake_sleep", "wake_sleep")]
             ("sequences", "renyi", ["--alpha", "2.0", "--control-variate", "none"]),
             ("hypergrid", "tsallis", []), ("hypergrid", "forward_kl", ["--unnormalized"]),
             ("sets", "alpha_kl", ["--control-variate", "loo_logmeanexp", "--alpha", "0.3"])])
-assert {c[1] for c in CASES} == set(objectives.DIVERGENCES)
+assert {c[1] for c in CASES} == {o.name for o in DEFAULTS if not o.balance}
 
 
 @pytest.mark.parametrize("task,loss,extra", CASES)
