@@ -14,7 +14,7 @@ retraces the path, so R is invariant whenever the reverse proposal from x' cuts 
 exact on graded DAGs where every path from s to a terminal has the same number of steps
 (``Bits``, ``Sequence``, fixed-size sets). k may be a traced int (schedules) or an int array [B]
 (one per chain). This is the one implementation: EB-GFN's gfn-cd negatives
-(``gfnem_jax.experiments.ebm``) and GFlowNet-EM's local search (``gfnem_jax.em.local_search``,
+(``gfnem_jax.ebgfn``) and GFlowNet-EM's local search (``gfnem_jax.em.local_search``,
 a thin wrapper of ``back_and_forth_chain``) both call it.
 
 Keys are per chain: chain i (global index ``index_offset + i``) draws its randomness from
