@@ -73,7 +73,7 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
     def check(self):
         distributed.check_devices(self.devices, self.batch_size)
         self.objective().check_sampling(self.explore(), batch_size=self.batch_size)
-        if self.one_pass and self.loss == "fm":
+        if self.one_pass and self.objective().edge_flows:
             raise ValueError("one_pass differentiates the trajectories' log-probabilities; loss "
                              "fm evaluates edge flows of every parent instead (allowed: one_pass "
                              "with any other loss)")
