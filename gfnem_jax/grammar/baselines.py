@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from gfnem_jax import em
+from gfnem_jax import em, keys, loop
 from gfnem_jax.grammar import inside
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.tree import Tree
@@ -143,11 +143,12 @@ def m_step(model, tx: optax.GradientTransformation, params, opt_state, words, tr
 
 
 # -- the training step ------------------------------------------------------------------------
-THETA_TAG = 0x7FFFFFFF  # grammar parameters from fold_in(run_key, THETA_TAG) (GFlowNet-EM too)
-CHAINS_TAG = 0x7FFFFFFE  # mc-em: the chains' initial trees from fold_in(run_key, CHAINS_TAG)
 
 
 class GrammarState(NamedTuple):
+    """The checkpointed state of a baseline run (its layout since the first version, so every run
+    folder resumes); the loop steps a ``loop.LoopState`` (``to_loop`` / ``from_loop``)."""
+
     params: Any
     opt_state: Any
     step: jax.Array
@@ -155,12 +156,22 @@ class GrammarState(NamedTuple):
     chains: Tree  # mc-em: one tree per training sentence (a single dummy row otherwise)
 
 
+def to_loop(st: GrammarState) -> loop.LoopState:
+    """The loop's view: the grammar in the model slot, the chains in ``extra``, no sampler."""
+    return loop.LoopState(None, None, st.params, st.opt_state, jnp.zeros((), jnp.float32),
+                          st.step, st.key, st.chains)
+
+
+def from_loop(st: loop.LoopState) -> GrammarState:
+    return GrammarState(st.model, st.model_opt, st.step, st.key, st.extra)
+
+
 def init_theta(model, params0, seed: int):
     """The grammar's parameters at step 0: ``params0`` (a fixed grammar) or the model's
-    initialisation from fold_in(PRNGKey(seed), THETA_TAG)."""
+    initialisation from fold_in(PRNGKey(seed), keys.PARAMS)."""
     if params0 is not None:
         return params0
-    return model.init(jax.random.fold_in(jax.random.PRNGKey(seed), THETA_TAG))
+    return model.init(keys.tagged(jax.random.PRNGKey(seed), keys.PARAMS))
 
 
 def init_state(method: str, seed: int, max_len: int, model, params0, lengths, tx) -> GrammarState:
@@ -168,50 +179,79 @@ def init_state(method: str, seed: int, max_len: int, model, params0, lengths, tx
     key = jax.random.PRNGKey(seed)
     params = init_theta(model, params0, seed)
     if method == "mc-em":
-        chains = random_trees(jax.random.fold_in(key, CHAINS_TAG), jnp.asarray(lengths), max_len,
+        chains = random_trees(keys.tagged(key, keys.CHAINS), jnp.asarray(lengths), max_len,
                               model.nt)
     else:
         chains = random_trees(key, jnp.full((1,), 2), max_len, model.nt)
     return GrammarState(params, tx.init(params), jnp.zeros((), jnp.int32), key, chains)
 
 
-def make_update(s, model, tx, fixed: bool):
-    """update(state, key, words_all, lengths_all) -> (state, metrics): one training step."""
-    nt = model.nt
+def model_update(method: str, model, tx, samples: int = 1) -> loop.Update:
+    """The grammar's ``loop.Update`` on a batch {"words" int32[B, N], "lengths" int32[B], "key"
+    (the step's sampling key), "trees" (mc-em: the batch's moved chains, Tree [B, 1, ...])}:
+    marginal -(1/B) sum_b log p_theta(x_b) (``inside``); exact-sampling and mc-em the M-step
+    -(1/B) sum_b sum_s (1/S) log p_theta(x_b, z_bs) (``em.joint_terms``) on trees sampled
+    exactly (S = ``samples`` per sentence) or on the chains' trees (S = 1)."""
+    rules = model.rule_log_probs
 
-    def update(st: GrammarState, key, W, L):
+    def prepare(theta, _, batch, key, shard):
+        if method == "exact-sampling":
+            return {**batch, "trees": exact_samples(rules(theta), batch["key"], batch["words"],
+                                                     batch["lengths"], samples)}
+        return batch
+
+    def terms(theta, _, aux):
+        if method == "marginal":
+            return inside.log_marginal(rules(theta), aux["words"], aux["lengths"])
+        S = aux["trees"].left.shape[1]
+        w = jnp.full(aux["trees"].left.shape[:2], 1.0 / S)
+        return em.joint_terms(model.log_joint, theta, aux["words"], aux["trees"], w)
+
+    def reduce(q, aux):
+        return -jnp.mean(q), {}
+
+    return loop.Update(prepare, terms, reduce, tx)
+
+
+def make_step(s, model, tx, fixed: bool):
+    """``step(state: loop.LoopState, data, key) -> (state, {"loss", "accept"})``: one training
+    step: ``loop.make_step`` with the grammar's update alone (``loop.Schedule("model")``).
+
+    data = {"words" int32[N, L], "lengths" int32[N]} (the whole training corpus). The batch of B
+    sentences is drawn with k_idx and its trees with k_z, (k_idx, k_z) = split(fold_in(step key,
+    0)) (the keys of every baseline run since the first version). mc-em first moves the batch's
+    chains (``LoopState.extra``, one per training sentence) ``mcmc_steps`` MH steps under the
+    current grammar and fits their trees. ``fixed``: the grammar stays as it is."""
+    inner = loop.make_step(None, model_update(s.method, model, tx, s.samples),
+                           loop.Schedule("model"))
+
+    def step(st: loop.LoopState, data, key):
         k_idx, k_z = jax.random.split(jax.random.fold_in(key, 0))
-        idx = jax.random.randint(k_idx, (s.batch_size,), 0, W.shape[0])
-        words, lengths = W[idx], L[idx]
+        idx = jax.random.randint(k_idx, (s.batch_size,), 0, data["words"].shape[0])
+        batch = {"words": data["words"][idx], "lengths": data["lengths"][idx], "key": k_z}
         acc = jnp.zeros(())
-        chains = st.chains
-        if s.method == "marginal":
-            params, opt, loss = marginal_update(model, tx, st.params, st.opt_state, words, lengths)
-        else:
-            theta = jax.lax.stop_gradient(st.params)
-            if s.method == "exact-sampling":
-                trees = exact_samples(model.rule_log_probs(theta), k_z, words, lengths, s.samples)
-            else:
-                g = model.rule_log_probs(theta)
-                start = jax.tree.map(lambda a: a[idx], chains)
-                new, acc = mh_chain(lambda x, z: G.log_joint(g, x, z), k_z, words, start,
-                                    s.mcmc_steps, nt)
-                chains = jax.tree.map(lambda a, b: a.at[idx].set(b), chains, new)
-                trees = jax.tree.map(lambda a: a[:, None], new)
-            params, opt, loss = m_step(model, tx, st.params, st.opt_state, words, trees)
+        if s.method == "mc-em":
+            g = model.rule_log_probs(st.model)
+            start = jax.tree.map(lambda a: a[idx], st.extra)
+            new, acc = mh_chain(lambda x, z: G.log_joint(g, x, z), k_z, batch["words"], start,
+                                s.mcmc_steps, model.nt)
+            st = st._replace(extra=jax.tree.map(lambda a, b: a.at[idx].set(b), st.extra, new))
+            batch["trees"] = jax.tree.map(lambda a: a[:, None], new)
+        out, m = inner(st, batch, key)
         if fixed:
-            params, opt = st.params, st.opt_state
-        return GrammarState(params, opt, st.step + 1, st.key, chains), {"loss": loss, "accept": acc}
+            out = out._replace(model=st.model, model_opt=st.model_opt)
+        return out, {"loss": m["m_loss"], "accept": acc}
 
-    return update
+    return step
 
 
-def make_chunk(update, n: int):
-    """Jitted (state, words_all, lengths_all) -> (state, metrics[n]); step key fold_in(key, step)."""
+def make_chunk(step, n: int):
+    """``run_chunk(state: GrammarState, data) -> (state, metrics[n])``: ``loop.make_chunk`` of
+    n steps (step t's key fold_in(run_key, t)) on the loop's view of the state."""
+    run = loop.make_chunk(step, n, lambda data, key, i: data)
 
-    @jax.jit
-    def run_chunk(st, W, L):
-        return jax.lax.scan(lambda c, _: update(c, jax.random.fold_in(c.key, c.step), W, L),
-                            st, None, length=n)
+    def run_chunk(st: GrammarState, data):
+        st, m = run(to_loop(st), data)
+        return from_loop(st), m
 
     return run_chunk

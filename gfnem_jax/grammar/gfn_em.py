@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import em, loop, metrics, objectives
+from gfnem_jax import em, keys, loop, metrics, objectives
 from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.env import ParseTree
@@ -44,8 +44,6 @@ from gfnem_jax.grammar.rollout import Buckets
 from gfnem_jax.nets.policy import PolicyOutput
 from gfnem_jax.optim import OptimConfig, policy_optimizer
 from gfnem_jax.sampling import Exploration
-
-PARAMS_TAG = 0x7FFFFFFC  # policy parameters from fold_in(run_key, PARAMS_TAG)
 
 
 class Built(NamedTuple):
@@ -95,10 +93,10 @@ def build(s, model, vocab_size: int) -> Built:
 
 def init_state(s, b: Built, theta, m_tx):
     """LoopState at step 0 and the policy's optimizer: grammar parameters ``theta`` in the model
-    slot (``m_tx`` None keeps them fixed), policy parameters from fold_in(key, PARAMS_TAG)."""
+    slot (``m_tx`` None keeps them fixed), policy parameters from fold_in(key, keys.POLICY)."""
     key = jax.random.PRNGKey(s.seed)
     cond = {"tokens": jnp.zeros((s.max_len,), jnp.int32), "length": jnp.asarray(s.max_len, jnp.int32)}
-    params = b.gfn.init(jax.random.fold_in(key, PARAMS_TAG), cond)
+    params = b.gfn.init(keys.tagged(key, keys.POLICY), cond)
     tx = policy_optimizer(b.gfn, OptimConfig(s.gfn_lr, s.gfn_lr_logz, s.grad_clip), params)
     return loop.init_state(params, tx, theta, m_tx, key), tx
 

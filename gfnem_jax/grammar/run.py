@@ -7,8 +7,8 @@
                   evaluation row of a state and the per-chunk summary (``Plan``)
   restore_like    a run folder's settings, model, vocabulary and checkpoint structure
 
-Keys: the run key is PRNGKey(seed); the grammar's parameters come from fold_in(key, THETA_TAG)
-for every method, the evaluation's from fold_in(key, EVAL_TAG).
+Keys: the run key is PRNGKey(seed); the grammar's parameters come from fold_in(key, keys.PARAMS)
+for every method, the evaluation's from fold_in(key, keys.EVAL).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from gfnem_jax import distributed as D
-from gfnem_jax import em, loop, run_dir
+from gfnem_jax import em, keys, loop, run_dir
 from gfnem_jax.grammar import baselines as GB
 from gfnem_jax.grammar import corpus as C
 from gfnem_jax.grammar import decode as DEC
@@ -31,8 +31,6 @@ from gfnem_jax.grammar import gfn_em
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.neural import NeuralGrammar, TableGrammar
 from gfnem_jax.grammar.settings import GrammarSettings
-
-EVAL_TAG = 0x7FFFFFFD  # evaluation keys from fold_in(run_key, EVAL_TAG)
 
 
 def load_data(s, vocab=None):
@@ -104,7 +102,7 @@ def make_plan(s, model, params0, fixed: bool, tr: Optional[C.Corpus], ev: Option
               tx, n_train: Optional[int] = None) -> Plan:
     """The ``Plan`` of a run (``tr`` and ``ev`` may be None when only the state's structure is
     needed, with ``n_train`` the number of training sentences)."""
-    key = jax.random.fold_in(jax.random.PRNGKey(s.seed), EVAL_TAG)
+    key = keys.tagged(jax.random.PRNGKey(s.seed), keys.EVAL)
     decode = DEC.make_decoder(model, s.max_len, s.eval_mcmc_steps)
     grammar_eval = lambda theta: DEC.evaluate(decode, theta, ev, s.eval_batch, key)
     if s.method == "gflownet":
@@ -114,9 +112,9 @@ def make_plan(s, model, params0, fixed: bool, tr: Optional[C.Corpus], ev: Option
     state = GB.init_state(s.method, s.seed, s.max_len, model, params0, lengths, tx)
 
     def chunk(c):
-        run_chunk = GB.make_chunk(GB.make_update(s, model, tx, fixed), c)
-        W, L = jnp.asarray(tr.words), jnp.asarray(tr.lengths)
-        return lambda st, _: run_chunk(st, W, L)
+        run_chunk = GB.make_chunk(GB.make_step(s, model, tx, fixed), c)
+        data = {"words": jnp.asarray(tr.words), "lengths": jnp.asarray(tr.lengths)}
+        return lambda st, _: run_chunk(st, data)
 
     return Plan(state, chunk, lambda st: grammar_eval(st.params), None, lambda st: st.params)
 
