@@ -53,8 +53,6 @@ from gfnem_jax.sampling import Exploration, forward_rollout
 
 METHODS = ("gfn", "gfn-cd", "pcd", "gwg")
 GFN_METHODS = ("gfn", "gfn-cd")
-# objectives that accept backward trajectories from data in their batch (any behaviour policy)
-BALANCE = ("tb", "db", "subtb", "logvar", "fm")
 PARAMS_TAG = 0x7FFFFFFF  # initial parameters and chains come from fold_in(run_key, PARAMS_TAG)
 # The chains' optimizer slot: leaf-less, with the structure of the SGD state earlier versions
 # moved the chains with (optax.sgd(1.0).init), so that their checkpoints restore; never read.

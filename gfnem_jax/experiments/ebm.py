@@ -26,7 +26,7 @@ from gfnem_jax import distributed as D
 from gfnem_jax import driver, ebgfn, loop, mcmc, objectives, run_dir
 from gfnem_jax.config import setting
 from gfnem_jax.data import toy2d
-from gfnem_jax.ebgfn import BALANCE, GFN_METHODS, METHODS
+from gfnem_jax.ebgfn import GFN_METHODS, METHODS
 from gfnem_jax.models import energy as em
 from gfnem_jax.sampling import Exploration
 
@@ -83,9 +83,11 @@ class EBMSettings(run_dir.CheckpointSettings):
                              f"{b_f} forward and {b_b} backward trajectories; both must be divisible "
                              f"by devices {self.devices}")
         obj = self.objective()
-        if obj.name not in BALANCE and b_b > 0:
+        if not obj.balance and b_b > 0:
+            allowed = ", ".join(n for n in sorted(objectives.OBJECTIVES)
+                                if objectives.get(n).balance)
             raise ValueError(f"back_ratio must be 0 with loss {obj.name} (it trains on trajectories "
-                             f"from P_F only; the balance objectives {', '.join(BALANCE)} also take "
+                             f"from P_F only; the balance objectives {allowed} also take "
                              f"backward trajectories from the training set), got {self.back_ratio}")
         obj.check_sampling(Exploration(), batch_size=self.batch_size)
 
