@@ -30,15 +30,17 @@ _META = "gfnem"
 
 def setting(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
             gt: Optional[float] = None, lt: Optional[float] = None,
-            choices: Optional[Sequence[Any]] = None, flag: Optional[str] = None,
-            cli: bool = True, allow_inf: bool = False) -> Any:
+            choices: Optional[Sequence[Any]] = None, was: Sequence[str] = (),
+            cli: bool = True, allow_inf: bool = False, flag: Optional[str] = None) -> Any:
     """A dataclass field with CLI help and bounds (min/max inclusive, gt/lt strict).
 
-    flag: the CLI flag if not ``--`` + the name with dashes; cli=False keeps it out of the CLI.
+    was: earlier names of the setting: a config.json saved under one still loads (and resumes),
+    and the CLI still takes its flag. cli=False keeps the setting out of the CLI. (``flag`` is
+    accepted for settings declared before the CLI owned its spellings; see ``cli.FLAGS``.)
     """
     meta = dict(help=help, min=min, max=max, gt=gt, lt=lt,
                 choices=tuple(choices) if choices is not None else None, flag=flag, cli=cli,
-                allow_inf=allow_inf)
+                allow_inf=allow_inf, was=tuple(was))
     return dataclasses.field(default=default, metadata={_META: meta})
 
 
@@ -110,7 +112,18 @@ class Settings:
                 if f.default is not dataclasses.MISSING}
 
     @classmethod
+    def upgrade(cls, d: Dict[str, Any]) -> Dict[str, Any]:
+        """``d`` with settings saved under an earlier name (``setting(was=...)``) renamed."""
+        d = dict(d)
+        for f in dataclasses.fields(cls):
+            for old in _meta(f).get("was", ()):
+                if old in d and f.name not in d:
+                    d[f.name] = d.pop(old)
+        return d
+
+    @classmethod
     def from_dict(cls: Type[T], d: Dict[str, Any]) -> T:
+        d = cls.upgrade(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -145,12 +158,13 @@ def add_arguments(parser, cls: Type[Settings], group: Optional[str] = None,
         helptext = m.get("help", "").replace("%", "%%")  # argparse formats help with %
         if m.get("choices"):
             helptext += f" (one of: {', '.join(map(str, m['choices']))})"
+        names = [flag_name(f, flags)] + ["--" + old.replace("_", "-") for old in m.get("was", ())]
         if isinstance(default, bool):
-            g.add_argument(flag_name(f, flags), dest=f.name,
-                           action="store_false" if default else "store_true", help=helptext)
+            g.add_argument(*names, dest=f.name, action="store_false" if default else "store_true",
+                           help=helptext)
             continue
         typ = type(default) if default is not None else str
-        g.add_argument(flag_name(f, flags), dest=f.name, type=typ, default=default,
+        g.add_argument(*names, dest=f.name, type=typ, default=default,
                        help=f"{helptext} (default {default})")
 
 
@@ -173,6 +187,8 @@ def flag_message(msg: str, classes: Sequence[Type[Settings]] = (),
     for cls in classes:
         for f in dataclasses.fields(cls):
             names[f.name] = flag_name(f, flags)
+            for old in _meta(f).get("was", ()):
+                names.setdefault(old, flag_name(f, flags))
     if not names:
         return msg
 

@@ -85,7 +85,8 @@ def check_resume(exp: Experiment, out: str) -> None:
     defaults = exp.resume_defaults
     if defaults is None and hasattr(exp.settings, "defaults"):
         defaults = exp.settings.defaults()
-    run_dir.check_resume(exp.config, out, defaults=defaults)
+    run_dir.check_resume(exp.config, out, defaults=defaults,
+                         upgrade=getattr(exp.settings, "upgrade", None))
 
 
 def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) -> Dict[str, Any]:

@@ -114,14 +114,19 @@ def _differences(saved: Dict[str, Any], new: Dict[str, Any], allowed: Iterable[s
 
 def check_resume(cfg: Dict[str, Any], out: str,
                  allowed: Tuple[str, ...] = RESUMABLE,
-                 defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                 defaults: Optional[Dict[str, Any]] = None,
+                 upgrade: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None
+                 ) -> Dict[str, Any]:
     """The saved config of OUT if ``cfg`` may resume it; else ValueError naming each setting that
     differs (only ``allowed`` may change). OUT needs a config.json, not a checkpoint: a run
     killed before its first checkpoint resumes from step 0. ``defaults`` (top-level settings):
-    a setting the saved config lacks (a run written by an older version) counts as its default."""
+    a setting the saved config lacks (a run written by an older version) counts as its default;
+    ``upgrade`` renames settings saved under an earlier name (``Settings.upgrade``)."""
     saved = read_config(out)
     if saved is None:
         raise ValueError(f"resume: {out!r} holds no run to resume (no readable {CONFIG})")
+    if upgrade is not None:
+        saved = upgrade(saved)
     diff = _differences(saved, cfg, allowed, defaults=defaults)
     if diff:
         raise ValueError(f"resume: settings differ from the saved run in {'; '.join(diff)} "
