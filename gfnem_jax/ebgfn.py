@@ -46,7 +46,7 @@ import optax
 from gfnem_jax import gflownet, loop, mcmc
 from gfnem_jax.envs.bits import Bits, BitsState
 from gfnem_jax.gflownet import GFlowNet
-from gfnem_jax.models import energy as em
+from gfnem_jax.models import energy
 from gfnem_jax.nets.mlp import MLPPolicy
 from gfnem_jax.optim import OptimConfig, policy_optimizer
 from gfnem_jax.sampling import Exploration, forward_rollout
@@ -64,7 +64,7 @@ class EBM:
     """The static parts: environment (with its energy model), the GFlowNet, the settings."""
 
     env: Bits
-    model: em.EnergyModel
+    model: energy.EnergyModel
     gfn: GFlowNet
     settings: Any
 
@@ -91,7 +91,7 @@ class EBM:
 def make(settings, d: int) -> EBM:
     """The bundle for data of dimension ``d``: an energy MLP, ``Bits(d)`` with R = exp(-E / T), an
     MLP policy and the settings' objective."""
-    model = em.EnergyModel(d, settings.energy_hidden, settings.energy_layers)
+    model = energy.EnergyModel(d, settings.energy_hidden, settings.energy_layers)
     env = Bits(d, energy=model, temperature=settings.temperature)
     policy = MLPPolicy(env.n_actions, env.n_bwd_actions, settings.gfn_hidden, settings.gfn_layers)
     return EBM(env, model, GFlowNet(env, policy, settings.objective(), Exploration()), settings)
@@ -111,7 +111,7 @@ def init_state(ebm: EBM, seed: int) -> loop.LoopState:
     gp = ebm.policy.init(kg, env.observe(env.init()))
     # log Z starts at the initial energy's value log sum_x exp(-E(x)/T) ~ d log 2 - mean E / T
     xs = jax.random.bernoulli(jax.random.fold_in(kc, 1), 0.5, (256, env.d)).astype(jnp.float32)
-    lz0 = env.d * jnp.log(2.0) - jnp.mean(em.energies(ebm.model, phi, xs)) / env.temperature
+    lz0 = env.d * jnp.log(2.0) - jnp.mean(energy.energies(ebm.model, phi, xs)) / env.temperature
     sampler = jax.tree.map(lambda m, p: jnp.full_like(p, lz0) if m else p,
                            ebm.policy.log_z_mask(gp), gp)
     return loop.init_state(sampler, ebm.gfn_tx(ebm.gfn.init(jax.random.PRNGKey(0))), phi,
@@ -228,7 +228,7 @@ def model_update(ebm: EBM) -> loop.Update:
 def model_terms(ebm: EBM, phi, aux):
     """Per-sample energies {"pos": E(x) [b], "neg": E(x') [b']} (no gradient into x, x')."""
     x, neg = jax.lax.stop_gradient((aux["x"], aux["neg"]))
-    return {"pos": em.energies(ebm.model, phi, x), "neg": em.energies(ebm.model, phi, neg)}
+    return {"pos": energy.energies(ebm.model, phi, x), "neg": energy.energies(ebm.model, phi, neg)}
 
 
 def model_reduce(ebm: EBM, q, aux):

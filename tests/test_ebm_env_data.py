@@ -9,7 +9,7 @@ import pytest
 from gfnem_jax import metrics
 from gfnem_jax.data import toy2d
 from gfnem_jax.envs.bits import Bits, BitsState, all_binary
-from gfnem_jax.models import energy as em
+from gfnem_jax.models import energy
 from gfnem_jax.nets.policy import FunctionalPolicy, PolicyOutput
 from gfnem_jax.sampling import forward_rollout
 
@@ -45,7 +45,7 @@ def test_bits_terminal_enumeration_and_trajectory_counts():
     term = env.all_terminals()
     np.testing.assert_array_equal(np.asarray(term.bits[5]), [1, 0, 1])
     np.testing.assert_array_equal(np.asarray(jax.vmap(env.terminal_index)(term)), np.arange(8))
-    np.testing.assert_array_equal(np.asarray(em.bits_to_index(term.bits)), np.arange(8))
+    np.testing.assert_array_equal(np.asarray(energy.bits_to_index(term.bits)), np.arange(8))
     table = metrics.transition_table(env)
     counts = np.asarray(metrics.trajectory_counts(env, table))
     ti = np.asarray(env.terminal_state_indices())
@@ -59,7 +59,7 @@ def test_bits_terminal_enumeration_and_trajectory_counts():
 
 def test_every_trajectory_has_d_steps_and_reward():
     d = 5
-    model = em.EnergyModel(d, hidden=8, n_layers=1)
+    model = energy.EnergyModel(d, hidden=8, n_layers=1)
     env = Bits(d, energy=model, temperature=2.0)
     pol = FunctionalPolicy(lambda k, o, c: {}, lambda p, o, c: PolicyOutput(
         jnp.zeros(2 * d), jnp.zeros(d), jnp.zeros(())), lambda p, c: jnp.zeros(()))
@@ -69,7 +69,7 @@ def test_every_trajectory_has_d_steps_and_reward():
     assert np.all(np.asarray(tr.terminal.bits) >= 0)
     x = np.asarray(tr.terminal.bits, np.float32)
     np.testing.assert_allclose(np.asarray(tr.log_reward),
-                               -np.asarray(em.energies(model, phi, x)) / 2.0, rtol=1e-5, atol=1e-6)
+                               -np.asarray(energy.energies(model, phi, x)) / 2.0, rtol=1e-5, atol=1e-6)
     # uniform policy: log P_F of a complete trajectory = -sum_t log(2 (d - t))
     np.testing.assert_allclose(np.asarray(tr.log_pf.sum(1)),
                                -sum(math.log(2 * (d - t)) for t in range(d)), rtol=1e-5)
@@ -77,40 +77,40 @@ def test_every_trajectory_has_d_steps_and_reward():
 
 # -- energy model --------------------------------------------------------------------------------------
 def test_all_energies_chunks_and_exact_nll():
-    model = em.EnergyModel(7, hidden=16, n_layers=2)
+    model = energy.EnergyModel(7, hidden=16, n_layers=2)
     phi = model.init(jax.random.PRNGKey(2))
     X = all_binary(7)
-    direct = np.asarray(em.energies(model, phi, X))
+    direct = np.asarray(energy.energies(model, phi, X))
     for c in (2, 5, 7, 14):
-        np.testing.assert_allclose(np.asarray(em.all_energies(model, phi, c)), direct, rtol=1e-5, atol=1e-6)
-    lz = float(em.log_partition(model, phi, 3))
+        np.testing.assert_allclose(np.asarray(energy.all_energies(model, phi, c)), direct, rtol=1e-5, atol=1e-6)
+    lz = float(energy.log_partition(model, phi, 3))
     np.testing.assert_allclose(lz, np.logaddexp.reduce(-direct.astype(np.float64)), rtol=1e-5)
     x = X[jnp.array([0, 3, 3, 100])]
-    np.testing.assert_allclose(float(em.exact_nll(model, phi, x, 3)),
+    np.testing.assert_allclose(float(energy.exact_nll(model, phi, x, 3)),
                                np.mean(direct[[0, 3, 3, 100]]) + lz, rtol=1e-5)
-    lp = np.asarray(em.log_probs(model, phi))
+    lp = np.asarray(energy.log_probs(model, phi))
     np.testing.assert_allclose(np.exp(lp).sum(), 1.0, rtol=1e-5)
 
 
 def test_ml_gradient_with_exact_model_samples_equals_grad_nll(float64):
     d = 6
-    model = em.EnergyModel(d, hidden=16, n_layers=2)
+    model = energy.EnergyModel(d, hidden=16, n_layers=2)
     phi = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(3)))
     X = all_binary(d).astype(jnp.float64)
     data = X[jax.random.randint(jax.random.PRNGKey(4), (20,), 0, 2 ** d)]
-    g_nll = jax.grad(lambda p: em.exact_nll(model, p, data, 3))(phi)
+    g_nll = jax.grad(lambda p: energy.exact_nll(model, p, data, 3))(phi)
 
     def ml_surrogate(p):  # E_data[E] - E_{p_phi}[E], the expectation exact (weights sg(p_phi))
-        w = jax.lax.stop_gradient(jnp.exp(em.log_probs(model, p)))
-        return jnp.mean(em.energies(model, p, data)) - jnp.sum(w * em.energies(model, p, X))
+        w = jax.lax.stop_gradient(jnp.exp(energy.log_probs(model, p)))
+        return jnp.mean(energy.energies(model, p, data)) - jnp.sum(w * energy.energies(model, p, X))
 
     g_ml = jax.grad(ml_surrogate)(phi)
     for a, b in zip(jax.tree.leaves(g_nll), jax.tree.leaves(g_ml)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
     # cd_loss with negatives = every state, repeated in proportion to p (integer weights) is the same
     # estimator: check on a uniform-weight case (p_phi replaced by its own sample of all states)
-    g_cd = jax.grad(lambda p: em.cd_loss(model, p, data, X))(phi)
-    g_ref = jax.grad(lambda p: jnp.mean(em.energies(model, p, data)) - jnp.mean(em.energies(model, p, X)))(phi)
+    g_cd = jax.grad(lambda p: energy.cd_loss(model, p, data, X))(phi)
+    g_ref = jax.grad(lambda p: jnp.mean(energy.energies(model, p, data)) - jnp.mean(energy.energies(model, p, X)))(phi)
     for a, b in zip(jax.tree.leaves(g_cd), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
     # and a wrong expectation (uniform instead of p_phi) gives a different gradient

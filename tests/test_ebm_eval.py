@@ -11,7 +11,7 @@ import pytest
 from gfnem_jax.envs.bits import Bits, all_binary
 from gfnem_jax import ebgfn
 from gfnem_jax.experiments import ebm, ebm_eval
-from gfnem_jax.models import energy as em
+from gfnem_jax.models import energy
 from gfnem_jax.nets.mlp import MLPPolicy
 
 
@@ -42,14 +42,14 @@ def test_uniform_policy_gives_uniform_terminals():
 
 
 def test_ais_log_z_matches_enumeration():
-    model = em.EnergyModel(6, hidden=16, n_layers=2)
+    model = energy.EnergyModel(6, hidden=16, n_layers=2)
     phi = jax.tree.map(lambda a: 2.0 * a, model.init(jax.random.PRNGKey(0)))
-    exact = float(em.log_partition(model, phi))
+    exact = float(energy.log_partition(model, phi))
     lz, se = ebm_eval.ais_log_z(model.energy, phi, jax.random.PRNGKey(1), 6, n_chains=128, n_temps=200)
     assert abs(lz - exact) < 4 * se + 0.03, (lz, exact, se)
     x = all_binary(6)[:5]
     nll, _ = ebm_eval.ais_nll(model, phi, x, jax.random.PRNGKey(1), 128, 200)
-    assert abs(nll - float(em.exact_nll(model, phi, x))) < 4 * se + 0.03
+    assert abs(nll - float(energy.exact_nll(model, phi, x))) < 4 * se + 0.03
 
 
 def test_mmd_matches_bruteforce_and_separates():
@@ -71,7 +71,7 @@ def test_sampler_tv_exact_for_small_d():
     st = ebgfn.init_state(model_ebm, 0)
     tv, how = ebm_eval.sampler_tv(model_ebm, st.sampler, st.model, jax.random.PRNGKey(0))
     q = np.asarray(ebm_eval.exact_sampler_probs(model_ebm.env, model_ebm.policy, st.sampler))
-    p = np.exp(np.asarray(em.log_probs(model_ebm.model, st.model)))
+    p = np.exp(np.asarray(energy.log_probs(model_ebm.model, st.model)))
     assert how == "exact" and abs(tv - 0.5 * np.abs(q - p).sum()) < 1e-5
 
 

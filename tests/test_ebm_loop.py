@@ -17,7 +17,7 @@ from _o2 import with_device_flags
 from gfnem_jax import ebgfn, loop
 from gfnem_jax.envs.bits import all_binary
 from gfnem_jax.experiments import ebm, ebm_eval
-from gfnem_jax.models import energy as em
+from gfnem_jax.models import energy
 
 TINY = dict(bits=2, energy_hidden=8, energy_layers=2, gfn_hidden=16, gfn_layers=1, batch_size=16)
 
@@ -35,13 +35,13 @@ def test_model_update_gradient_with_exact_model_samples_is_grad_nll(float64):
     X = all_binary(4).astype(jnp.float64)
     data = X[jax.random.randint(jax.random.PRNGKey(1), (24,), 0, 16)]
     upd = ebgfn.model_update(e)
-    g_nll = _flat(jax.grad(lambda p: em.exact_nll(e.model, p, data))(phi))
-    p_phi = jnp.exp(em.log_probs(e.model, phi))
+    g_nll = _flat(jax.grad(lambda p: energy.exact_nll(e.model, p, data))(phi))
+    p_phi = jnp.exp(energy.log_probs(e.model, phi))
     aux = {"x": data, "neg": X, "w": p_phi}
     loss, _, g = loop.global_grad(upd, phi, None, aux, loop.Shard())
     np.testing.assert_allclose(_flat(g), g_nll, rtol=1e-9, atol=1e-12)
     # the loss value is mean E(data) - E_p[E]
-    ref = jnp.mean(em.energies(e.model, phi, data)) - jnp.sum(p_phi * em.energies(e.model, phi, X))
+    ref = jnp.mean(energy.energies(e.model, phi, data)) - jnp.sum(p_phi * energy.energies(e.model, phi, X))
     np.testing.assert_allclose(float(loss), float(ref), rtol=1e-12)
     # exact samples, weights 1: Monte Carlo, per-coordinate error within 5 standard errors
     n = 2000

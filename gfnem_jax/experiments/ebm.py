@@ -24,10 +24,11 @@ import numpy as np
 
 from gfnem_jax import distributed as D
 from gfnem_jax import driver, ebgfn, loop, mcmc, objectives, run_dir
-from gfnem_jax.config import setting
+from gfnem_jax.config import retune, setting
 from gfnem_jax.data import toy2d
 from gfnem_jax.ebgfn import GFN_METHODS, METHODS
-from gfnem_jax.models import energy as em
+from gfnem_jax.groups import ObjectiveSettings
+from gfnem_jax.models import energy
 from gfnem_jax.sampling import Exploration
 
 NAME = "ebm"
@@ -35,7 +36,9 @@ HELP = "an energy-based model on {0,1}^d and its sampler (EB-GFN, PCD, GWG)"
 
 
 @dataclasses.dataclass(frozen=True)
-class EBMSettings(run_dir.CheckpointSettings):
+class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
+    """Every setting of ``gfnem train ebm``: the objective group (``gfnem_jax.groups``) and these."""
+
     data: str = setting("2spirals", f"a 2-D density ({', '.join(toy2d.NAMES)}) or a .npy of {{0,1}} vectors")
     bits: int = setting(8, "bits per coordinate for 2-D densities (d = 2 bits)", min=1, max=16)
     n_train: int = setting(50000, "training points drawn from a 2-D density", min=1)
@@ -45,11 +48,9 @@ class EBMSettings(run_dir.CheckpointSettings):
                           "from each data point, EB-GFN's method), gfn (the sampler's own samples; "
                           "unstable here, worse than a uniform model on some seeds), pcd or gwg",
                           choices=METHODS)
-    loss: str = setting("tb", "gfn / gfn-cd: the GFlowNet objective (balance objectives take the "
-                        "backward trajectories from data; the others need back_ratio 0)",
-                        choices=tuple(sorted(objectives.OBJECTIVES)))
-    lam: float = setting(0.9, "SubTB lambda", gt=0)
-    alpha: float = setting(0.5, "alpha of renyi / tsallis / alpha_kl")
+    loss: str = retune(ObjectiveSettings, "loss", "tb",
+                       help="gfn / gfn-cd: the GFlowNet objective (balance objectives take the "
+                            "backward trajectories from data; the others need back_ratio 0)")
     steps: int = setting(5000, "training steps", min=1)
     seed: int = setting(0, "random seed (data, initialisation, sampling)", min=0)
     batch_size: int = setting(128, "data points (and negatives) per step, global over all devices", min=2)
@@ -96,8 +97,6 @@ class EBMSettings(run_dir.CheckpointSettings):
         b_b = int(round(self.back_ratio * self.batch_size))
         return self.batch_size - b_b, b_b
 
-    def objective(self) -> objectives.Objective:
-        return objectives.get(self.loss, lam=self.lam, alpha=self.alpha)
 
 
 Settings = EBMSettings
@@ -128,7 +127,7 @@ def build(settings: EBMSettings) -> driver.Experiment:
     ebm = ebgfn.make(s, d)
     mesh = loop.make_mesh(s.devices)
     train_all = D.to_global(jnp.asarray(train, jnp.float32), mesh)
-    exact = d <= em.MAX_EXACT_D
+    exact = d <= energy.MAX_EXACT_D
 
     def make_chunk(n):
         compiled = ebgfn.make_chunk(ebm, n, mesh)
@@ -146,7 +145,7 @@ def build(settings: EBMSettings) -> driver.Experiment:
             return summary
         if exact:
             np.save(os.path.join(out, "energies.npy"),
-                    np.asarray(em.all_energies(ebm.model, st.model), np.float32))
+                    np.asarray(energy.all_energies(ebm.model, st.model), np.float32))
         if is_2d and d <= 20:
             ebm_eval.heatmaps(ebm, st.sampler, st.model, train, jax.random.fold_in(st.key, 3),
                               os.path.join(out, "heatmaps.png"), gfn_based=ebm.gfn_based,
@@ -159,7 +158,7 @@ def build(settings: EBMSettings) -> driver.Experiment:
         name=f"ebm/{s.method}", settings=s, config={"task": "ebm", "d": d, **s.to_dict()},
         state=ebgfn.init_state(ebm, s.seed), make_chunk=make_chunk, data_fn=lambda c: train_all,
         summarize=ebgfn.summarize_chunk,
-        evaluate=(lambda st: {"test_nll": float(em.exact_nll(ebm.model, st.model, test))})
+        evaluate=(lambda st: {"test_nll": float(energy.exact_nll(ebm.model, st.model, test))})
         if exact else None,
         write_inputs=write_inputs, finish=finish, resume_defaults=type(s).defaults(),
         postfix=("e_loss", "gfn_loss", "test_nll"), report=lambda res: res["summary"])
@@ -201,7 +200,7 @@ def sample(run: str, n: int, seed: int = 0, progress: bool = False) -> np.ndarra
     key = jax.random.PRNGKey(seed)
     if e.gfn_based:
         return ebm_eval.sample_gfn(e, st.sampler, st.model, key, n)
-    if e.d <= em.MAX_EXACT_D:
+    if e.d <= energy.MAX_EXACT_D:
         return ebm_eval.sample_exact(e.model, st.model, key, n)
     x = jnp.tile(st.sampler, (n // st.sampler.shape[0] + 1, 1))[:n]
     return np.asarray(mcmc.gwg(e.model.energy, st.model, key, x, 1000)[0], np.uint8)

@@ -26,7 +26,7 @@ import numpy as np
 from gfnem_jax import mcmc, metrics
 from gfnem_jax.data import toy2d
 from gfnem_jax.envs.bits import MAX_ENUM_D, BitsState, all_binary
-from gfnem_jax.models import energy as em
+from gfnem_jax.models import energy
 from gfnem_jax.sampling import Exploration, backward_rollout, forward_rollout
 
 
@@ -63,7 +63,7 @@ def is_sampler_log_probs(env, policy, params, key, n_paths: int = 1, chunk: int 
 def sampler_tv(ebm, gfn_params, phi, key, n_paths: int = 1):
     """(TV between the GFlowNet's terminal distribution and p_phi^(1/T), method string)."""
     env = ebm.env
-    logp = em.log_probs(ebm.model, phi) / env.temperature
+    logp = energy.log_probs(ebm.model, phi) / env.temperature
     p = jnp.exp(logp - jax.nn.logsumexp(logp))
     if env.d <= MAX_ENUM_D:
         q, how = exact_sampler_probs(env, ebm.policy, gfn_params), "exact"
@@ -90,7 +90,7 @@ def sample_gfn(ebm, gfn_params, phi, key, n: int, chunk: int = 4096) -> np.ndarr
 
 def sample_exact(model, phi, key, n: int) -> np.ndarray:
     """uint8[n, d]: exact samples of p_phi by enumeration (d <= 20)."""
-    idx = jax.random.categorical(key, em.log_probs(model, phi), shape=(n,))
+    idx = jax.random.categorical(key, energy.log_probs(model, phi), shape=(n,))
     d = model.d
     return np.asarray((idx[:, None] >> jnp.arange(d - 1, -1, -1)) & 1, np.uint8)
 
@@ -135,7 +135,7 @@ def ais_log_z(energy_fn, params, key, d: int, n_chains: int = 256, n_temps: int 
 def ais_nll(model, phi, x, key, n_chains: int = 256, n_temps: int = 1000):
     """(NLL estimate mean E(x) + log Z_AIS, standard error of log Z_AIS)."""
     lz, se = ais_log_z(model.energy, phi, key, model.d, n_chains, n_temps)
-    return float(jnp.mean(em.energies(model, phi, x))) + lz, se
+    return float(jnp.mean(energy.energies(model, phi, x))) + lz, se
 
 
 def summarize(ebm, gfn_params, phi, test, key, gfn_based: bool = True, n_mmd: int = 2000) -> dict:
@@ -144,13 +144,13 @@ def summarize(ebm, gfn_params, phi, test, key, gfn_based: bool = True, n_mmd: in
     d = ebm.d
     out = {}
     test = np.asarray(test)
-    if d <= em.MAX_EXACT_D:
-        out["test_nll"] = float(em.exact_nll(ebm.model, phi, test))
+    if d <= energy.MAX_EXACT_D:
+        out["test_nll"] = float(energy.exact_nll(ebm.model, phi, test))
         out["test_nll_method"] = "exact"
     else:
         out["test_nll"], out["log_z_se"] = ais_nll(ebm.model, phi, test, jax.random.fold_in(key, 1))
         out["test_nll_method"] = "ais"
-    if gfn_based and d <= em.MAX_EXACT_D:
+    if gfn_based and d <= energy.MAX_EXACT_D:
         out["sampler_tv"], out["sampler_tv_method"] = sampler_tv(ebm, gfn_params, phi, jax.random.fold_in(key, 2))
     else:
         out["sampler_tv"] = None
@@ -158,7 +158,7 @@ def summarize(ebm, gfn_params, phi, test, key, gfn_based: bool = True, n_mmd: in
     if gfn_based:
         s = sample_gfn(ebm, gfn_params, phi, jax.random.fold_in(key, 3), ref.shape[0])
         out["mmd"] = mmd(s, ref)
-    elif d <= em.MAX_EXACT_D:
+    elif d <= energy.MAX_EXACT_D:
         out["mmd"] = mmd(sample_exact(ebm.model, phi, jax.random.fold_in(key, 3), ref.shape[0]), ref)
     return out
 
@@ -173,7 +173,7 @@ def _hist2d(x, bits):
 def density_image(model, phi) -> np.ndarray:
     """float[2^b, 2^b]: p_phi on the grid (rows = second coordinate), for d = 2 b <= 20."""
     bits = model.d // 2
-    p = np.exp(np.asarray(em.log_probs(model, phi), np.float64))
+    p = np.exp(np.asarray(energy.log_probs(model, phi), np.float64))
     c = toy2d.cells(np.asarray(all_binary(model.d)))
     img = np.zeros((2 ** bits, 2 ** bits))
     img[c[:, 1], c[:, 0]] = p
