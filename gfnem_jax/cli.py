@@ -134,7 +134,7 @@ def _settings_or_fail(args, classes, make):
     """``make()`` (building and validating the settings, and the resume check), or exit 2."""
     try:
         return make()
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         _fail(str(e), classes)
 
 
@@ -144,10 +144,8 @@ def _train_run(args, classes, run):
     process 0 checks and prepares --out."""
     from gfnem_jax import distributed
     from gfnem_jax.loop import NonFiniteLoss
-    if distributed.is_primary():
-        check_out(args, resuming=args.resume)
-        if not args.resume:
-            _clear_for_overwrite(args)
+    if distributed.is_primary() and not args.resume:
+        _clear_for_overwrite(args)
     if distributed.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("gfnem_out_ready")
@@ -162,7 +160,7 @@ def _train_run(args, classes, run):
 
 def _train(args):
     """``gfnem train KIND``: the kind's settings from the flags, its Experiment, the driver."""
-    from gfnem_jax import config, driver, experiments
+    from gfnem_jax import config, distributed, driver, experiments
     mod = experiments.kind(args.task)
     classes = (mod.Settings,)
 
@@ -170,18 +168,13 @@ def _train(args):
         s = config.from_args(mod.Settings, args)
         s.validate()
         s.check_processes(_process_count())
+        if distributed.is_primary():  # before any work: nothing is written until the run starts
+            check_out(args, resuming=args.resume)
         exp = mod.build(s)
         if args.resume:
             driver.check_resume(exp, args.out)
         return exp
 
-    if getattr(mod, "_LEGACY", False):  # TEMPORARY: a kind not yet on the driver (being converted)
-        s = config.from_args(mod.Settings, args)
-        _settings_or_fail(args, classes, s.validate)
-        res = _train_run(args, classes, lambda: mod.run(s, args.out, progress=not args.quiet,
-                                                        resume=args.resume))
-        print(json.dumps(res.get("final", res) if isinstance(res, dict) else res, default=float))
-        return
     exp = _settings_or_fail(args, classes, make)
     res = _train_run(args, classes, lambda: driver.run(exp, args.out, progress=not args.quiet,
                                                       resume=args.resume))

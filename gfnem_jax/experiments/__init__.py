@@ -49,12 +49,7 @@ def kind(name: str):
     """The module of run kind ``name``; ValueError naming the allowed kinds."""
     if name not in KINDS:
         raise ValueError(f"unknown run kind {name!r}; allowed: {', '.join(KINDS)}")
-    mod = importlib.import_module(KINDS[name])
-    from gfnem_jax.run_dir import CheckpointSettings
-    if not (isinstance(getattr(mod, "Settings", None), type)  # TEMPORARY: kinds being converted
-            and issubclass(mod.Settings, CheckpointSettings)):
-        _legacy(name, mod)
-    return mod
+    return importlib.import_module(KINDS[name])
 
 
 def settings_of(name: str, cfg: Dict[str, Any]):
@@ -82,28 +77,3 @@ def kind_of_run(run: str) -> Optional[str]:
             return name
     return None
 
-
-def _legacy(name, mod):  # TEMPORARY: the protocol's names for kinds being converted
-    cls = {"grammar": "GrammarSettings", "dvae": "DVAESettings", "ebm": "EBMSettings"}[name]
-    mod._LEGACY = True
-    mod.Settings = getattr(mod, cls)
-    mod.HELP = getattr(mod, "HELP", {
-        "grammar": "grammar induction: a neural PCFG / NCFG (or a given grammar) by GFlowNet-EM "
-                   "(--method gflownet: a parse-tree GFlowNet as the E-step), marginalisation, "
-                   "exact-sampling EM or MC-EM",
-        "ebm": "an energy model and its GFlowNet sampler trained jointly (EB-GFN), or PCD / GwG",
-        "dvae": "discrete VAE (a grid of K codes) with a GFlowNet encoder by GFlowNet-EM, or "
-                "baselines"}[name])
-    if name == "grammar" and not hasattr(mod, "COMMANDS"):
-        from gfnem_jax.experiments import grammar_cli as g
-        mod.COMMANDS = (
-            Command("parse", "parse a corpus with a grammar run or a grammar file",
-                    g.add_parse_args, g.parse_main, (mod.Settings,)),
-            Command("export-grammar", "export a learned CFG as a .npz grammar file",
-                    g.add_export_args, g.export_main, (mod.Settings,)))
-    if name == "dvae" and not hasattr(mod, "EVAL"):
-        from gfnem_jax.experiments import dvae_cli as d
-        mod.EVAL = Command("dvae", "discrete VAE: test NLL by importance sampling",
-                           d.add_eval_args, d.eval_main, (mod.Settings,))
-    if name == "ebm" and not hasattr(mod, "sample"):
-        mod.sample = lambda run, n, seed, progress=False: mod.sample_run(run, n, seed)
