@@ -6,8 +6,9 @@ one optimizer step per training step on a batch of sentences (words int32[B, N],
   exact-sampling  z_bs ~ p_theta(z | x_b) exactly (S per sentence), then the M-step
   mc-em           z_b from a Metropolis-Hastings chain of local tree moves (one persistent chain
                   per training sentence, started from near-uniform trees), then the M-step
-M-step = ``gfnem_jax.em.m_update``: loss -(1/B) sum_b sum_s (1/S) log p_theta(x_b, z_bs), the same
-code path as GFlowNet-EM's M-step. mc-em only needs log p(x, z), so it also trains the NCFG.
+M-step: loss -(1/B) sum_b sum_s (1/S) log p_theta(x_b, z_bs) (``em.joint_terms``, the same code
+path as GFlowNet-EM's M-step), a ``loop.Update`` stepped by ``loop.make_step``. mc-em only
+needs log p(x, z), so it also trains the NCFG.
 
 MH moves (all symmetric, so the acceptance is min(1, p(x, z') / p(x, z))): pick a node slot
 t uniformly among the n-1 internal nodes and one of three moves uniformly:
@@ -23,7 +24,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from gfnem_jax import em, keys, loop
 from gfnem_jax.grammar import inside
@@ -122,24 +122,6 @@ def exact_samples(grammar, key, words, lengths, n_samples: int) -> Tree:
     trees = jax.vmap(lambda s: inside.sample(grammar, jax.random.fold_in(key, s), words, lengths))(
         jnp.arange(n_samples))
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), trees)
-
-
-def marginal_loss(model, params, words, lengths) -> jax.Array:
-    """-(1/B) sum_b log p_theta(x_b)."""
-    return -jnp.mean(inside.log_marginal(model.rule_log_probs(params), words, lengths))
-
-
-def marginal_update(model, tx: optax.GradientTransformation, params, opt_state, words, lengths):
-    loss, g = jax.value_and_grad(lambda p: marginal_loss(model, p, words, lengths))(params)
-    upd, opt_state = tx.update(g, opt_state, params)
-    return optax.apply_updates(params, upd), opt_state, loss
-
-
-def m_step(model, tx: optax.GradientTransformation, params, opt_state, words, trees: Tree):
-    """``em.m_update`` on trees [B, S, ...] with weights 1/S; returns (params, opt_state, loss)."""
-    S = trees.left.shape[1]
-    w = jnp.full(trees.left.shape[:2], 1.0 / S)
-    return em.m_update(model.log_joint, tx, params, opt_state, words, trees, w)
 
 
 # -- the training step ------------------------------------------------------------------------
