@@ -1,4 +1,6 @@
 """Tests of the GFlowNet-EM engine (gfnem_jax.em) on the hierarchical mixture, by enumeration."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,8 +120,8 @@ def test_fixed_and_adaptive_schedules():
     np.testing.assert_array_equal(m["m_step"], t % 5 >= 3)
     assert int(st.step) == 20
     # theta changes exactly at M-steps
-    cfg = em.EMConfig(e_batch=16, schedule="adaptive", thr_start=3e4, thr_end=0.0, thr_steps=30,
-                      sleep_prob=0.5, ls_rounds=2, ls_back=1)
+    cfg = em.EMConfig(e_batch=16, schedule="adaptive", threshold_start=3e4, threshold_end=0.0,
+                      threshold_steps=30, sleep_prob=0.5, ls_rounds=2, ls_back=1)
     _, st, m = _run(cfg, data, 40)
     assert m["e_step"].all()
     np.testing.assert_allclose(m["threshold"], np.maximum(3e4 - 3e4 * np.arange(40) / 30, 0.0),
@@ -174,3 +176,30 @@ def test_config_validation():
     with pytest.raises(ValueError, match="m_batch_size"):
         em.EMConfig(m_batch=101).validate(100, 2)
     em.EMConfig().validate(100, 2)
+
+
+def test_fixed_updates_counts_the_schedules_steps():
+    cfg = em.EMConfig(e_batch=16, m_batch=32, schedule="fixed", e_steps=3, m_steps=2)
+    _, _, m = _run(cfg, _data(64), 13)
+    assert em.fixed_updates(13, 3, 2) == (int(m["e_step"].sum()), int(m["m_step"].sum())) == (9, 4)
+    assert [em.fixed_updates(n, 4, 4)[1] for n in (3, 4, 5, 8, 11, 12)] == [0, 0, 1, 4, 4, 4]
+
+
+def test_old_threshold_spellings_are_accepted():
+    old = em.EMConfig(thr_start=3.0, thr_end=0.5, thr_steps=7)
+    assert old == em.EMConfig(threshold_start=3.0, threshold_end=0.5, threshold_steps=7)
+    assert (old.loop_schedule().thr_start, old.loop_schedule().thr_steps) == (3.0, 7)
+
+
+def test_sleep_by_select_equals_sleep_by_branch():
+    """``sleep_select`` (jnp.where, for XLA:CPU) takes the same sleep steps with the same result
+    as the lax.cond branch."""
+    data = _data(64)
+    cfg = em.EMConfig(e_batch=16, m_batch=32, schedule="fixed", e_steps=3, m_steps=1,
+                      sleep_prob=0.5)
+    _, st0, m0 = _run(cfg, data, 12)
+    _, st1, m1 = _run(dataclasses.replace(cfg, sleep_select=True), data, 12)
+    np.testing.assert_array_equal(m0["sleep"], m1["sleep"])
+    assert 0 < m0["sleep"][m0["e_step"]].sum() < m0["e_step"].sum()
+    for a, b in zip(jax.tree.leaves(st0), jax.tree.leaves(st1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
