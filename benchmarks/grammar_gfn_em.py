@@ -75,7 +75,7 @@ def main():
     gfn = dict(method="gflownet", steps=gfn_steps, schedule="fixed", e_steps=a.e_per_m, m_steps=1,
                policy_dim=a.policy_dim, policy_layers=a.policy_layers, policy_heads=4,
                policy_enc_layers=1, log_every=max(gfn_steps // a.evals, 1),
-               m_samples=a.m_samples, m_weights=a.m_weights, local_search=a.local_search)
+               m_samples=a.m_samples, m_weights=a.m_weights, ls_rounds=a.local_search)
     runs = {
         "marginal": E.GrammarSettings(method="marginal", steps=a.m_updates,
                                       log_every=max(a.m_updates // a.evals, 1), **common),

@@ -97,6 +97,18 @@ class EMScheduleSettings(Settings):
     threshold_end: float = setting(0.8, "adaptive: final threshold", min=0)
     threshold_steps: int = setting(0, "adaptive: steps of the linear decrease, 0 = steps", min=0)
     sleep_prob: float = setting(0.0, "probability of a sleep-phase update per E-step (0 = off)",
-                                min=0, max=1)
-    ls_rounds: int = setting(0, "local-search rounds on the M-step's samples (0 = off)", min=0)
+                                min=0, max=1, was=("sleep",))
+    ls_rounds: int = setting(0, "local-search rounds on the M-step's samples (0 = off)", min=0,
+                             was=("local_search",))
     ls_back: int = setting(1, "local search: steps back with P_B", min=1, max=2)
+
+    def em_config(self, e_batch: int, m_batch: int, steps: int, **more):
+        """``em.EMConfig`` of this schedule (``threshold_steps`` 0 = ``steps``); ``more``: its
+        other fields (m_samples, thresholds a kind computes, ...)."""
+        from gfnem_jax import em
+        kw = dict(schedule=self.schedule, e_steps=self.e_steps, m_steps=self.m_steps,
+                  ema_decay=self.ema_decay, threshold_start=self.threshold_start,
+                  threshold_end=self.threshold_end, threshold_steps=self.threshold_steps or steps,
+                  sleep_prob=self.sleep_prob, ls_rounds=self.ls_rounds, ls_back=self.ls_back)
+        kw.update(more)
+        return em.EMConfig(e_batch=e_batch, m_batch=m_batch, **kw)

@@ -134,17 +134,17 @@ class Schedule:
       step a sampler then a model update), "fixed" (step t is a sampler step if
       t mod (e_steps + m_steps) < e_steps, else a model step), "adaptive" (every step a sampler
       step; a model step follows when ema_t < threshold(t), ema_t = d ema_{t-1} + (1 - d) loss_t,
-      ema_0 = loss_0, d = ema_decay, threshold linear from thr_start at step 0 to thr_end at
-      step thr_steps).
+      ema_0 = loss_0, d = ema_decay, threshold linear from threshold_start at step 0 to
+      threshold_end at step threshold_steps).
     """
 
     kind: str = "sampler"
     e_steps: int = 1
     m_steps: int = 1
     ema_decay: float = 0.9
-    thr_start: float = 1.0
-    thr_end: float = 0.05
-    thr_steps: int = 1000
+    threshold_start: float = 1.0
+    threshold_end: float = 0.05
+    threshold_steps: int = 1000
 
     def validate(self) -> None:
         if self.kind not in SCHEDULES:
@@ -153,15 +153,15 @@ class Schedule:
             raise ValueError(f"e_steps and m_steps must be >= 1, got {self.e_steps} and {self.m_steps}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not self.thr_start >= self.thr_end >= 0:
+        if not self.threshold_start >= self.threshold_end >= 0:
             raise ValueError(f"thresholds must satisfy threshold_start >= threshold_end >= 0, got "
-                             f"{self.thr_start} and {self.thr_end}")
-        if self.thr_steps < 0:
-            raise ValueError(f"threshold_steps must be >= 0, got {self.thr_steps}")
+                             f"{self.threshold_start} and {self.threshold_end}")
+        if self.threshold_steps < 0:
+            raise ValueError(f"threshold_steps must be >= 0, got {self.threshold_steps}")
 
     def threshold(self, step) -> jax.Array:
-        frac = jnp.clip(step / max(self.thr_steps, 1), 0.0, 1.0)
-        return self.thr_start + (self.thr_end - self.thr_start) * frac
+        frac = jnp.clip(step / max(self.threshold_steps, 1), 0.0, 1.0)
+        return self.threshold_start + (self.threshold_end - self.threshold_start) * frac
 
 
 def global_grad(update: Update, own, other, aux, shard: Shard):

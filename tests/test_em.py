@@ -188,7 +188,7 @@ def test_fixed_updates_counts_the_schedules_steps():
 def test_old_threshold_spellings_are_accepted():
     old = em.EMConfig(thr_start=3.0, thr_end=0.5, thr_steps=7)
     assert old == em.EMConfig(threshold_start=3.0, threshold_end=0.5, threshold_steps=7)
-    assert (old.loop_schedule().thr_start, old.loop_schedule().thr_steps) == (3.0, 7)
+    assert (old.loop_schedule().threshold_start, old.loop_schedule().threshold_steps) == (3.0, 7)
 
 
 def test_sleep_by_select_equals_sleep_by_branch():

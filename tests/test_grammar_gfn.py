@@ -226,5 +226,18 @@ def test_m_step_importance_weights_recover_the_exact_posterior(trained, weights)
 
 
 def test_m_weights_is_refuses_local_search():
-    with pytest.raises(ValueError, match="local_search"):
-        settings(m_weights="is", local_search=2).validate()
+    with pytest.raises(ValueError, match="ls_rounds"):
+        settings(m_weights="is", ls_rounds=2).validate()
+
+
+def test_old_setting_names_still_load_and_take_their_flags():
+    """sleep / local_search (the grammar's earlier spellings of sleep_prob / ls_rounds): a saved
+    config.json with them loads, and their flags still parse."""
+    from gfnem_jax import cli, config
+    s = GrammarSettings.from_config({"sleep": 0.25, "local_search": 3})
+    assert (s.sleep_prob, s.ls_rounds) == (0.25, 3)
+    a = cli.build_parser().parse_args(["train", "grammar", "--sleep", "0.5", "--local-search", "2",
+                                       "--out", "x"])
+    s = config.from_args(GrammarSettings, a)
+    assert (s.sleep_prob, s.ls_rounds) == (0.5, 2)
+    assert "--sleep-prob" in config.flag_message("sleep must be <= 1", [GrammarSettings])

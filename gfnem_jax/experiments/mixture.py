@@ -72,13 +72,7 @@ class MixtureSettings(EMScheduleSettings, ExplorationSettings, MLPSettings, Opti
         self.em_config().validate(self.n_data, 2, True, self.devices)
 
     def em_config(self) -> em.EMConfig:
-        return em.EMConfig(e_batch=self.batch_size, m_batch=self.m_batch_size,
-                           schedule=self.schedule, e_steps=self.e_steps, m_steps=self.m_steps,
-                           ema_decay=self.ema_decay, thr_start=self.threshold_start,
-                           thr_end=self.threshold_end,
-                           thr_steps=self.threshold_steps or self.steps,
-                           sleep_prob=self.sleep_prob, ls_rounds=self.ls_rounds,
-                           ls_back=self.ls_back)
+        return EMScheduleSettings.em_config(self, self.batch_size, self.m_batch_size, self.steps)
 
 
 Settings = MixtureSettings

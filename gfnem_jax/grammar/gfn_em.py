@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import em, keys, loop, metrics, objectives
+from gfnem_jax import em, keys, loop, metrics
 from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.env import ParseTree
@@ -43,7 +43,6 @@ from gfnem_jax.grammar.policy import ParsePolicy
 from gfnem_jax.grammar.rollout import Buckets
 from gfnem_jax.nets.policy import PolicyOutput
 from gfnem_jax.optim import OptimConfig, policy_optimizer
-from gfnem_jax.sampling import Exploration
 
 
 class Built(NamedTuple):
@@ -64,13 +63,13 @@ def build(s, model, vocab_size: int) -> Built:
     env = ParseTree(s.max_len, model.nt)
     policy = ParsePolicy(s.max_len, model.nt, vocab_size, dim=s.policy_dim, layers=s.policy_layers,
                          heads=s.policy_heads, enc_layers=s.policy_enc_layers)
-    objective = objectives.get(s.loss, lam=s.lam, alpha=s.alpha)
+    objective = s.objective()
     rules = model.rule_log_probs
 
     def flow_offset(theta, cond, state):
         return env.partial_log_reward(rules(theta), cond, state)
 
-    gfn = GFlowNet(env, policy, objective, Exploration(s.temperature),
+    gfn = GFlowNet(env, policy, objective, s.explore(),
                    engine=Buckets(s.n_buckets or 1, s.pack) if (s.n_buckets or s.pack) else None,
                    flow_offset=flow_offset if s.forward_looking else None)
 
@@ -83,11 +82,8 @@ def build(s, model, vocab_size: int) -> Built:
         return {"tokens": words, "length": trees.length}, trees, ok
 
     start, end = thresholds(s, getattr(model, "ncfg", False))
-    cfg = em.EMConfig(e_batch=s.batch_size, m_batch=s.batch_size, schedule=s.schedule,
-                      e_steps=s.e_steps, m_steps=s.m_steps, ema_decay=0.9, thr_start=start,
-                      thr_end=end, thr_steps=s.threshold_steps, sleep_prob=s.sleep,
-                      ls_rounds=s.local_search, ls_back=s.ls_back, m_samples=s.m_samples,
-                      m_weights=s.m_weights)
+    cfg = s.em_config(s.batch_size, s.batch_size, s.steps, threshold_start=start,
+                      threshold_end=end, m_samples=s.m_samples, m_weights=s.m_weights)
     return Built(env, gfn, em.LatentModel(log_joint, sample), cfg)
 
 

@@ -1,5 +1,7 @@
 """The settings of a grammar run (``gfnem train grammar``): data, grammar, training, evaluation,
-and the GFlowNet-EM group (method gflownet). Each is validated here; errors name settings."""
+and, for method gflownet, the shared objective, exploration and EM-schedule groups
+(``gfnem_jax.groups``) with the grammar's own defaults. Each is validated here; errors name
+settings."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,13 +9,15 @@ import os
 
 from gfnem_jax import distributed as D
 from gfnem_jax import run_dir
-from gfnem_jax.config import setting
+from gfnem_jax.config import retune, setting
+from gfnem_jax.groups import EMScheduleSettings, ExplorationSettings, ObjectiveSettings
 from gfnem_jax.grammar import baselines as GB
 from gfnem_jax.grammar import rules as G
 
 
 @dataclasses.dataclass(frozen=True)
-class GrammarSettings(run_dir.CheckpointSettings):
+class GrammarSettings(EMScheduleSettings, ExplorationSettings, ObjectiveSettings,
+                      run_dir.CheckpointSettings):
     method: str = setting("marginal", "training method (gflownet: GFlowNet-EM, the E-step a "
                           "parse-tree GFlowNet)", choices=GB.METHODS + ("gflownet",))
     grammar: str = setting("cfg", "cfg (neural PCFG), ncfg (neural non-context-free grammar) or the "
@@ -56,27 +60,31 @@ class GrammarSettings(run_dir.CheckpointSettings):
     policy_dim: int = setting(512, "gflownet: transformer width", min=1)
     policy_heads: int = setting(4, "gflownet: attention heads", min=1)
     policy_enc_layers: int = setting(2, "gflownet: sentence-encoder layers", min=0)
-    loss: str = setting("subtb", "gflownet: E-step objective",
-                        choices=("tb", "db", "subtb", "logvar", "reverse_kl", "forward_kl", "renyi",
-                                 "tsallis", "alpha_kl", "wake_sleep", "reverse_wake_sleep"))
-    lam: float = setting(1.0, "gflownet: SubTB lambda", gt=0)
-    alpha: float = setting(0.5, "gflownet: alpha of renyi / tsallis / alpha_kl")
-    temperature: float = setting(1.1, "gflownet: exploration temperature of the E-step's sampler", gt=0)
+    loss: str = retune(ObjectiveSettings, "loss", "subtb", help="gflownet: E-step objective",
+                       choices=("tb", "db", "subtb", "logvar", "reverse_kl", "forward_kl", "renyi",
+                                "tsallis", "alpha_kl", "wake_sleep", "reverse_wake_sleep"))
+    lam: float = retune(ObjectiveSettings, "lam", 1.0, help="gflownet: SubTB lambda")
+    temperature: float = retune(ExplorationSettings, "temperature", 1.1,
+                                help="gflownet: exploration temperature of the E-step's sampler")
     gfn_lr: float = setting(3e-4, "gflownet: Adam learning rate of the policy", gt=0)
     gfn_lr_logz: float = setting(3e-3, "gflownet: Adam learning rate of log Z(x)", gt=0)
-    schedule: str = setting("adaptive", "gflownet: M-step schedule: adaptive (loss threshold) or "
-                            "fixed (e_steps then m_steps)", choices=("adaptive", "fixed"))
-    e_steps: int = setting(10, "gflownet: fixed schedule: E-steps per cycle", min=1)
-    m_steps: int = setting(1, "gflownet: fixed schedule: M-steps per cycle", min=1)
-    threshold_start: float = setting(0.0, "gflownet: adaptive schedule: threshold at step 0 (0 = the "
-                                     "paper's: 6 for cfg, 7 for ncfg)", min=0)
-    threshold_end: float = setting(0.0, "gflownet: adaptive schedule: final threshold (0 = half the "
-                                   "start)", min=0)
-    threshold_steps: int = setting(10000, "gflownet: adaptive schedule: steps of the linear fall", min=0)
-    sleep: float = setting(0.0, "gflownet: probability of a sleep-phase update after each E-step",
-                           min=0, max=1)
-    local_search: int = setting(0, "gflownet: local-search rounds before each M-step (paper: 10)", min=0)
-    ls_back: int = setting(2, "gflownet: local search: steps undone with P_B", min=1)
+    schedule: str = retune(EMScheduleSettings, "schedule", "adaptive",
+                           help="gflownet: M-step schedule: adaptive (loss threshold) or fixed "
+                                "(e_steps then m_steps)")
+    e_steps: int = retune(EMScheduleSettings, "e_steps", 10)
+    threshold_start: float = retune(EMScheduleSettings, "threshold_start", 0.0,
+                                    help="gflownet: adaptive schedule: threshold at step 0 (0 = "
+                                         "the paper's: 6 for cfg, 7 for ncfg)")
+    threshold_end: float = retune(EMScheduleSettings, "threshold_end", 0.0,
+                                  help="gflownet: adaptive schedule: final threshold (0 = half "
+                                       "the start)")
+    threshold_steps: int = retune(EMScheduleSettings, "threshold_steps", 10000,
+                                  help="gflownet: adaptive schedule: steps of the linear fall "
+                                       "(0 = steps)")
+    ls_rounds: int = retune(EMScheduleSettings, "ls_rounds", 0,
+                            help="gflownet: local-search rounds before each M-step (paper: 10)")
+    ls_back: int = retune(EMScheduleSettings, "ls_back", 2, max=None,
+                          help="gflownet: local search: steps undone with P_B")
     m_samples: int = setting(1, "gflownet: GFlowNet trees per sentence in each M-step (paper: 1)",
                              min=1)
     m_weights: str = setting("uniform", "gflownet: weights of the M-step's trees: uniform (1/S) or "
@@ -126,8 +134,8 @@ class GrammarSettings(run_dir.CheckpointSettings):
             if self.lr_drop < 1 and self.schedule == "adaptive" and not self.posterior_only:
                 raise ValueError("lr_drop < 1 needs a known number of grammar updates: set schedule "
                                  "fixed (the adaptive schedule decides its M-steps as it runs)")
-            if self.m_weights == "is" and self.local_search > 0:
-                raise ValueError("m_weights is needs the GFlowNet's own samples: set local_search "
+            if self.m_weights == "is" and self.ls_rounds > 0:
+                raise ValueError("m_weights is needs the GFlowNet's own samples: set ls_rounds "
                                  "to 0")
             if self.threshold_end > (self.threshold_start or 7.0):
                 raise ValueError(f"threshold_end {self.threshold_end} must not exceed threshold_start")
