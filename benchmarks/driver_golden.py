@@ -4,8 +4,8 @@ no number.
     python benchmarks/driver_golden.py --out DIR               # run every kind, write DIR/golden.json
     python benchmarks/driver_golden.py --out DIR --only dvae   # some kinds
     python benchmarks/driver_golden.py --compare A B           # the rows of two outputs, bitwise
-    python benchmarks/driver_golden.py --out DIR --partial     # also stop each kind half-way (a
-                                                               # checkpoint to resume from later)
+    python benchmarks/driver_golden.py --out DIR --partial     # also keep each run as if killed
+                                                               # after its last checkpoint but one
     python benchmarks/driver_golden.py --out DIR --resume-from OLD
         # copy OLD's half-way runs and resume them to the end with this checkout; their rows must
         # equal OLD's uninterrupted rows
@@ -62,9 +62,6 @@ KINDS = {
                 "--n-eval-samples", "1000", "--batch-size", "32", "--energy-hidden", "64",
                 "--steps", "40", "--log-every", "10", "--checkpoint-every", "20", "--seed", "1"],
 }
-# the step count of each half-way run (a checkpoint lies at it)
-HALF = {"hypergrid": 120, "hypergrid_subtb": 40, "sets": 40, "sequences": 40, "mixture": 80,
-        "grammar_marginal": 40, "grammar_gflownet": 20, "dvae": 20, "ebm": 20, "ebm_pcd": 20}
 
 
 def _gfnem(args, out, extra=()):
@@ -76,12 +73,6 @@ def _gfnem(args, out, extra=()):
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     return time.perf_counter() - t0
-
-
-def _steps_arg(args, steps):
-    args = list(args)
-    args[args.index("--steps") + 1] = str(steps)
-    return args
 
 
 def rows_of(run):
@@ -137,10 +128,13 @@ def main(argv=None):
         rows = rows_of(run)
         res["kinds"][name] = {"sha256": digest(rows), "rows": len(rows), "seconds": round(sec, 1)}
         print(f"{name:18s} {len(rows):4d} rows  {sec:6.1f} s  {digest(rows)[:16]}", flush=True)
-        if a.partial:
+        if a.partial:  # the run as if killed after its last checkpoint but one
             half = run + ".half"
             shutil.rmtree(half, ignore_errors=True)
-            _gfnem(_steps_arg(KINDS[name], HALF[name]), half)
+            shutil.copytree(run, half)
+            cks = sorted((int(d.split("_")[1]), d) for d in os.listdir(os.path.join(half, "checkpoint"))
+                         if d.startswith("step_"))
+            shutil.rmtree(os.path.join(half, "checkpoint", cks[-1][1]))
         if a.resume_from:
             src = os.path.join(a.resume_from, name + ".half")
             dst = run + ".resumed"

@@ -1,16 +1,87 @@
 """The ``gfnem`` command line: train, sample, bench.
 
 Flags come from the declared settings (``gfnem_jax.config``); the CLI is the only place that
-speaks of flags: library errors name settings, and ``config.flag_message`` turns those names into
+speaks of flags: library errors name settings, and ``flag_message`` turns those names into
 flags here. Bad settings fail before anything is written, with one line on stderr naming the flag,
 the value and what is allowed, and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
+from typing import Dict, Optional, Sequence, Tuple
+
+from gfnem_jax import config
+
+
+# -- flags from declared settings (gfnem_jax.config): the CLI's side of a declaration ---------
+
+def flag_name(f: dataclasses.Field, flags: Optional[Dict[str, str]] = None) -> str:
+    """The CLI flag of setting ``f``: ``flags[name]`` (the CLI's own spellings), else ``--`` + the
+    name with dashes, or ``--no-`` + it for a setting that is on by default."""
+    if flags and f.name in flags:
+        return flags[f.name]
+    dashed = f.name.replace("_", "-")
+    return "--no-" + dashed if f.default is True else "--" + dashed
+
+
+def add_settings(parser, cls: type, group: Optional[str] = None,
+                 exclude: Tuple[str, ...] = (), flags: Optional[Dict[str, str]] = None) -> None:
+    """Add one flag per CLI field of ``cls`` (type, default and help from the declaration);
+    ``flags``: the CLI's spelling of settings whose flag is not derived from the name."""
+    g = parser.add_argument_group(group) if group else parser
+    for f in dataclasses.fields(cls):
+        m = config.meta(f)
+        if not m.get("cli", True) or f.name in exclude:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        helptext = m.get("help", "").replace("%", "%%")  # argparse formats help with %
+        if m.get("choices"):
+            helptext += f" (one of: {', '.join(map(str, m['choices']))})"
+        names = [flag_name(f, flags)] + ["--" + old.replace("_", "-") for old in m.get("was", ())]
+        if isinstance(default, bool):
+            g.add_argument(*names, dest=f.name, action="store_false" if default else "store_true",
+                           help=helptext)
+            continue
+        typ = type(default) if default is not None else str
+        g.add_argument(*names, dest=f.name, type=typ, default=default,
+                       help=f"{helptext} (default {default})")
+
+
+def settings_from_args(cls: type, args, **overrides):
+    """Build ``cls`` from parsed CLI args (fields missing from args keep their defaults)."""
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def flag_message(msg: str, classes: Sequence[type] = (),
+                 flags: Optional[Dict[str, str]] = None) -> str:
+    """Turn setting names at the start of / inside an error message into CLI flags.
+
+    Only the CLI calls this: ``"batch_size must be >= 1"`` -> ``"--batch-size must be >= 1"``.
+    Names are taken from ``classes``' fields (spelled as ``flag_name(f, flags)``) and from
+    ``flags`` itself; any other ``snake_case`` word is left alone.
+    """
+    names = dict(flags or {})
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            names[f.name] = flag_name(f, flags)
+            for old in config.meta(f).get("was", ()):
+                names.setdefault(old, flag_name(f, flags))
+    if not names:
+        return msg
+
+    def sub(m):
+        w = m.group(0)
+        return names.get(w, w)
+
+    return re.sub(r"(?<![\w-])[a-z][a-z0-9_]*(?![\w-])", sub, msg)
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
@@ -26,7 +97,6 @@ FLAGS = {"keep_checkpoints": "--keep", "normalized": "--unnormalized",
 
 
 def _fail(msg: str, classes=()):
-    from gfnem_jax.config import flag_message
     sys.stderr.write(f"gfnem: error: {flag_message(msg, classes, FLAGS)}\n")
     sys.exit(2)
 
@@ -58,7 +128,7 @@ def _add_run_args(p, resume=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gfnem_jax import config, experiments
+    from gfnem_jax import experiments
     p = _Parser(prog="gfnem", description="GFlowNets and GFlowNet-EM in JAX.",
                 epilog=command_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -71,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in experiments.KINDS:
         mod = experiments.kind(name)
         kp = tasks.add_parser(name, help=mod.HELP, description=mod.HELP)
-        config.add_arguments(kp, mod.Settings, group=name, flags=FLAGS)
+        add_settings(kp, mod.Settings, group=name, flags=FLAGS)
         _add_run_args(kp)
         for cmd in getattr(mod, "COMMANDS", ()):
             cp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
@@ -160,12 +230,12 @@ def _train_run(args, classes, run):
 
 def _train(args):
     """``gfnem train KIND``: the kind's settings from the flags, its Experiment, the driver."""
-    from gfnem_jax import config, distributed, driver, experiments
+    from gfnem_jax import distributed, driver, experiments
     mod = experiments.kind(args.task)
     classes = (mod.Settings,)
 
     def make():
-        s = config.from_args(mod.Settings, args)
+        s = settings_from_args(mod.Settings, args)
         s.validate()
         s.check_processes(_process_count())
         if distributed.is_primary():  # before any work: nothing is written until the run starts

@@ -13,15 +13,15 @@ messages and ``config.json`` all come from that declaration::
     cfg.validate()                      # ValueError: "ndim must be >= 1, got 0"  (the setting's name)
     cfg.to_dict(); HyperGridSettings.from_dict(d)
 
-Library errors name the *setting* (``ndim``); only ``gfnem_jax.cli`` turns them into flag names
-(``--ndim``) with ``flag_message``. Numbers are checked to be finite unless a field allows inf.
+Library errors name the *setting* (``ndim``); only ``gfnem_jax.cli`` speaks of flags: it derives
+them from these declarations (``cli.add_settings``) and turns setting names in errors into flag
+names (``--ndim``, ``cli.flag_message``). Numbers are checked to be finite unless a field allows inf.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from typing import Any, Dict, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Any, Dict, Optional, Sequence, Type, TypeVar
 
 T = TypeVar("T", bound="Settings")
 
@@ -31,17 +31,18 @@ _META = "gfnem"
 def setting(default: Any, help: str, *, min: Optional[float] = None, max: Optional[float] = None,
             gt: Optional[float] = None, lt: Optional[float] = None,
             choices: Optional[Sequence[Any]] = None, was: Sequence[str] = (),
-            cli: bool = True, allow_inf: bool = False, flag: Optional[str] = None) -> Any:
+            cli: bool = True, allow_inf: bool = False) -> Any:
     """A dataclass field with CLI help and bounds (min/max inclusive, gt/lt strict).
 
     was: earlier names of the setting: a config.json saved under one still loads (and resumes),
-    and the CLI still takes its flag. cli=False keeps the setting out of the CLI. (``flag`` is
-    accepted for settings declared before the CLI owned its spellings; see ``cli.FLAGS``.)
+    and the CLI still takes its flag. cli=False keeps the setting out of the CLI. A setting's
+    flag is its name (``--no-`` + it when on by default); the CLI's own spellings are its
+    business (``cli.FLAGS``).
     """
-    meta = dict(help=help, min=min, max=max, gt=gt, lt=lt,
-                choices=tuple(choices) if choices is not None else None, flag=flag, cli=cli,
-                allow_inf=allow_inf, was=tuple(was))
-    return dataclasses.field(default=default, metadata={_META: meta})
+    m = dict(help=help, min=min, max=max, gt=gt, lt=lt,
+             choices=tuple(choices) if choices is not None else None, cli=cli,
+             allow_inf=allow_inf, was=tuple(was))
+    return dataclasses.field(default=default, metadata={_META: m})
 
 
 def retune(cls: type, name: str, default: Any, *, help: Optional[str] = None,
@@ -49,16 +50,17 @@ def retune(cls: type, name: str, default: Any, *, help: Optional[str] = None,
     """Setting ``name`` of settings group ``cls`` with a run kind's own default (and, optionally,
     its own help, narrower choices or bounds); everything else as the group declares it."""
     f = {g.name: g for g in dataclasses.fields(cls)}[name]
-    meta = dict(_meta(f))
+    m = dict(meta(f))
     if help is not None:
-        meta["help"] = help
+        m["help"] = help
     if choices is not None:
-        meta["choices"] = tuple(choices)
-    meta.update(bounds)
-    return dataclasses.field(default=default, metadata={_META: meta})
+        m["choices"] = tuple(choices)
+    m.update(bounds)
+    return dataclasses.field(default=default, metadata={_META: m})
 
 
-def _meta(f: dataclasses.Field) -> Dict[str, Any]:
+def meta(f: dataclasses.Field) -> Dict[str, Any]:
+    """A setting's declaration (help, bounds, choices, earlier names, cli)."""
     return f.metadata.get(_META, {"help": "", "cli": False})
 
 
@@ -87,7 +89,7 @@ class Settings:
     def validate(self) -> None:
         """Check every field's declared bounds, then ``check`` (cross-field rules)."""
         for f in dataclasses.fields(self):
-            check_value(f.name, getattr(self, f.name), _meta(f))
+            check_value(f.name, getattr(self, f.name), meta(f))
         self.check()
 
     def check(self) -> None:
@@ -116,7 +118,7 @@ class Settings:
         """``d`` with settings saved under an earlier name (``setting(was=...)``) renamed."""
         d = dict(d)
         for f in dataclasses.fields(cls):
-            for old in _meta(f).get("was", ()):
+            for old in meta(f).get("was", ()):
                 if old in d and f.name not in d:
                     d[f.name] = d.pop(old)
         return d
@@ -132,68 +134,3 @@ class Settings:
 
     def replace(self: T, **kw) -> T:
         return dataclasses.replace(self, **kw)
-
-
-def flag_name(f: dataclasses.Field, flags: Optional[Dict[str, str]] = None) -> str:
-    """The CLI flag of setting ``f``: ``flags[name]`` (the CLI's own spellings), else ``--`` + the
-    name with dashes, or ``--no-`` + it for a setting that is on by default."""
-    if flags and f.name in flags:
-        return flags[f.name]
-    if _meta(f).get("flag"):
-        return _meta(f)["flag"]
-    dashed = f.name.replace("_", "-")
-    return "--no-" + dashed if f.default is True else "--" + dashed
-
-
-def add_arguments(parser, cls: Type[Settings], group: Optional[str] = None,
-                  exclude: Tuple[str, ...] = (), flags: Optional[Dict[str, str]] = None) -> None:
-    """Add one flag per CLI field of ``cls`` (type, default and help from the declaration);
-    ``flags``: the CLI's spelling of settings whose flag is not derived from the name."""
-    g = parser.add_argument_group(group) if group else parser
-    for f in dataclasses.fields(cls):
-        m = _meta(f)
-        if not m.get("cli", True) or f.name in exclude:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        helptext = m.get("help", "").replace("%", "%%")  # argparse formats help with %
-        if m.get("choices"):
-            helptext += f" (one of: {', '.join(map(str, m['choices']))})"
-        names = [flag_name(f, flags)] + ["--" + old.replace("_", "-") for old in m.get("was", ())]
-        if isinstance(default, bool):
-            g.add_argument(*names, dest=f.name, action="store_false" if default else "store_true",
-                           help=helptext)
-            continue
-        typ = type(default) if default is not None else str
-        g.add_argument(*names, dest=f.name, type=typ, default=default,
-                       help=f"{helptext} (default {default})")
-
-
-def from_args(cls: Type[T], args, **overrides) -> T:
-    """Build ``cls`` from parsed CLI args (fields missing from args keep their defaults)."""
-    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    kw.update(overrides)
-    return cls(**kw)
-
-
-def flag_message(msg: str, classes: Sequence[Type[Settings]] = (),
-                 flags: Optional[Dict[str, str]] = None) -> str:
-    """Turn setting names at the start of / inside an error message into CLI flags.
-
-    Only the CLI calls this: ``"batch_size must be >= 1"`` -> ``"--batch-size must be >= 1"``.
-    Names are taken from ``classes``' fields (spelled as ``flag_name(f, flags)``) and from
-    ``flags`` itself; any other ``snake_case`` word is left alone.
-    """
-    names = dict(flags or {})
-    for cls in classes:
-        for f in dataclasses.fields(cls):
-            names[f.name] = flag_name(f, flags)
-            for old in _meta(f).get("was", ()):
-                names.setdefault(old, flag_name(f, flags))
-    if not names:
-        return msg
-
-    def sub(m):
-        w = m.group(0)
-        return names.get(w, w)
-
-    return re.sub(r"(?<![\w-])[a-z][a-z0-9_]*(?![\w-])", sub, msg)

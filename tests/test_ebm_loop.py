@@ -151,10 +151,9 @@ def test_settings_checks():
 def test_cli_flags_from_the_settings():
     """--loss / --lam / --alpha / --devices come from the declared settings (no CLI code)."""
     from gfnem_jax import cli
-    from gfnem_jax.config import from_args
     a = cli.build_parser().parse_args(["train", "ebm", "--loss", "subtb", "--lam", "0.5",
                                        "--alpha", "0.3", "--devices", "1", "--out", "x"])
-    s = from_args(ebm.EBMSettings, a)
+    s = cli.settings_from_args(ebm.EBMSettings, a)
     assert (s.loss, s.lam, s.alpha, s.devices) == ("subtb", 0.5, 0.3, 1)
     obj = ebgfn.make(s, 4).gfn.objective
     assert (obj.name, obj.lam) == ("subtb", 0.5)

@@ -233,11 +233,11 @@ def test_m_weights_is_refuses_local_search():
 def test_old_setting_names_still_load_and_take_their_flags():
     """sleep / local_search (the grammar's earlier spellings of sleep_prob / ls_rounds): a saved
     config.json with them loads, and their flags still parse."""
-    from gfnem_jax import cli, config
+    from gfnem_jax import cli
     s = GrammarSettings.from_config({"sleep": 0.25, "local_search": 3})
     assert (s.sleep_prob, s.ls_rounds) == (0.25, 3)
     a = cli.build_parser().parse_args(["train", "grammar", "--sleep", "0.5", "--local-search", "2",
                                        "--out", "x"])
-    s = config.from_args(GrammarSettings, a)
+    s = cli.settings_from_args(GrammarSettings, a)
     assert (s.sleep_prob, s.ls_rounds) == (0.5, 2)
-    assert "--sleep-prob" in config.flag_message("sleep must be <= 1", [GrammarSettings])
+    assert "--sleep-prob" in cli.flag_message("sleep must be <= 1", [GrammarSettings])

@@ -42,12 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import driver, objectives, run_dir
+from gfnem_jax import driver, run_dir
 from gfnem_jax import distributed as D
-from gfnem_jax.config import setting
+from gfnem_jax.config import retune, setting
 from gfnem_jax.experiments import Command
 from gfnem_jax.experiments import dvae_eval as ev
 from gfnem_jax.experiments.dvae_parts import Built, load_data, write_pngs
+from gfnem_jax.groups import ExplorationSettings, ObjectiveSettings
 from gfnem_jax.models.dvae import PRIORS
 
 NAME = "dvae"
@@ -57,7 +58,10 @@ EVAL_SUBSET = 256
 
 
 @dataclasses.dataclass(frozen=True)
-class DVAESettings(run_dir.CheckpointSettings):
+class DVAESettings(ExplorationSettings, ObjectiveSettings, run_dir.CheckpointSettings):
+    """Every setting of ``gfnem train dvae``: the objective and exploration groups
+    (``gfnem_jax.groups``) with the dVAE's defaults, and these."""
+
     method: str = setting("gflownet", "gflownet (GFlowNet-EM), greedy (M-step on the argmax code "
                           "grid), factorized (independent codes given x) or vqvae", choices=METHODS)
     codes: int = setting(8, "number of codes K", min=2)
@@ -69,8 +73,7 @@ class DVAESettings(run_dir.CheckpointSettings):
     e_steps: int = setting(400, "E-steps per cycle", min=1)
     m_steps: int = setting(400, "M-steps per cycle", min=1)
     sleep_prob: float = setting(0.3, "probability of a sleep-phase update after an E-step", min=0, max=1)
-    loss: str = setting("tb", "E-step objective", choices=tuple(sorted(objectives.OBJECTIVES)))
-    lam: float = setting(0.9, "SubTB lambda", gt=0)
+    loss: str = retune(ObjectiveSettings, "loss", "tb", help="E-step objective")
     loss_scale: float = setting(1 / 16, "E-step gradient multiplier (the paper scales TB by 1/16)", gt=0)
     logz: str = setting("scalar", "log Z: a scalar (the paper) or a function of x", choices=("scalar", "conditional"))
     prior: str = setting("uniform", "prior over codes", choices=PRIORS)
@@ -79,27 +82,25 @@ class DVAESettings(run_dir.CheckpointSettings):
     lr_m: float = setting(1e-3, "Adam learning rate of the decoder, embeddings and prior (and VQ-VAE)", gt=0)
     lr_drop: float = setting(0.1, "multiply every learning rate by this after lr_drop_at of the run", gt=0, max=1)
     lr_drop_at: float = setting(0.75, "fraction of the run after which learning rates drop", min=0, max=1)
-    temperature: float = setting(1.0, "E-step exploration: softmax temperature", gt=0)
-    epsilon: float = setting(0.05, "E-step exploration: uniform mixing", min=0, lt=1)
+    temperature: float = retune(ExplorationSettings, "temperature", 1.0,
+                                help="E-step exploration: softmax temperature")
+    epsilon: float = retune(ExplorationSettings, "epsilon", 0.05,
+                            help="E-step exploration: uniform mixing")
     channels: int = setting(32, "decoder / encoder CNN channels (the paper: 128)", min=1)
     embed_dim: int = setting(32, "code embedding size", min=1)
     hidden: int = setting(256, "encoder state-MLP width", min=1)
     n_test: int = setting(0, "held-out images used (0 = all)", min=0)
     log_every: int = setting(200, "steps per jitted chunk / metrics row", min=1)
     devices: int = setting(1, "split each batch over this many devices (of all processes)", min=1)
-    plot: bool = setting(True, "write reconstructions.png and prior_samples.png", flag="--no-plot")
+    plot: bool = setting(True, "write reconstructions.png and prior_samples.png")
 
     def check(self):
         if self.devices > 1:
             D.check_devices(self.devices, self.batch_size)
         if self.method != "vqvae":
-            objectives.get(self.loss, lam=self.lam).check_sampling(self.explore())
+            self.objective().check_sampling(self.explore())
         if self.method == "vqvae" and self.prior != "uniform":
             raise ValueError("prior must be uniform for method vqvae (its bound assumes it)")
-
-    def explore(self):
-        from gfnem_jax.sampling import Exploration
-        return Exploration(self.temperature, self.epsilon)
 
 
 def _settings(cfg) -> DVAESettings:

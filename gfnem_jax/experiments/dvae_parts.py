@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gfnem_jax import em, loop, objectives, run_dir
+from gfnem_jax import em, loop, run_dir
 from gfnem_jax import distributed as D
 from gfnem_jax.data.images import load
 from gfnem_jax.envs.sequence import SeqState, Sequence
@@ -83,7 +83,7 @@ def gflownet_updates(s, model: DVAE, env, policy, params, select_sleep: bool):
     """
     from gfnem_jax.gflownet import GFlowNet
     from gfnem_jax.sampling import forward_rollout
-    gfn = GFlowNet(env, policy, objectives.get(s.loss, lam=s.lam), s.explore())
+    gfn = GFlowNet(env, policy, s.objective(), s.explore())
     n_e, n_m = em.fixed_updates(s.steps, s.e_steps, s.m_steps)
     n_e = int(n_e * (1 + s.sleep_prob))
     labels = jax.tree.map(lambda m: "logz" if m else "policy", policy.log_z_mask(params))

@@ -13,8 +13,6 @@ a sampler update only; the environment's reward parameters ride in the loop stat
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import sys
 from typing import Any, Dict
 
