@@ -63,7 +63,7 @@ class EMConfig:
       m_batch: data points per M-step; 0 = the whole data set (in order).
       schedule: "fixed" (k=e_steps E-steps, then m=m_steps M-steps) or "adaptive".
       ema_decay, threshold_start, threshold_end, threshold_steps: the adaptive schedule (see the
-        module docstring); the keywords thr_start, thr_end, thr_steps are accepted for them.
+        module docstring).
       sleep_prob: probability of a sleep-phase update after each E-step (0 = off).
       sleep_batch: (x, z) pairs per sleep update (0 = e_batch).
       sleep_select: compute the sleep update after every E-step and keep it with probability
@@ -90,16 +90,6 @@ class EMConfig:
     ls_back: int = 1
     m_samples: int = 1
     m_weights: str = "uniform"
-    thr_start: dataclasses.InitVar[Optional[float]] = None  # old spellings, still accepted
-    thr_end: dataclasses.InitVar[Optional[float]] = None
-    thr_steps: dataclasses.InitVar[Optional[int]] = None
-
-    def __post_init__(self, thr_start, thr_end, thr_steps):
-        for name, v in (("threshold_start", thr_start), ("threshold_end", thr_end),
-                        ("threshold_steps", thr_steps)):
-            if v is not None:
-                object.__setattr__(self, name, v)
-
     def validate(self, n_data: int, max_steps: int, has_sampler: bool = True,
                  n_devices: int = 1) -> None:
         """Raise ValueError naming the setting, the value and what is allowed."""

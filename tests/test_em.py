@@ -185,12 +185,6 @@ def test_fixed_updates_counts_the_schedules_steps():
     assert [em.fixed_updates(n, 4, 4)[1] for n in (3, 4, 5, 8, 11, 12)] == [0, 0, 1, 4, 4, 4]
 
 
-def test_old_threshold_spellings_are_accepted():
-    old = em.EMConfig(thr_start=3.0, thr_end=0.5, thr_steps=7)
-    assert old == em.EMConfig(threshold_start=3.0, threshold_end=0.5, threshold_steps=7)
-    assert (old.loop_schedule().threshold_start, old.loop_schedule().threshold_steps) == (3.0, 7)
-
-
 def test_sleep_by_select_equals_sleep_by_branch():
     """``sleep_select`` (jnp.where, for XLA:CPU) takes the same sleep steps with the same result
     as the lax.cond branch."""

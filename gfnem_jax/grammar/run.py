@@ -64,8 +64,7 @@ def grammar_updates(s) -> int:
     GFlowNet-EM's fixed schedule the M-steps of ``steps`` (cycles of e_steps then m_steps)."""
     if s.method != "gflownet":
         return s.steps
-    full, rest = divmod(s.steps, s.e_steps + s.m_steps)
-    return full * s.m_steps + max(0, rest - s.e_steps)
+    return em.fixed_updates(s.steps, s.e_steps, s.m_steps)[1]
 
 
 def make_optimizer(s):
