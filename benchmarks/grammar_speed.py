@@ -3,16 +3,18 @@
 Batch of 32 synthetic sentences with PTB-like lengths (median 14, max 20; vocabulary 10,000),
 NT = 30 nonterminals, PT = 60 preterminals.
 
-E-step (one GFlowNet update): the bucketed sampling rollout (``parse_buckets.rollout``, P_F on
-K(t) = L - t0 root slots) + the differentiable evaluation and SubTB(lambda = 1) with log Z(x)
-+ its backward pass + an Adam update, one jitted function ("two"); or the one-pass variant
-("one", ``parse_buckets.estep_onepass``: the rollout itself is differentiable, no second pass).
+E-step (one GFlowNet update, through the library's ``GFlowNet`` with the ``grammar.rollout.Buckets``
+engine and forward-looking flows, as ``gfnem train grammar --method gflownet`` builds it): the
+bucketed sampling rollout (``GFlowNet.rollout``, P_F on K(t) = L - t0 root slots) + the
+differentiable evaluation and SubTB(lambda = 1) with log Z(x) (``GFlowNet.traj_loss``) + its
+backward pass + an Adam update, one jitted function ("two"); or the one-pass variant ("one",
+``GFlowNet(one_pass=True).rollout_terms``: the rollout itself is differentiable, no second pass).
 M-step: log p(x, z) of the sampled
-trees under the neural PCFG (``models.neural_grammar``, embedding 256) + its gradient + Adam.
+trees under the neural PCFG (``grammar.neural``, embedding 256) + its gradient + Adam.
 Compile time is timed separately; the steady state is the best of ``--repeats`` timings.
 FLOPs come from XLA's cost analysis of the compiled step; the matmul peak is measured here
 (float32 2048^3, best of 3). Padding waste = 1 - live root slots / processed root slots of the
-evaluation pass (``parse_buckets.padding_waste``).
+evaluation pass (``grammar.rollout.padding_waste``).
 
     python benchmarks/grammar_speed.py            # paper-size policy (6 x 512, 4 heads) + small
     python benchmarks/grammar_speed.py --quick    # small policy only
@@ -32,6 +34,7 @@ import numpy as np
 import optax
 
 from gfnem_jax import objectives
+from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.grammar.env import ParseTree, make_cond
 from gfnem_jax.grammar import rules as gm
 from gfnem_jax.grammar import rollout as pb
@@ -90,19 +93,21 @@ def bench_estep(policy, env, cond, n_buckets, repeats, mode="two", lam=1.0, pack
     tx = optax.adam(1e-4)
     opt = tx.init(params)
     g = gm.random_grammar(jax.random.PRNGKey(1), env.n_nt, 60, policy.vocab)
-    obj = objectives.subtb(lam=lam)
+    gfn = GFlowNet(env, policy, objectives.subtb(lam=lam), engine=pb.Buckets(n_buckets, pack),
+                   flow_offset=env.partial_log_reward, one_pass=mode == "one")
+    B = cond["length"].shape[0]
+
+    def one(p, key, cond):
+        terms, traj = gfn.rollout_terms(p, key, B, env.log_reward, g, cond)
+        return gfn.value(terms, traj), traj
 
     @jax.jit
     def step(params, opt, key, cond):
         if mode == "one":  # differentiable rollout: one policy pass per visited state
-            (loss, traj), grads = jax.value_and_grad(lambda p: pb.estep_onepass(
-                env, policy, obj, p, key, cond, env.log_reward, g, n_buckets=n_buckets,
-                grammar=g), has_aux=True)(params)
+            (loss, traj), grads = jax.value_and_grad(one, has_aux=True)(params, key, cond)
         else:  # sampling pass, then the differentiable evaluation pass
-            traj = pb.rollout(env, policy, params, key, cond, env.log_reward, g, n_buckets=n_buckets)
-            loss, grads = jax.value_and_grad(
-                lambda p: pb.estep_loss(env, policy, obj, p, traj, n_buckets, grammar=g,
-                                        pack=pack))(params)
+            traj = gfn.rollout(params, key, B, env.log_reward, g, cond)
+            loss, grads = jax.value_and_grad(lambda p: gfn.traj_loss(p, traj, g))(params)
         upd, opt = tx.update(grads, opt, params)
         return optax.apply_updates(params, upd), opt, loss, traj.terminal
 
@@ -172,9 +177,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--configs", nargs="+", default=["two:1", "two:20", "one:20"],
                     help="E-step variants MODE:N; MODE two = sampling pass + evaluation pass (N "
-                         "time buckets), one = differentiable rollout (parse_buckets.estep_onepass, "
-                         "N time buckets), pack = the sampling pass on 4 time buckets + "
-                         "parse_buckets.evaluate_packed in chunks of N states (`gfnem train grammar "
+                         "time buckets), one = differentiable rollout (GFlowNet(one_pass=True) "
+                         "with grammar.rollout.Buckets(N)), pack = the sampling pass on 4 time "
+                         "buckets + grammar.rollout.evaluate_packed in chunks of N states (`gfnem train grammar "
                          "--pack N`; two:4 is its default)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small policy only")

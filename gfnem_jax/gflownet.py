@@ -13,8 +13,9 @@ Two optional hooks specialise the bundle without copying it:
   engine        an object with ``rollout(env, policy, params, key, B, log_reward_fn, reward_params,
                 cond, explore, index_offset) -> Trajectories`` and ``evaluate(env, policy, params,
                 traj, ctx) -> Evaluation``: the training rollout and the differentiable pass (e.g.
-                ``models.parse_buckets.Buckets``, which shrinks the parse forest's root slots as
-                trees grow). None = ``gfnem_jax.sampling``. ``sample``/``sample_backward`` (local
+                ``grammar.rollout.Buckets``, which shrinks the parse forest's root slots as
+                trees grow; with ``one_pass`` its rollout also takes ``differentiable=True,
+                ctx=ctx``). None = ``gfnem_jax.sampling``. ``sample``/``sample_backward`` (local
                 search, sleep, decoding) always use the core's full pass.
   flow_offset   (reward_params, cond, state) -> float: a known part of log F(s) added to the
                 network's flow at every non-terminal state, so log F(s) = offset(s) + NN(s) (the
@@ -77,10 +78,9 @@ class GFlowNet:
             raise ValueError(f"objective must be an objectives.Objective (e.g. objectives.tb()), "
                              f"got {self.objective!r}")
         self.objective.check_sampling(self.explore)
-        if self.one_pass and (self.engine is not None or self.objective.edge_flows):
-            raise ValueError("one_pass needs the core rollout (engine=None) and an objective of "
-                             f"the trajectories' log-probabilities (not flow matching's edge "
-                             f"flows), got engine {self.engine!r} and objective "
+        if self.one_pass and self.objective.edge_flows:
+            raise ValueError("one_pass needs an objective of the trajectories' log-probabilities "
+                             f"(not flow matching's edge flows), got objective "
                              f"{self.objective.name!r}")
 
     # -- policy -------------------------------------------------------------------------------
@@ -172,9 +172,14 @@ class GFlowNet:
         ``traj``: no gradient."""
         B = batch_size
         ctx = encode_batch(self.policy, params, cond)
-        traj = forward_rollout(self.env, self.policy, params, key, B, log_reward_fn,
-                               reward_params, cond, self.explore, index_offset,
-                               differentiable=True, ctx=ctx)
+        if self.engine is not None:
+            traj = self.engine.rollout(self.env, self.policy, params, key, B, log_reward_fn,
+                                       reward_params, cond, self.explore, index_offset,
+                                       differentiable=True, ctx=ctx)
+        else:
+            traj = forward_rollout(self.env, self.policy, params, key, B, log_reward_fn,
+                                   reward_params, cond, self.explore, index_offset,
+                                   differentiable=True, ctx=ctx)
         lz = self._log_z_per_traj(params, ctx, B)
         ev = Evaluation(traj.log_pf, traj.log_pb, traj.log_flow)
         ev = self.with_flow_offset(ev, traj, reward_params)

@@ -22,6 +22,11 @@ Rollout values carry no gradient; ``evaluate`` recomputes log_pf, log_pb and log
 differentiably in one batched pass over all B*(T+1) states (or a ``differentiable`` forward
 rollout keeps the gradient of its own pass, and no second pass is needed).
 
+Every forward rollout steps through ``forward_step`` (the draw and the environment's step, given
+the state's forward logits) and every evaluation ends in ``evaluation_of`` (log-softmax over the
+legal actions, gathered, padded): the core's here and the parse-tree engine's
+(``gfnem_jax.grammar.rollout``, which shrinks the observation per time bucket) alike.
+
 The policy is any ``gfnem_jax.nets.policy.Policy``. Its ``encode_cond`` runs once per trajectory
 (vmapped over the batch), never once per state: each state's pass gets the encoded context.
 """
@@ -82,36 +87,59 @@ def _gather_time(tree, idx):
     return jax.tree.map(lambda a: a[idx], tree)
 
 
+class Step(NamedTuple):
+    """One forward step of one trajectory, 0 where padded (the trajectory had already ended)."""
+
+    state: Any           # the next state (the current one, repeated, once terminal)
+    action: jax.Array    # int32[] the forward action drawn
+    bwd_action: jax.Array  # int32[] the backward action undoing it
+    valid: jax.Array     # bool[] a real step
+    log_pf: jax.Array    # float[] log P_F(action | s) under the target policy
+    log_pi: jax.Array    # float[] its log-prob under the behaviour policy
+
+
+def forward_step(env: Environment, explore: Exploration, key, t, s, fwd_logits):
+    """Draw the step from state ``s`` at time t, given its forward logits [A]: the one step body
+    of every forward rollout (the core's below, the parse-tree engine's ``grammar.rollout``).
+
+    The draw (key fold_in(key, t)) uses the behaviour policy and carries no gradient; log P_F
+    keeps the gradient of ``fwd_logits``. Returns ``(s_next, b, step)``: ``s_next`` =
+    env.step(s, a) and ``b`` its backward action before padding (for a pass on the next state),
+    ``step`` the ``Step`` with padding applied.
+    """
+    done = env.is_terminal(s)
+    fmask = env.forward_mask(s)
+    logp = masked_log_softmax(fwd_logits, fmask)
+    logpi = behaviour_log_probs(jax.lax.stop_gradient(fwd_logits), fmask, explore)
+    a = jax.random.categorical(jax.random.fold_in(key, t), logpi).astype(jnp.int32)
+    s_next = env.step(s, a)
+    b = env.backward_action(s, a)
+    valid = ~done
+    kept = jax.tree.map(lambda n, o: jnp.where(valid, n, o), s_next, s)
+    zero = jnp.zeros((), logp.dtype)
+    return s_next, b, Step(kept, jnp.where(valid, a, 0), jnp.where(valid, b, 0), valid,
+                           jnp.where(valid, logp[a], zero), jnp.where(valid, logpi[a], zero))
+
+
 def _forward_one(env: Environment, apply_fn, params, explore, key, s0, ctx):
+    """One trajectory; the pass on s_{t+1} is carried to step t + 1 (T + 1 passes in all)."""
     T = env.max_steps
     out0 = apply_fn(params, env.observe(s0), ctx)
 
     def body(carry, t):
         s, out = carry
-        done = env.is_terminal(s)
-        fmask = env.forward_mask(s)
-        logp = masked_log_softmax(out.fwd_logits, fmask)
-        # the draw carries no gradient (differentiable rollouts: only log_pf, log_pb, log_flow do)
-        logpi = behaviour_log_probs(jax.lax.stop_gradient(out.fwd_logits), fmask, explore)
-        a = jax.random.categorical(jax.random.fold_in(key, t), logpi).astype(jnp.int32)
-        s_next = env.step(s, a)
-        b = env.backward_action(s, a)
+        s_next, b, y = forward_step(env, explore, key, t, s, out.fwd_logits)
         out_next = apply_fn(params, env.observe(s_next), ctx)
         logpb = masked_log_softmax(out_next.bwd_logits, env.backward_mask(s_next))[b]
-        valid = ~done
-        s_next = jax.tree.map(lambda n, o: jnp.where(valid, n, o), s_next, s)
-        out_next = jax.tree.map(lambda n, o: jnp.where(valid, n, o), out_next, out)
-        zero = jnp.zeros((), logp.dtype)
-        y = (s_next, jnp.where(valid, a, 0), jnp.where(valid, b, 0), valid,
-             jnp.where(valid, logp[a], zero), jnp.where(valid, logpb, zero),
-             jnp.where(valid, logpi[a], zero), jnp.where(valid, out_next.log_flow, zero))
-        return (s_next, out_next), y
+        out_next = jax.tree.map(lambda n, o: jnp.where(y.valid, n, o), out_next, out)
+        zero = jnp.zeros((), y.log_pf.dtype)
+        return (y.state, out_next), (y, jnp.where(y.valid, logpb, zero),
+                                     jnp.where(y.valid, out_next.log_flow, zero))
 
-    (_, _), (states, acts, bacts, mask, lpf, lpb, lpi, lflow) = jax.lax.scan(
-        body, (s0, out0), jnp.arange(T))
-    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a]), s0, states)
+    (_, _), (y, lpb, lflow) = jax.lax.scan(body, (s0, out0), jnp.arange(T))
+    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a]), s0, y.state)
     log_flow = jnp.concatenate([out0.log_flow[None], lflow])
-    return states, acts, bacts, mask, lpf, lpb, lpi, log_flow
+    return states, y.action, y.bwd_action, y.valid, y.log_pf, lpb, y.log_pi, log_flow
 
 
 def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: int,
@@ -234,6 +262,32 @@ class Evaluation(NamedTuple):
     log_flow: jax.Array  # [B, T+1]
 
 
+def visited(mask):
+    """bool[B, T+1] from the step mask bool[B, T]: the states a trajectory visits (s_0 and the
+    state after each real step)."""
+    return jnp.concatenate([jnp.ones((mask.shape[0], 1), bool), mask], axis=1)
+
+
+def padded_evaluation(log_pf, log_pb, log_flow, mask) -> Evaluation:
+    """The ``Evaluation`` of per-step log P_F, log P_B [B, T] and per-state log F [B, T+1], exactly
+    0 at padding (steps where ``mask`` bool[B, T] is False, states not ``visited``)."""
+    return Evaluation(jnp.where(mask, log_pf, 0.0), jnp.where(mask, log_pb, 0.0),
+                      jnp.where(visited(mask), log_flow, 0.0))
+
+
+def evaluation_of(env: Environment, out, traj: Trajectories) -> Evaluation:
+    """The ``Evaluation`` of ``traj`` from the policy's outputs on all its states (``out`` leaves
+    [B, T+1, ...]): the legal actions' log-softmax, gathered at the actions taken (log P_F from
+    s_t, log P_B from s_{t+1}), padded with zeros."""
+    fmask = jax.vmap(jax.vmap(env.forward_mask))(traj.states)
+    bmask = jax.vmap(jax.vmap(env.backward_mask))(traj.states)
+    logpf_all = masked_log_softmax(out.fwd_logits, fmask)
+    logpb_all = masked_log_softmax(out.bwd_logits, bmask)
+    lpf = jnp.take_along_axis(logpf_all[:, :-1], traj.actions[..., None], axis=-1)[..., 0]
+    lpb = jnp.take_along_axis(logpb_all[:, 1:], traj.bwd_actions[..., None], axis=-1)[..., 0]
+    return padded_evaluation(lpf, lpb, out.log_flow, traj.mask)
+
+
 def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
     """The policy on the B*(T+1) states (obs leaves [B, T+1, ...]; ctx leaves [B, ...]).
 
@@ -291,18 +345,8 @@ def evaluate(env: Environment, policy: Policy, params, traj: Trajectories,
     ctx: the encoded conditions if the caller already has them (differentiable in params), else
       they are encoded here.
     """
-    B, T = traj.actions.shape
+    T = traj.actions.shape[1]
     obs = jax.vmap(jax.vmap(env.observe))(traj.states)
-    fmask = jax.vmap(jax.vmap(env.forward_mask))(traj.states)
-    bmask = jax.vmap(jax.vmap(env.backward_mask))(traj.states)
     if ctx is None:
         ctx = encode_batch(policy, params, traj.cond)
-    out = _apply_all(policy, params, obs, ctx, traj.lengths, T, buckets)
-    logpf_all = masked_log_softmax(out.fwd_logits, fmask)
-    logpb_all = masked_log_softmax(out.bwd_logits, bmask)
-    lpf = jnp.take_along_axis(logpf_all[:, :-1], traj.actions[..., None], axis=-1)[..., 0]
-    lpb = jnp.take_along_axis(logpb_all[:, 1:], traj.bwd_actions[..., None], axis=-1)[..., 0]
-    m = traj.mask
-    flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), m], axis=1)
-    return Evaluation(jnp.where(m, lpf, 0.0), jnp.where(m, lpb, 0.0),
-                      jnp.where(flow_mask, out.log_flow, 0.0))
+    return evaluation_of(env, _apply_all(policy, params, obs, ctx, traj.lengths, T, buckets), traj)

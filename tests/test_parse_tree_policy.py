@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from gfnem_jax import objectives, sampling
+from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.grammar.env import ParseTree, make_cond
-from gfnem_jax.grammar import rules as gm
 from gfnem_jax.grammar import rollout as pb
 from gfnem_jax.grammar.policy import ParsePolicy, shrink
 
@@ -100,8 +100,8 @@ def test_encode_cond_runs_once_per_trajectory_not_per_state(params):
     traj = jax.eval_shape(lambda p, k, c: pb.rollout(ENV, pol, p, k, c, n_buckets=2),
                           params, jax.random.PRNGKey(2), cond)
     assert _CALLS["encode"] == 1 and _CALLS["apply"] == 2  # one trace per time bucket
-    loss = jax.eval_shape(lambda p, t: pb.estep_loss(ENV, pol, objectives.subtb(lam=1.0), p, t, 2),
-                          params, traj)
+    gfn = GFlowNet(ENV, pol, objectives.subtb(lam=1.0), engine=pb.Buckets(2))
+    loss = jax.eval_shape(gfn.traj_loss, params, traj)
     # the loss: one vmapped encode shared by the evaluation and log Z
     assert _CALLS["encode"] == 2 and loss.shape == ()
     # encode_batch vmaps the encoder over the batch axis only: it sees one sentence [L]

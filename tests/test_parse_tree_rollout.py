@@ -1,4 +1,5 @@
-"""Bucketed parse-tree rollout and evaluation; the E-step losses (two-pass and one-pass)."""
+"""Bucketed parse-tree rollout and evaluation (``grammar.rollout``); the E-step through the
+library's ``GFlowNet`` with the ``Buckets`` engine (two passes, one differentiable pass, packed)."""
 import dataclasses
 
 import jax
@@ -7,10 +8,11 @@ import numpy as np
 import pytest
 
 from gfnem_jax import objectives, sampling
+from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.grammar.env import ParseTree, make_cond
 from gfnem_jax.grammar import rules as gm
 from gfnem_jax.grammar import rollout as pb
-from gfnem_jax.grammar.policy import ParsePolicy, shrink
+from gfnem_jax.grammar.policy import ParsePolicy
 
 L, NT, V = 5, 2, 11
 ENV = ParseTree(L, NT)
@@ -23,6 +25,13 @@ CORE_EVAL = jax.jit(sampling.evaluate, static_argnums=(0, 1))
 
 
 ROLLOUT = jax.jit(lambda p, k, c: pb.rollout(ENV, POL, p, k, c, n_buckets=2))
+
+
+def estep_gfn(n_buckets=2, pack=0, one_pass=False, pol=POL):
+    """The grammar E-step's GFlowNet (as ``grammar.gfn_em.build`` makes it): SubTB(1), the
+    ``Buckets`` engine, forward-looking flows from the grammar (the reward parameters)."""
+    return GFlowNet(ENV, pol, objectives.subtb(lam=1.0), engine=pb.Buckets(n_buckets, pack),
+                    flow_offset=ENV.partial_log_reward, one_pass=one_pass)
 
 
 def batch(sents):
@@ -68,13 +77,12 @@ def test_estep_gradient_and_forward_looking_flows(params, traj):
     g = gm.random_grammar(jax.random.PRNGKey(5), NT, 2, V)
     lr = jax.vmap(lambda c, s: ENV.log_reward(g, c, s))(traj.cond, traj.terminal)
     tr = traj._replace(log_reward=lr)
-    obj = objectives.subtb(lam=1.0)
-    loss, grads = jax.jit(jax.value_and_grad(
-        lambda p: pb.estep_loss(ENV, POL, obj, p, tr, n_buckets=2, grammar=g)))(params)
+    gfn = estep_gfn()
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: gfn.traj_loss(p, tr, g)))(params)
     assert np.isfinite(float(loss))
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(grads))
     ev = EVAL(ENV, POL, params, tr, 2)
-    fl = jax.jit(pb.forward_looking, static_argnums=0)(ENV, g, tr, ev)
+    fl = jax.jit(gfn.with_flow_offset)(ev, tr, g)
     # the added term is 0 at s_0 and log p(x, z) at the terminal state of each trajectory
     d = np.asarray(fl.log_flow - ev.log_flow)
     np.testing.assert_allclose(d[:, 0], 0.0, atol=1e-6)
@@ -85,25 +93,38 @@ def test_estep_gradient_and_forward_looking_flows(params, traj):
 
 
 def test_one_pass_estep_equals_rollout_then_evaluation(params):
-    """Same key -> same trajectories; same loss and gradient as rollout + estep_loss."""
+    """The bucketed differentiable rollout (``one_pass``): the same trajectories, loss and
+    gradient as the bucketed rollout + evaluation, and as the core's one-pass rollout (full
+    observation, T + 1 passes) on the same key."""
     g = gm.random_grammar(jax.random.PRNGKey(5), NT, 2, V)
-    obj = objectives.subtb(lam=1.0)
     cond, key = batch(SENTS), jax.random.PRNGKey(4)
+    B = len(SENTS)
+
+    def one(gfn):
+        def f(q):
+            t, tr = gfn.rollout_terms(q, key, B, ENV.log_reward, g, cond)
+            return gfn.value(t, tr), tr
+        return f
 
     @jax.jit
     def both(p):
-        one = jax.value_and_grad(lambda q: pb.estep_onepass(
-            ENV, POL, obj, q, key, cond, ENV.log_reward, g, n_buckets=2, grammar=g), has_aux=True)(p)
-        tr = pb.rollout(ENV, POL, p, key, cond, ENV.log_reward, g, n_buckets=2)
-        two = jax.value_and_grad(lambda q: pb.estep_loss(ENV, POL, obj, q, tr, 2, grammar=g))(p)
-        return one, two, tr
+        gfn = estep_gfn()
+        tr = gfn.rollout(p, key, B, ENV.log_reward, g, cond)
+        two = jax.value_and_grad(lambda q: gfn.traj_loss(q, tr, g))(p)
+        core = dataclasses.replace(gfn, engine=None, one_pass=True)
+        return (jax.value_and_grad(one(estep_gfn(one_pass=True)), has_aux=True)(p), two, tr,
+                jax.value_and_grad(one(core), has_aux=True)(p))
 
-    ((l1, tr1), g1), (l2, g2), tr2 = both(params)
-    assert np.array_equal(np.asarray(tr1.actions), np.asarray(tr2.actions))
-    np.testing.assert_allclose(tr1.log_reward, tr2.log_reward, rtol=1e-6)
-    np.testing.assert_allclose(l1, l2, rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    ((l1, tr1), g1), (l2, g2), tr2, ((l3, tr3), g3) = both(params)
+    for tr in (tr1, tr3):
+        assert np.array_equal(np.asarray(tr.actions), np.asarray(tr2.actions))
+        np.testing.assert_allclose(tr.log_reward, tr2.log_reward, rtol=1e-6)
+    np.testing.assert_allclose(tr1.log_pf, tr3.log_pf, atol=2e-5)
+    np.testing.assert_allclose(tr1.log_pb, tr3.log_pb, atol=2e-5)
+    for l, gr in ((l1, g1), (l3, g3)):
+        np.testing.assert_allclose(l, l2, rtol=1e-4)
+        for a, b in zip(jax.tree.leaves(gr), jax.tree.leaves(g2)):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk,step", [(4, 1), (3, 2), (64, 4)])
@@ -128,12 +149,10 @@ def test_packed_estep_has_the_same_loss_and_gradient(params, traj):
     g = gm.random_grammar(jax.random.PRNGKey(5), NT, 2, V)
     lr = jax.vmap(lambda c, s: ENV.log_reward(g, c, s))(traj.cond, traj.terminal)
     tr = traj._replace(log_reward=lr)
-    obj = objectives.subtb(lam=1.0)
 
     @jax.jit
     def both(p):
-        f = lambda pack: jax.value_and_grad(
-            lambda q: pb.estep_loss(ENV, POL, obj, q, tr, 2, grammar=g, pack=pack))(p)
+        f = lambda pack: jax.value_and_grad(lambda q: estep_gfn(2, pack).traj_loss(q, tr, g))(p)
         return f(0), f(4)
 
     (l1, g1), (l2, g2) = both(params)

@@ -9,8 +9,10 @@ unshrunk computation (K = L throughout); ``n_buckets = L`` gives K(t) = L - t ex
 
 Outputs have the core's types (``gfnem_jax.sampling.Trajectories`` / ``Evaluation``) and its
 conventions: per-sample keys fold_in(key, index_offset + i), per-step keys fold_in(sample_key, t),
-padded steps 0, the terminal state repeated after termination. The differentiable pass
-(``evaluate``) encodes each sentence once and reuses the context for all its states.
+padded steps 0, the terminal state repeated after termination; each step is the core's
+``sampling.forward_step`` after the policy pass on the shrunk observation. The differentiable pass
+(``evaluate``, or the rollout itself with ``differentiable=True``) encodes each sentence once and
+reuses the context for all its states.
 
 Padding waste (``padding_waste``): the fraction of processed root slots that are not live roots
 of a real state (slots beyond r, and states after termination).
@@ -18,7 +20,6 @@ of a real state (slots beyond r, and states after termination).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +28,8 @@ from gfnem_jax.envs.base import masked_log_softmax
 from gfnem_jax.grammar.env import ParseTree
 from gfnem_jax.grammar.policy import ParsePolicy, shrink
 from gfnem_jax.nets.policy import encode_batch
-from gfnem_jax.sampling import (Evaluation, Exploration, Trajectories, behaviour_log_probs,
-                                sample_keys)
+from gfnem_jax.sampling import (Evaluation, Exploration, Trajectories, evaluation_of,
+                                forward_step, padded_evaluation, sample_keys, visited)
 
 
 def time_buckets(max_len: int, n_buckets: int):
@@ -63,24 +64,26 @@ def packed_slot_cost(lengths, max_len: int, chunk: int, step: int = 4) -> int:
     return sum(chunk * next(K for K in sizes if K >= rs[i]) for i in range(0, len(rs), chunk))
 
 
-def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, key, s0, ctx):
+def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, differentiable,
+                 key, s0, ctx):
+    """One trajectory: at step t one policy pass on s_t's K(t) root slots, then the core's step
+    (``sampling.forward_step``). The sampling pass (``apply_forward``) gives log P_F and log pi
+    only; the ``differentiable`` one (``apply``) also log P_B of step t - 1 and log F(s_t) from
+    the same pass, so each state s_t (t < T) gets exactly one pass. s_T has one root: P_B = 1
+    there and its F is the reward's (set by the objectives), so it needs none.
+    Returns states (leaves [T+1, ...]), actions, bwd_actions, mask, log_pf, log_pb, log_pi [T],
+    log_flow [T+1] (log_pb and log_flow 0 for the sampling pass)."""
     T = env.max_steps
+    apply = policy.apply if differentiable else policy.apply_forward
 
     def run_bucket(s, t0, t1, K):
         def body(s, t):
-            done = env.is_terminal(s)
-            out = policy.apply_forward(params, shrink(env.observe(s), K), ctx)
-            fmask = env.forward_mask(s)
-            logp = masked_log_softmax(out.fwd_logits, fmask)
-            logpi = behaviour_log_probs(out.fwd_logits, fmask, explore)
-            a = jax.random.categorical(jax.random.fold_in(key, t), logpi).astype(jnp.int32)
-            nxt = env.step(s, a)
-            valid = ~done
-            nxt = jax.tree.map(lambda n, o: jnp.where(valid, n, o), nxt, s)
-            b = env.backward_action(s, a)
-            zero = jnp.zeros((), logp.dtype)
-            return nxt, (nxt, jnp.where(valid, a, 0), jnp.where(valid, b, 0), valid,
-                         jnp.where(valid, logp[a], zero), jnp.where(valid, logpi[a], zero))
+            out = apply(params, shrink(env.observe(s), K), ctx)
+            _, _, y = forward_step(env, explore, key, t, s, out.fwd_logits)
+            if not differentiable:
+                return y.state, (y,)
+            return y.state, (y, masked_log_softmax(out.bwd_logits, env.backward_mask(s)),
+                             out.log_flow)
         return jax.lax.scan(body, s, jnp.arange(t0, t1))
 
     s, ys = s0, []
@@ -89,38 +92,56 @@ def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, 
         if t1 > t0:
             s, y = run_bucket(s, t0, t1, K)
             ys.append(y)
-    states, acts, bacts, mask, lpf, lpi = jax.tree.map(lambda *a: jnp.concatenate(a), *ys)
-    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a]), s0, states)
-    return states, acts, bacts, mask, lpf, lpi
+    y, *passes = jax.tree.map(lambda *a: jnp.concatenate(a), *ys)
+    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a]), s0, y.state)
+    if not differentiable:
+        lpb, flow = jnp.zeros_like(y.log_pf), jnp.zeros((T + 1,), y.log_pf.dtype)
+    else:
+        lpb_all, flow = passes
+        # log P_B(s_t | s_{t+1}) from the pass on s_{t+1}; s_T is terminal (one root: P_B = 1)
+        nxt_lpb = jnp.concatenate([lpb_all[1:], jnp.zeros_like(lpb_all[:1])])
+        lpb = jnp.where(y.valid, jnp.take_along_axis(nxt_lpb, y.bwd_action[:, None], axis=1)[:, 0],
+                        0.0)
+        flow = jnp.concatenate([flow, jnp.zeros_like(flow[:1])])  # F(s_T): R, set by the loss
+    return states, y.action, y.bwd_action, y.valid, y.log_pf, lpb, y.log_pi, flow
 
 
 def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_fn=None,
             reward_params=None, explore: Exploration = Exploration(), n_buckets: int = 4,
-            index_offset=0) -> Trajectories:
+            index_offset=0, differentiable: bool = False, ctx=None) -> Trajectories:
     """Sample one trajectory per sentence (cond leaves [B, ...]) with the behaviour policy.
 
     The sampling pass (``policy.apply_forward``) on K(t) root slots; log_pf is the target
     policy's log-prob of each step, log_pi the behaviour's; log_pb and log_flow are zeros (fill
     them with ``evaluate``). log_reward from ``log_reward_fn(reward_params, cond, state)`` if
-    given (e.g. ``env.log_reward`` with the grammar), else zeros. No gradient flows.
+    given (e.g. ``env.log_reward`` with the grammar), else zeros.
+
+    differentiable: the full pass instead, once per visited state s_t (t < T); log_pf, log_pb and
+      log_flow [B, T+1] (0 at s_T and padding) keep the gradient in ``params`` (the draws, log_pi
+      and log_reward do not): the values ``evaluate`` gives without its second pass
+      (``GFlowNet(..., one_pass=True).rollout_terms``). Otherwise no gradient flows.
+    ctx: the encoded sentences (``encode_batch``) if the caller has them, else encoded here.
     """
-    params = jax.lax.stop_gradient(params)
+    if not differentiable:
+        params = jax.lax.stop_gradient(params)
     B = cond["length"].shape[0]
     keys = sample_keys(key, B, index_offset)
-    ctx = encode_batch(policy, params, cond)
+    if ctx is None:
+        ctx = encode_batch(policy, params, cond)
     s0 = jax.vmap(env.init)(cond)
     buckets = time_buckets(env.max_len, n_buckets)
-    f = lambda k, s, c: _forward_one(env, policy, params, explore, buckets, k, s, c)
-    states, acts, bacts, mask, lpf, lpi = jax.vmap(f)(keys, s0, ctx)
+    f = lambda k, s, c: _forward_one(env, policy, params, explore, buckets, differentiable, k, s, c)
+    states, acts, bacts, mask, lpf, lpb, lpi, flow = jax.vmap(f)(keys, s0, ctx)
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     terminal = jax.tree.map(lambda a: a[:, -1], states)
     if log_reward_fn is None:
         log_reward = jnp.zeros((B,), lpf.dtype)
     else:
         log_reward = jax.vmap(lambda c, s: log_reward_fn(reward_params, c, s))(cond, terminal)
-    zeros_flow = jnp.zeros(mask.shape[:1] + (mask.shape[1] + 1,), lpf.dtype)
-    return Trajectories(states, acts, bacts, mask, lpf, jnp.zeros_like(lpf), lpi, zeros_flow,
-                        lengths, terminal, log_reward, cond)
+    if differentiable:
+        flow = jnp.where(visited(mask), flow, 0.0)
+    return Trajectories(states, acts, bacts, mask, lpf, lpb, lpi, flow, lengths, terminal,
+                        log_reward, cond)
 
 
 def evaluate(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
@@ -130,7 +151,6 @@ def evaluate(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
     One batched pass per time bucket over the B states of its times, each on K root slots;
     ``ctx`` (the encoded sentences, ``encode_batch``) is computed here when not given.
     """
-    B, T = traj.actions.shape
     if ctx is None:
         ctx = encode_batch(policy, params, traj.cond)
     obs = jax.vmap(jax.vmap(env.observe))(traj.states)
@@ -139,17 +159,7 @@ def evaluate(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
     for t0, t1, K in time_buckets(env.max_len, n_buckets):
         seg = jax.tree.map(lambda a: a[:, t0:t1], shrink(obs, K))
         outs.append(per_traj(seg, ctx))
-    out = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs)
-    fmask = jax.vmap(jax.vmap(env.forward_mask))(traj.states)
-    bmask = jax.vmap(jax.vmap(env.backward_mask))(traj.states)
-    logpf_all = masked_log_softmax(out.fwd_logits, fmask)
-    logpb_all = masked_log_softmax(out.bwd_logits, bmask)
-    lpf = jnp.take_along_axis(logpf_all[:, :-1], traj.actions[..., None], axis=-1)[..., 0]
-    lpb = jnp.take_along_axis(logpb_all[:, 1:], traj.bwd_actions[..., None], axis=-1)[..., 0]
-    m = traj.mask
-    flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), m], axis=1)
-    return Evaluation(jnp.where(m, lpf, 0.0), jnp.where(m, lpb, 0.0),
-                      jnp.where(flow_mask, out.log_flow, 0.0))
+    return evaluation_of(env, jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs), traj)
 
 
 def pack_sizes(max_len: int, step: int = 4):
@@ -225,37 +235,7 @@ def evaluate_packed(env: ParseTree, policy: ParsePolicy, params, traj: Trajector
     vals = jax.lax.map(run, order.reshape(n_chunks, chunk))
     vals = jnp.zeros((N + 1, 3), vals.dtype).at[order].add(vals.reshape(-1, 3))[:N]
     vals = jnp.where((r > 0)[:, None], vals, 0.0).reshape(B, S, 3)
-    m = traj.mask
-    flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), m], axis=1)
-    return Evaluation(jnp.where(m, vals[:, :-1, 0], 0.0), jnp.where(m, vals[:, 1:, 1], 0.0),
-                      jnp.where(flow_mask, vals[..., 2], 0.0))
-
-
-def forward_looking(env: ParseTree, grammar, traj: Trajectories, ev: Evaluation) -> Evaluation:
-    """ev with log F(s_t) += g(s_t) (``env.partial_log_reward``: rules fixed so far), the
-    forward-looking flow of issue 9; g carries no gradient to the policy (it is the grammar's)."""
-    g = jax.vmap(lambda c, st: jax.vmap(lambda s: env.partial_log_reward(grammar, c, s))(st))(
-        traj.cond, traj.states)
-    B = traj.actions.shape[0]
-    flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), traj.mask], axis=1)
-    return ev._replace(log_flow=ev.log_flow + jnp.where(flow_mask, g, 0.0))
-
-
-def estep_loss(env: ParseTree, policy: ParsePolicy, objective, params, traj: Trajectories,
-               n_buckets: int = 4, grammar: Optional[dict] = None, pack: int = 0) -> jax.Array:
-    """The E-step objective of ``traj`` (e.g. ``objectives.subtb(lam=1.0)``), differentiable in
-    ``params``: sentences encoded once, bucketed evaluation (``evaluate_packed`` in chunks of
-    ``pack`` states when pack > 0), log Z(x) per sentence, and the forward-looking flow term
-    when ``grammar`` is given."""
-    ctx = encode_batch(policy, params, traj.cond)
-    if pack:
-        ev = evaluate_packed(env, policy, params, traj, pack, ctx=ctx)
-    else:
-        ev = evaluate(env, policy, params, traj, n_buckets, ctx)
-    if grammar is not None:
-        ev = forward_looking(env, jax.lax.stop_gradient(grammar), traj, ev)
-    log_z = jax.vmap(policy.log_z, (None, 0))(params, ctx)
-    return objective(ev, traj, log_z)
+    return padded_evaluation(vals[:, :-1, 0], vals[:, 1:, 1], vals[..., 2], traj.mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,89 +244,20 @@ class Buckets:
     (``GFlowNet(env, policy, objective, engine=Buckets(4))``): its training rollout is
     ``rollout`` and its differentiable pass ``evaluate`` with ``n_buckets`` time buckets, or
     ``evaluate_packed`` in chunks of ``pack`` states when pack > 0 (same values, fewer FLOPs when
-    sentence lengths differ)."""
+    sentence lengths differ). With ``GFlowNet(..., one_pass=True)`` the rollout itself is
+    differentiated (``rollout(..., differentiable=True)``) and there is no second pass."""
 
     n_buckets: int = 4
     pack: int = 0
 
     def rollout(self, env, policy, params, key, batch_size, log_reward_fn, reward_params, cond,
-                explore, index_offset):
+                explore, index_offset, differentiable=False, ctx=None):
         if cond is None or cond["length"].shape[0] != batch_size:
             raise ValueError("Buckets.rollout needs one sentence (cond row) per trajectory")
         return rollout(env, policy, params, key, cond, log_reward_fn, reward_params, explore,
-                       self.n_buckets, index_offset)
+                       self.n_buckets, index_offset, differentiable, ctx)
 
     def evaluate(self, env, policy, params, traj, ctx):
         if self.pack:
             return evaluate_packed(env, policy, params, traj, self.pack, ctx=ctx)
         return evaluate(env, policy, params, traj, self.n_buckets, ctx)
-
-
-def _onepass_one(env, policy, params, explore, buckets, key, s0, ctx):
-    """One differentiable rollout: each state s_t (t < T) gets one full policy pass."""
-    T = env.max_steps
-
-    def run_bucket(s, t0, t1, K):
-        def body(s, t):
-            done = env.is_terminal(s)
-            out = policy.apply(params, shrink(env.observe(s), K), ctx)
-            fmask = env.forward_mask(s)
-            logp = masked_log_softmax(out.fwd_logits, fmask)
-            logpi = behaviour_log_probs(jax.lax.stop_gradient(out.fwd_logits), fmask, explore)
-            a = jax.random.categorical(jax.random.fold_in(key, t), logpi).astype(jnp.int32)
-            lpb_here = masked_log_softmax(out.bwd_logits, env.backward_mask(s))
-            nxt = env.step(s, a)
-            valid = ~done
-            nxt = jax.tree.map(lambda n, o: jnp.where(valid, n, o), nxt, s)
-            b = jnp.where(valid, env.backward_action(s, a), 0)
-            zero = jnp.zeros((), logp.dtype)
-            return nxt, (nxt, jnp.where(valid, a, 0), b, valid, jnp.where(valid, logp[a], zero),
-                         jnp.where(valid, logpi[a], zero), lpb_here, out.log_flow)
-        return jax.lax.scan(body, s, jnp.arange(t0, t1))
-
-    s, ys = s0, []
-    for t0, t1, K in buckets:
-        t1 = min(t1, T)
-        if t1 > t0:
-            s, y = run_bucket(s, t0, t1, K)
-            ys.append(y)
-    states, acts, bacts, mask, lpf, lpi, lpb_all, flow = jax.tree.map(
-        lambda *a: jnp.concatenate(a), *ys)
-    # log P_B(s_t | s_{t+1}) from the pass on s_{t+1}; s_T is terminal (one root: P_B = 1)
-    nxt_lpb = jnp.concatenate([lpb_all[1:], jnp.zeros_like(lpb_all[:1])])
-    lpb = jnp.where(mask, jnp.take_along_axis(nxt_lpb, bacts[:, None], axis=1)[:, 0], 0.0)
-    flow = jnp.concatenate([flow, jnp.zeros_like(flow[:1])])  # F(s_T) is set to R by the loss
-    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a]), s0, states)
-    return states, acts, bacts, mask, lpf, lpb, lpi, flow
-
-
-def estep_onepass(env: ParseTree, policy: ParsePolicy, objective, params, key, cond,
-                  log_reward_fn, reward_params=None, explore: Exploration = Exploration(),
-                  n_buckets: int = 4, grammar: Optional[dict] = None, index_offset=0):
-    """(loss, traj): the E-step objective on a batch sampled by a DIFFERENTIABLE rollout.
-
-    Each visited state gets exactly one full policy pass, during sampling: log P_F of the sampled
-    action, log P_B of the previous step and log F come from it (gradients flow through them,
-    not through the sampled actions), so there is no second evaluation pass. Cost: T passes +
-    their backward (about 3 units) instead of T sampling passes + T+1 evaluation passes + their
-    backward (about 4 units). Same trajectories and loss as ``rollout`` + ``estep_loss``.
-    """
-    B = cond["length"].shape[0]
-    keys = sample_keys(key, B, index_offset)
-    ctx = encode_batch(policy, params, cond)
-    s0 = jax.vmap(env.init)(cond)
-    buckets = time_buckets(env.max_len, n_buckets)
-    f = lambda k, s, c: _onepass_one(env, policy, params, explore, buckets, k, s, c)
-    states, acts, bacts, mask, lpf, lpb, lpi, flow = jax.vmap(f)(keys, s0, ctx)
-    lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
-    terminal = jax.tree.map(lambda a: a[:, -1], states)
-    log_reward = jax.vmap(lambda c, s: log_reward_fn(reward_params, c, s))(cond, terminal)
-    flow_mask = jnp.concatenate([jnp.ones((B, 1), bool), mask], axis=1)
-    ev = Evaluation(lpf, lpb, jnp.where(flow_mask, flow, 0.0))
-    sg = jax.lax.stop_gradient
-    traj = Trajectories(states, acts, bacts, mask, sg(lpf), sg(lpb), lpi, sg(ev.log_flow), lengths,
-                        terminal, sg(log_reward), cond)
-    if grammar is not None:
-        ev = forward_looking(env, sg(grammar), traj, ev)
-    log_z = jax.vmap(policy.log_z, (None, 0))(params, ctx)
-    return objective(ev, traj, log_z), traj
