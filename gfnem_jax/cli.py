@@ -213,7 +213,7 @@ def _train_run(args, classes, run):
     with exit 1, a bad setting or input with one line and exit 2. With several processes only
     process 0 checks and prepares --out."""
     from gfnem_jax import distributed
-    from gfnem_jax.loop import NonFiniteLoss
+    from gfnem_jax.host_loop import NonFiniteLoss
     if distributed.is_primary() and not args.resume:
         _clear_for_overwrite(args)
     if distributed.process_count() > 1:

@@ -8,7 +8,7 @@ A run kind (a module of ``gfnem_jax.experiments``, registered once in
 everything else, once for every kind:
 
     check the resume -> restore the newest checkpoint -> check the steps -> write config.json and
-    the kind's input files -> pick the chunk -> checkpoints + metrics.jsonl -> ``loop.host_loop``
+    the kind's input files -> pick the chunk -> checkpoints + metrics.jsonl -> ``host_loop.host_loop``
     (progress, Ctrl-C, the non-finite stop, multi-process) -> the last checkpoint -> the kind's
     summary files
 
@@ -20,7 +20,7 @@ import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from gfnem_jax import checkpoint, distributed as D, loop, run_dir
+from gfnem_jax import checkpoint, distributed as D, host_loop, run_dir
 
 Row = Dict[str, Any]
 
@@ -134,7 +134,7 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
             for r in rows:
                 log.write(r)
 
-        state = loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=exp.data_fn,
+        state = host_loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=exp.data_fn,
                                summarize=summarize, evaluate=exp.evaluate, on_log=on_log,
                                progress=progress, desc=exp.name, postfix=tuple(exp.postfix),
                                wall_offset=log.wall_offset() + time.perf_counter() - t0,

@@ -11,7 +11,7 @@ so after a resume each logged step appears exactly once, and the rows and final 
 those of a run never stopped (keys depend only on the seed and the step; ``chunk_size`` keeps the
 chunks of a resumed run those of the uninterrupted one). A run killed before its first checkpoint
 resumes from step 0 with an empty log. Checkpoints are written every ``checkpoint_every`` steps,
-after ``checkpoint_minutes`` of wall clock (``loop.host_loop``) and at the end, atomically
+after ``checkpoint_minutes`` of wall clock (``host_loop.host_loop``) and at the end, atomically
 (``gfnem_jax.checkpoint``); the newest ``keep_checkpoints`` are kept.
 """
 from __future__ import annotations
@@ -151,7 +151,7 @@ def check_steps(steps: int, done: int, out: str) -> None:
 def chunk_size(steps: int, done: int, log_every: int) -> int:
     """Steps per chunk: the largest divisor of ``steps`` (and of ``done``) not above
     ``log_every``; the same for a run resumed at a chunk boundary as for the uninterrupted run."""
-    from gfnem_jax.loop import pick_chunk
+    from gfnem_jax.host_loop import pick_chunk
     return pick_chunk(math.gcd(steps, done), log_every)
 
 
@@ -236,7 +236,7 @@ class MetricsLog:
 
 
 class Checkpoints:
-    """A run kind's checkpoint policy: ``loop_kwargs()`` for ``loop.host_loop`` (every
+    """A run kind's checkpoint policy: ``loop_kwargs()`` for ``host_loop.host_loop`` (every
     ``checkpoint_every`` steps, after ``checkpoint_minutes``), ``save(state)`` at the end (a step
     already saved is not written twice); the newest ``keep_checkpoints`` are kept.
 

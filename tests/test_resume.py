@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from gfnem_jax import checkpoint, loop, run_dir
+from gfnem_jax import checkpoint, host_loop, loop, run_dir
 from gfnem_jax.experiments import mixture, runner
 
 GFNEM = [sys.executable, "-m", "gfnem_jax.cli", "train"]
@@ -217,11 +217,11 @@ def test_wall_clock_checkpoints():
         return state._replace(step=state.step + 5), {"loss": jnp.ones(5)}
 
     cks = []
-    loop.host_loop(_state(0), slow_chunk, 40, 5, on_checkpoint=lambda s: cks.append(int(s.step)),
+    host_loop.host_loop(_state(0), slow_chunk, 40, 5, on_checkpoint=lambda s: cks.append(int(s.step)),
                    checkpoint_minutes=0.1 / 60, progress=False)
     assert cks and cks == sorted(set(cks)) and len(cks) < 8 and all(c % 5 == 0 for c in cks)
     cks.clear()
-    loop.host_loop(_state(0), slow_chunk, 40, 5, on_checkpoint=lambda s: cks.append(int(s.step)),
+    host_loop.host_loop(_state(0), slow_chunk, 40, 5, on_checkpoint=lambda s: cks.append(int(s.step)),
                    progress=False)
     assert cks == []
 

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax.loop import LoopState, NonFiniteLoss, host_loop, pick_chunk
+from gfnem_jax.host_loop import NonFiniteLoss, host_loop, pick_chunk
+from gfnem_jax.loop import LoopState
 
 
 def _fake_chunk(n, bad_at=None):
