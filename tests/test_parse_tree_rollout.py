@@ -3,28 +3,16 @@ library's ``GFlowNet`` with the ``Buckets`` engine (two passes, one differentiab
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax import objectives, sampling
+from gfnem_jax import objectives
 from gfnem_jax.gflownet import GFlowNet
-from gfnem_jax.grammar.env import ParseTree, make_cond
 from gfnem_jax.grammar import rules as gm
 from gfnem_jax.grammar import rollout as pb
-from gfnem_jax.grammar.policy import ParsePolicy
 
-L, NT, V = 5, 2, 11
-ENV = ParseTree(L, NT)
-POL = ParsePolicy(L, NT, V, dim=32, layers=1, heads=4, enc_layers=1)
-SENTS = [[1, 2, 3, 4, 5], [3, 9], [4, 4, 8, 1], [10, 0, 5], [6]]
-
-
-EVAL = jax.jit(pb.evaluate, static_argnums=(0, 1, 4))
-CORE_EVAL = jax.jit(sampling.evaluate, static_argnums=(0, 1))
-
-
-ROLLOUT = jax.jit(lambda p, k, c: pb.rollout(ENV, POL, p, k, c, n_buckets=2))
+from _parse_tree import (CORE_EVAL, ENV, EVAL, L, NT, POL, SENTS, V, batch,  # noqa: F401
+                         params, traj)  # params, traj: the shared module fixtures
 
 
 def estep_gfn(n_buckets=2, pack=0, one_pass=False, pol=POL):
@@ -32,22 +20,6 @@ def estep_gfn(n_buckets=2, pack=0, one_pass=False, pol=POL):
     ``Buckets`` engine, forward-looking flows from the grammar (the reward parameters)."""
     return GFlowNet(ENV, pol, objectives.subtb(lam=1.0), engine=pb.Buckets(n_buckets, pack),
                     flow_offset=ENV.partial_log_reward, one_pass=one_pass)
-
-
-def batch(sents):
-    conds = [make_cond(s, L) for s in sents]
-    return jax.tree.map(lambda *a: jnp.stack(a), *conds)
-
-
-@pytest.fixture(scope="module")
-def params():
-    c = make_cond(SENTS[0], L)
-    return POL.init(jax.random.PRNGKey(0), ENV.observe(ENV.init(c)), c)
-
-
-@pytest.fixture(scope="module")
-def traj(params):
-    return ROLLOUT(params, jax.random.PRNGKey(1), batch(SENTS))
 
 
 def test_trajectories_have_n_minus_1_legal_steps(traj):
