@@ -1,20 +1,30 @@
 """Checkpoints (orbax): the whole loop state, so a run can resume exactly where it stopped.
 
 ROOT/checkpoint/step_N is one checkpoint: the orbax tree of the state, any extra arrays
-(NAME.npy, ``extras``) and the marker file COMMIT. Writes are atomic: everything goes into
-ROOT/checkpoint/.tmp_step_N, COMMIT is written last, and only then is the directory renamed to
-step_N. ``latest`` ignores temporaries and any step directory without COMMIT, so a run killed
-while writing a checkpoint resumes from the previous one; the next ``save`` removes the debris.
+(NAME.npy, ``extras``), MANIFEST.json (the size and SHA-256 of every other file) and the marker
+file COMMIT (the step and the manifest's own SHA-256). Writes are atomic: everything goes into ROOT/checkpoint/.tmp_step_N, COMMIT is
+written last, and only then is the directory renamed to step_N. ``latest`` ignores temporaries
+and any step directory without COMMIT, so a run killed while writing a checkpoint resumes from
+the previous one; the next ``save`` removes the debris.
+
+``verify(path)`` checks a checkpoint against its manifest (a file missing, of another size or
+with other bytes); ``restore_newest`` restores the newest checkpoint that verifies and reads,
+reporting each newer one it skips, so a damaged checkpoint is never loaded and never stops a
+resume while an older one is sound. (A checkpoint written before manifests existed has none: it
+is trusted as far as it reads.)
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 MARKER = "COMMIT"
+MANIFEST = "MANIFEST.json"
 TMP = ".tmp_"
 
 
@@ -76,6 +86,8 @@ def save(root: str, state: Any, keep: Optional[int] = None,
     ck = ocp.StandardCheckpointer()
     ck.save(tmp, state, force=True)  # collective with several processes: each writes its part
     ck.wait_until_finished()
+    if multi:  # every process's part is on disk before the manifest hashes it
+        _barrier(f"ckpt_written_{step}")
     if not primary:
         _barrier(f"ckpt_done_{step}")
         return final
@@ -84,8 +96,12 @@ def save(root: str, state: Any, keep: Optional[int] = None,
             np.save(f, np.asarray(arr))
             f.flush()
             os.fsync(f.fileno())
-    with open(os.path.join(tmp, MARKER), "w") as f:
-        f.write(f"{step}\n")
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump(_manifest(tmp), f, indent=0, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(os.path.join(tmp, MARKER), "w") as f:  # the step, then the manifest's own checksum
+        f.write(f"{step}\n{_sha256(os.path.join(tmp, MANIFEST))}\n")
         f.flush()
         os.fsync(f.fileno())
     if os.path.exists(final):  # the same step again: move the old one aside, then replace it
@@ -143,3 +159,93 @@ def load_extra(path: str, name: str) -> Optional[np.ndarray]:
     """The array ``name`` saved with the checkpoint at ``path`` (``save``'s extras), or None."""
     p = os.path.join(path, name + ".npy")
     return np.load(p) if os.path.isfile(p) else None
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(path: str) -> List[str]:
+    """Every file below ``path`` but the manifest and the marker, as relative paths, sorted."""
+    out = []
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), path)
+            if rel not in (MANIFEST, MARKER):
+                out.append(rel)
+    return sorted(out)
+
+
+def _manifest(path: str) -> Dict[str, List[Any]]:
+    """{relative path: [size in bytes, SHA-256]} of every file of a checkpoint being written."""
+    return {rel: [os.path.getsize(os.path.join(path, rel)), _sha256(os.path.join(path, rel))]
+            for rel in _files(path)}
+
+
+def verify(path: str) -> Optional[str]:
+    """None if the checkpoint at ``path`` is intact, else why not (one phrase, naming the file):
+    a marker that does not name its step, a manifest missing or not matching the marker's
+    checksum, a file of the manifest missing, of another size or with other bytes, or a file it
+    does not list. A checkpoint whose marker holds only the step (written before manifests
+    existed) verifies."""
+    try:
+        with open(os.path.join(path, MARKER), "rb") as f:
+            lines = f.read(256).decode("utf-8", "replace").split()
+    except OSError:
+        return f"its {MARKER} marker is missing"
+    step = _step_of(os.path.basename(os.path.normpath(path)))
+    if not lines or (step is not None and lines[0] != str(step)):
+        return f"its {MARKER} marker does not name step {step}"
+    mpath = os.path.join(path, MANIFEST)
+    if len(lines) == 1:  # written before manifests existed
+        return None
+    if not os.path.isfile(mpath):
+        return f"its {MANIFEST} is missing"
+    if _sha256(mpath) != lines[1]:
+        return f"its {MANIFEST} does not match its checksum"
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+        items = [(str(k), int(v[0]), str(v[1])) for k, v in manifest.items()]
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):
+        return f"its {MANIFEST} is unreadable"
+    for rel, size, digest in items:
+        full = os.path.join(path, rel)
+        if not os.path.isfile(full):
+            return f"its file {rel} is missing"
+        if os.path.getsize(full) != size:
+            return f"its file {rel} has {os.path.getsize(full)} bytes, not {size}"
+        if _sha256(full) != digest:
+            return f"its file {rel} does not match its checksum"
+    extra = sorted(set(_files(path)) - {rel for rel, _, _ in items})
+    if extra:
+        return f"it holds a file its manifest does not list ({extra[0]})"
+    return None
+
+
+def restore_newest(root: str, like: Any,
+                   skipped: Optional[Callable[[str, str], None]] = None) -> Tuple[Any, Optional[str]]:
+    """(state, path) of the newest checkpoint of ROOT that verifies and restores into the
+    structure of ``like``; ``skipped(path, why)`` is called for each newer one passed over.
+    (``like``, None) when ROOT holds no checkpoint; ValueError naming ROOT when it holds some and
+    none is sound."""
+    bad = []
+    for n in reversed(steps(root)):
+        path = os.path.join(_dir(root), f"step_{n}")
+        why = verify(path)
+        if why is None:
+            try:
+                return restore(path, like), path
+            except Exception as e:  # noqa: BLE001 -- any failure to read is a damaged checkpoint
+                why = f"it cannot be read ({type(e).__name__})"
+        bad.append((path, why))
+        if skipped is not None:
+            skipped(path, why)
+    if bad:
+        raise ValueError(f"run {os.path.abspath(root)!r}: no checkpoint is sound (newest: "
+                         f"{bad[0][0]}: {bad[0][1]})")
+    return like, None

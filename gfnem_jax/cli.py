@@ -43,9 +43,10 @@ def add_settings(parser, cls: type, group: Optional[str] = None,
         if m.get("choices"):
             helptext += f" (one of: {', '.join(map(str, m['choices']))})"
         names = [flag_name(f, flags)] + ["--" + old.replace("_", "-") for old in m.get("was", ())]
-        if isinstance(default, bool):
+        if isinstance(default, bool):  # the help describes the setting; a flag of one on by
+            # default turns it off
             g.add_argument(*names, dest=f.name, action="store_false" if default else "store_true",
-                           help=helptext)
+                           help=("turn off (on by default): " if default else "") + helptext)
             continue
         typ = type(default) if default is not None else str
         g.add_argument(*names, dest=f.name, type=typ, default=default,
@@ -180,11 +181,19 @@ def check_out(args, resuming: bool = False) -> None:
     """Refuse an --out that cannot be written or that holds another run (nothing is written)."""
     out = os.path.abspath(args.out)
     if resuming:
+        if getattr(args, "overwrite", False):
+            _fail("--resume continues the run in --out and --overwrite replaces it; pass one")
         return
+    if os.path.exists(out) and not os.path.isdir(out):
+        _fail(f"--out {args.out!r} is a file, not a directory; choose a new directory")
     if _dir_holds_other_run(out):
-        if not (getattr(args, "overwrite", False) and os.path.isfile(os.path.join(out, "config.json"))):
-            _fail(f"--out {args.out!r} exists and is not empty (it holds another run); choose a new "
-                  f"directory, or pass --overwrite to replace an earlier gfnem run")
+        is_run = os.path.isfile(os.path.join(out, "config.json"))
+        if is_run and not getattr(args, "overwrite", False):
+            _fail(f"--out {args.out!r} holds another gfnem run; choose a new directory, pass "
+                  f"--resume to continue it, or --overwrite to replace it")
+        if not is_run:
+            _fail(f"--out {args.out!r} holds files that are not a gfnem run (--overwrite replaces "
+                  f"only a gfnem run); choose a new or empty directory")
     parent = out
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -291,6 +300,11 @@ def _sample(args):
         _fail(f"--run {args.run!r} is not a directory")
     if os.path.exists(args.out):
         _fail(f"--out {args.out!r} already exists; choose a new file")
+    parent = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(parent):  # refused before any sampling, as gfnem train refuses --out
+        _fail(f"--out {args.out!r}: its directory {os.path.dirname(args.out)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        _fail(f"--out {args.out!r}: its directory {os.path.dirname(args.out)!r} is not writable")
     kind = experiments.kind_of_run(args.run)
     if kind is None or not hasattr(experiments.kind(kind), "sample"):
         what = f"a {kind!r} run" if kind else "not a run gfnem can sample from"

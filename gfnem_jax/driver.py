@@ -149,7 +149,7 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
 def restore_run(run: str, like: Any) -> Any:
     """The newest checkpoint of a finished run folder restored into the structure of ``like``
     (``gfnem sample``, ``parse``, ``eval``); ValueError naming the run when it holds none."""
-    ck = checkpoint.latest(run)
+    state, ck = checkpoint.restore_newest(run, like, skipped=run_dir.report_skipped)
     if ck is None:
         raise ValueError(f"run {run!r} holds no checkpoint")
-    return checkpoint.restore(ck, like)
+    return state

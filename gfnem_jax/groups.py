@@ -34,8 +34,8 @@ class ObjectiveSettings(Settings):
     alpha: float = setting(0.5, "alpha of renyi / tsallis / alpha_kl")
     control_variate: str = setting("loo", "control variate of renyi / tsallis / alpha_kl (see the "
                                    "loss's docs)")
-    normalized: bool = setting(True, "forward_kl: unnormalized importance weights (unbiased up to "
-                               "1/Z) instead of self-normalized")
+    normalized: bool = setting(True, "forward_kl: self-normalized importance weights (off: "
+                               "unnormalized, unbiased up to 1/Z)")
 
     def objective(self) -> objectives.Objective:
         """The objective value these settings name (``objectives.get``)."""

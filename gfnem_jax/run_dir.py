@@ -135,10 +135,19 @@ def check_resume(cfg: Dict[str, Any], out: str,
 
 
 def restore_latest(out: str, like: Any, resume: bool) -> Tuple[Any, Optional[str]]:
-    """(state, checkpoint path): the latest complete checkpoint of OUT restored with the structure
-    of ``like`` when resuming and there is one; else (``like``, None)."""
-    ck = checkpoint.latest(out) if resume else None
-    return (like, None) if ck is None else (checkpoint.restore(ck, like), ck)
+    """(state, checkpoint path): the newest sound checkpoint of OUT (``checkpoint.verify``)
+    restored with the structure of ``like`` when resuming and there is one; else (``like``,
+    None). A damaged newer checkpoint is passed over with one line on stderr naming it; none
+    sound is a ValueError."""
+    if not resume:
+        return like, None
+    return checkpoint.restore_newest(out, like, skipped=report_skipped)
+
+
+def report_skipped(path: str, why: str) -> None:
+    """One line on stderr: a damaged checkpoint passed over for an older one."""
+    import sys
+    sys.stderr.write(f"gfnem: checkpoint {path} is damaged ({why}); using the one before it\n")
 
 
 def check_steps(steps: int, done: int, out: str) -> None:

@@ -89,8 +89,13 @@ def sample_gfn(ebm, gfn_params, phi, key, n: int, chunk: int = 4096) -> np.ndarr
 
 
 def sample_exact(model, phi, key, n: int) -> np.ndarray:
-    """uint8[n, d]: exact samples of p_phi by enumeration (d <= 20)."""
-    idx = jax.random.categorical(key, energy.log_probs(model, phi), shape=(n,))
+    """uint8[n, d]: exact samples of p_phi by enumeration (d <= 20), by inversion of the CDF over
+    the 2^d states: O(2^d + n) memory (a categorical draw over 2^d logits per sample would hold
+    [n, 2^d])."""
+    logp = energy.log_probs(model, phi)
+    cdf = jnp.cumsum(jnp.exp(logp - jnp.max(logp)))
+    u = jax.random.uniform(key, (n,)) * cdf[-1]
+    idx = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), cdf.shape[0] - 1)
     d = model.d
     return np.asarray((idx[:, None] >> jnp.arange(d - 1, -1, -1)) & 1, np.uint8)
 

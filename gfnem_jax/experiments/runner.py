@@ -54,8 +54,8 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
     steps: int = setting(2000, "number of gradient steps", min=1)
     batch_size: int = setting(64, "trajectories per step (global, over all devices)", min=1)
     uniform_pb: bool = setting(False, "fixed uniform backward policy instead of a learned one")
-    shared_torso: bool = setting(True, "give P_B and the flow head their own MLP torso (torchgfn's "
-                                 "default) instead of sharing one")
+    shared_torso: bool = setting(True, "P_B and the flow head share P_F's MLP torso (off: each "
+                                 "has its own, torchgfn's default)")
     seed: int = setting(0, "random seed; the same seed gives identical results", min=0, max=2 ** 32 - 1)
     devices: int = setting(1, "split each batch over this many devices (shard_map data parallelism)", min=1)
     pack: int = setting(4, "before the loss pass, pack the real (not yet terminated) states into "

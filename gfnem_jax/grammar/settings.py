@@ -90,8 +90,8 @@ class GrammarSettings(EMScheduleSettings, ExplorationSettings, ObjectiveSettings
     m_weights: str = setting("uniform", "gflownet: weights of the M-step's trees: uniform (1/S) or "
                              "is (self-normalised importance weights p(x,z) P_B / P_F; not with "
                              "local search)", choices=("uniform", "is"))
-    forward_looking: bool = setting(True, "gflownet: plain learned flows instead of forward-looking "
-                                    "ones")
+    forward_looking: bool = setting(True, "gflownet: forward-looking flows, the grammar's partial "
+                                    "log-reward plus a learned part (off: plain learned flows)")
     n_buckets: int = setting(4, "gflownet: time buckets of the shrinking root set (0 = no shrinking)",
                              min=0)
     pack: int = setting(0, "gflownet: evaluate the states packed across sentences by root count, "
