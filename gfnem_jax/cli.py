@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         for cmd in getattr(mod, "COMMANDS", ()):
             cp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
             cmd.add_args(cp)
-            cp.set_defaults(command_fn=cmd)
+            cp.set_defaults(command_fn=cmd, command_kind=name)
         if hasattr(mod, "EVAL"):
             if evals is None:
                 pv = sub.add_parser("eval", help="evaluate a run (held-out metrics)")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                 evals.required = True
             ep = evals.add_parser(name, help=mod.EVAL.help, description=mod.EVAL.help)
             mod.EVAL.add_args(ep)
-            ep.set_defaults(command_fn=mod.EVAL)
+            ep.set_defaults(command_fn=mod.EVAL, command_kind=name)
 
     ps = sub.add_parser("sample", help="draw terminal states from a trained run",
                         description="Write the terminal states of N fresh on-policy samples as an "
@@ -268,7 +268,8 @@ def _process_count() -> int:
 def command_table() -> str:
     """Which commands apply to which run kind (from the registry's declarations)."""
     from gfnem_jax import experiments
-    cols = ["train", "--resume", "sample", "eval"]
+    from gfnem_jax.run_dir import CheckpointSettings
+    cols = ["train", "--resume", "--num-processes", "sample", "eval"]
     rows = []
     for k in experiments.KINDS:
         mod = experiments.kind(k)
@@ -276,14 +277,32 @@ def command_table() -> str:
         for c in own:
             if c not in cols:
                 cols.append(c)
-        rows.append((k, {"train", "--resume"} | ({"sample"} if hasattr(mod, "sample") else set())
-                     | ({"eval"} if hasattr(mod, "EVAL") else set()) | set(own)))
+        some = mod.Settings.check_processes is not CheckpointSettings.check_processes
+        has = {"train": "x", "--resume": "x", "--num-processes": "*" if some else "x"}
+        has.update({c: "x" for c in own})
+        has.update({"sample": "x"} if hasattr(mod, "sample") else {})
+        has.update({"eval": "x"} if hasattr(mod, "EVAL") else {})
+        rows.append((k, has))
     width = max(len(k) for k, _ in rows) + 2
-    lines = ["commands by run kind (x: applies):", " " * width + "  ".join(cols)]
+    lines = ["commands by run kind (x: applies; *: with some settings, the error names them):",
+             " " * width + "  ".join(cols)]
     for k, has in rows:
-        lines.append(k.ljust(width) + "  ".join(("x" if c in has else "-").center(len(c))
-                                                for c in cols))
+        lines.append((k.ljust(width) + "  ".join(has.get(c, "-").center(len(c))
+                                                 for c in cols)).rstrip())
     return "\n".join(lines)
+
+
+def _check_run_kind(args, cmd) -> None:
+    """A kind's own command given a --run of another kind: one line naming what applies."""
+    from gfnem_jax import experiments
+    run = getattr(args, "run", None)
+    if not run or not os.path.isdir(run):
+        return
+    k = experiments.kind_of_run(run)
+    if k is not None and k != args.command_kind:
+        what = "eval " + cmd.name if args.command == "eval" else cmd.name
+        _fail(f"--run {run!r} is a {k} run; gfnem {what} takes {args.command_kind} runs "
+              f"(gfnem --help lists the commands of each run kind)")
 
 
 def _kinds_with(attr: str):
@@ -307,7 +326,7 @@ def _sample(args):
         _fail(f"--out {args.out!r}: its directory {os.path.dirname(args.out)!r} is not writable")
     kind = experiments.kind_of_run(args.run)
     if kind is None or not hasattr(experiments.kind(kind), "sample"):
-        what = f"a {kind!r} run" if kind else "not a run gfnem can sample from"
+        what = f"a {kind} run" if kind else "not a run gfnem can sample from"
         _fail(f"--run {args.run!r} is {what}; gfnem sample takes runs of "
               f"{', '.join(_kinds_with('sample'))}")
     try:
@@ -368,6 +387,7 @@ def main(argv=None):
             return _train(args)
         if hasattr(args, "command_fn"):  # a command a run kind declares (parse, eval KIND, ...)
             cmd = args.command_fn
+            _check_run_kind(args, cmd)
             try:
                 return cmd.main(args)
             except (ValueError, FileNotFoundError) as e:

@@ -1,5 +1,7 @@
 """Every run kind is reachable from the CLI, with flags from its declared settings, and bad input
 is answered with one line naming the flag and exit status 2, nothing written."""
+import json
+import os
 import subprocess
 import sys
 
@@ -59,3 +61,36 @@ def test_every_kind_has_help(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(cmd)
         assert e.value.code == 0 and "usage" in capsys.readouterr().out, cmd
+
+
+def test_command_table_in_help_and_docs_agree():
+    from gfnem_jax import cli
+    table = cli.command_table()
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "commands.rst")) as f:
+        docs = "\n".join(line[3:] for line in f.read().splitlines() if line.startswith("   "))
+    assert table in docs
+    assert table in cli.build_parser().format_help()
+
+
+@pytest.mark.parametrize("argv,kind,takes", [
+    (["parse", "--corpus", "c.txt", "--out", "p.jsonl"], "hypergrid", "gfnem parse takes grammar"),
+    (["export-grammar", "--out", "g.npz"], "mixture", "gfnem export-grammar takes grammar"),
+    (["eval", "dvae"], "mixture", "gfnem eval dvae takes dvae"),
+    (["sample", "--out", "x.npy"], "mixture", "gfnem sample takes runs of hypergrid"),
+])
+def test_a_command_given_another_kinds_run_names_what_applies(tmp_path, capsys, argv, kind, takes):
+    """Run folders of one kind given to another kind's command: one line, exit 2."""
+    from gfnem_jax import cli
+    from gfnem_jax.experiments import mixture, runner
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = (runner.config_dict("hypergrid", *runner.settings_of({"task": "hypergrid"})[1:])
+           if kind == "hypergrid" else mixture.MixtureSettings().to_config())
+    (run / "config.json").write_text(json.dumps(cfg))
+    out = [a if not a.endswith((".txt", ".jsonl", ".npz", ".npy")) else str(tmp_path / a)
+           for a in argv]
+    with pytest.raises(SystemExit) as e:
+        cli.main(out + ["--run", str(run)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and f"a {kind} run" in err[0], err
+    assert takes in err[0], err

@@ -75,5 +75,12 @@ def kind_of_run(run: str) -> Optional[str]:
         mod = kind(name)
         if hasattr(mod, "owns") and mod.owns(cfg):
             return name
+    for name in KINDS:  # a kind without owns: the config loads into its settings, key for key
+        try:
+            names = {f for f in kind(name).Settings.defaults()}
+            if cfg and set(kind(name).Settings.upgrade(cfg)) <= names:
+                return name
+        except (ValueError, TypeError):
+            continue
     return None
 
