@@ -1,4 +1,4 @@
-"""Divergence estimators: gradient quality and convergence (issue 3; da Silva et al. 2024, Malkin et al. 2023).
+"""Divergence estimators: gradient quality and convergence (da Silva et al. 2024, Malkin et al. 2023).
 
 For each environment x objective x control variate x batch size, at a fixed parameter point (a
 short TB warm start, so the policy is not uniform), from M independent batches:

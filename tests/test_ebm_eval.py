@@ -123,3 +123,23 @@ def test_exact_samples_follow_p_phi_by_cdf_inversion():
     q = np.bincount(idx, minlength=16) / len(idx)
     assert 0.5 * np.abs(q - p / p.sum()).sum() < 0.02
     assert x.dtype == np.uint8 and x.shape == (40000, 4)
+
+
+def test_eval_recomputes_the_runs_held_out_nll(tmp_path, capsys):
+    """gfnem eval ebm: the exact test NLL of the run's checkpoint on its test.npy, equal to the
+    last logged row's, also in RUN/eval.json."""
+    from gfnem_jax import cli
+    out = str(tmp_path / "run")
+    cli.main(["train", "ebm", "--method", "pcd", "--data", "moons", "--bits", "2", "--n-train",
+              "200", "--n-test", "40", "--steps", "4", "--log-every", "2", "--batch-size", "8",
+              "--energy-hidden", "8", "--mcmc-steps", "2", "--n-eval-samples", "64", "--out", out,
+              "--quiet"])
+    capsys.readouterr()
+    cli.main(["eval", "ebm", "--run", out])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        last = [json.loads(line) for line in f][-1]
+    assert res["exact"] and res["n_test"] == 40 and res["d"] == 4
+    np.testing.assert_allclose(res["test_nll"], last["test_nll"], rtol=1e-6)
+    with open(os.path.join(out, "eval.json")) as f:
+        assert json.load(f)["test_nll"] == res["test_nll"]

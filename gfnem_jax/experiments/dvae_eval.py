@@ -139,13 +139,25 @@ def tile(images: np.ndarray, cols: int, pad: int = 1) -> np.ndarray:
     return out
 
 
-def save_png(path: str, grid: np.ndarray, scale: int = 4) -> None:
-    """Write a grey-scale grid (values in [0, 1]) as a PNG, each pixel a scale x scale block."""
+def save_png(path: str, grid: np.ndarray, scale: int = 4, title: str = "") -> None:
+    """Write a grey-scale grid (values in [0, 1]) as a PNG, each pixel a scale x scale block,
+    under ``title`` when one is given."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
     big = np.kron(np.clip(grid, 0, 1), np.ones((scale, scale), np.float32))
-    mpimg.imsave(path, big, cmap="gray", vmin=0.0, vmax=1.0)
+    if not title:
+        mpimg.imsave(path, big, cmap="gray", vmin=0.0, vmax=1.0)
+        return
+    h, w = big.shape
+    fig = plt.figure(figsize=(w / 100, h / 100 + 0.45), dpi=100)
+    ax = fig.add_axes((0, 0, 1, h / (h + 45)))
+    ax.imshow(big, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    fig.suptitle(title, fontsize=8, y=0.99, va="top")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def reconstruction_grid(x: np.ndarray, recon: np.ndarray, cols: int = 16) -> np.ndarray:

@@ -229,6 +229,8 @@ def write_pngs(b: Built, state, test, out: str, seed: int, n: int = 32) -> None:
     key = jax.random.PRNGKey(seed + 1)
     x = jnp.asarray(test[:n])
     rec = np.asarray(b.decode_mean(state, b.codes(state, x, key)))
-    ev.save_png(os.path.join(out, "reconstructions.png"), ev.reconstruction_grid(np.asarray(x), rec, 16))
+    ev.save_png(os.path.join(out, "reconstructions.png"), ev.reconstruction_grid(np.asarray(x), rec, 16),
+                title="held-out images (rows 1, 3, ...) over their reconstructions from greedy codes")
     z = b.prior_codes(state, key, 64)
-    ev.save_png(os.path.join(out, "prior_samples.png"), ev.tile(np.asarray(b.decode_mean(state, z)), 16))
+    ev.save_png(os.path.join(out, "prior_samples.png"), ev.tile(np.asarray(b.decode_mean(state, z)), 16),
+                title="decoded code grids drawn from the learned prior")

@@ -27,6 +27,7 @@ from gfnem_jax import driver, ebgfn, loop, mcmc, objectives, run_dir
 from gfnem_jax.config import retune, setting
 from gfnem_jax.data import toy2d
 from gfnem_jax.ebgfn import GFN_METHODS, METHODS
+from gfnem_jax.experiments import Command
 from gfnem_jax.groups import ObjectiveSettings
 from gfnem_jax.models import energy
 from gfnem_jax.sampling import Exploration
@@ -204,3 +205,43 @@ def sample(run: str, n: int, seed: int = 0, progress: bool = False) -> np.ndarra
         return ebm_eval.sample_exact(e.model, st.model, key, n)
     x = jnp.tile(st.sampler, (n // st.sampler.shape[0] + 1, 1))[:n]
     return np.asarray(mcmc.gwg(e.model.energy, st.model, key, x, 1000)[0], np.uint8)
+
+
+def evaluate_run(run: str, seed: int = 0, ais_chains: int = 256, ais_temps: int = 1000) -> dict:
+    """The held-out NLL (nats per point) of a finished run's energy model on its test.npy: exact
+    (enumeration) for d <= 20, else annealed importance sampling with its standard error.
+    Writes RUN/eval.json; returns {"test_nll", "exact", "log_z_se", "n_test", "d", "method"}."""
+    from gfnem_jax.experiments import ebm_eval
+    settings, e, st = load_run(run)
+    path = os.path.join(run, "test.npy")
+    try:
+        test = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"run {run!r}: its test.npy cannot be read ({type(err).__name__})") from None
+    if test.ndim != 2 or test.shape[1] != e.d:
+        raise ValueError(f"run {run!r}: its test.npy has shape {list(test.shape)}, not [n, {e.d}]")
+    x = jnp.asarray(test, jnp.float32)
+    exact = e.d <= energy.MAX_EXACT_D
+    if exact:
+        nll, se = float(energy.exact_nll(e.model, st.model, x)), 0.0
+    else:
+        nll, se = ebm_eval.ais_nll(e.model, st.model, x, jax.random.PRNGKey(seed), ais_chains,
+                                   ais_temps)
+    res = {"test_nll": nll, "exact": exact, "log_z_se": se, "n_test": int(len(test)), "d": e.d,
+           "method": settings.method}
+    with open(os.path.join(run, "eval.json"), "w") as f:
+        json.dump(res, f, indent=2, sort_keys=True)
+    return res
+
+
+def _eval_args(parser) -> None:
+    parser.add_argument("--run", required=True, help="an ebm run directory")
+    parser.add_argument("--seed", type=int, default=0, help="seed of AIS (d > 20; default 0)")
+
+
+def _eval_main(args) -> None:
+    print(json.dumps(evaluate_run(args.run, args.seed)))
+
+
+EVAL = Command("ebm", "energy model: held-out NLL (exact for d <= 20, else AIS)", _eval_args,
+               _eval_main, (EBMSettings,))

@@ -204,5 +204,5 @@ def heatmaps(ebm, gfn_params, phi, data, key, path: str, gfn_based: bool = True,
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=80, bbox_inches="tight", pad_inches=0.15)  # titles inside the image
     plt.close(fig)
