@@ -73,9 +73,9 @@ def test_parse_export_and_resume_through_the_cli(tmp_path, capsys):
     txt.write_text(f"{vocab[1]} {vocab[2]} {vocab[3]}\n{vocab[1]}\n{vocab[2]} {vocab[2]}\n")
     po = str(tmp_path / "p.jsonl")
     _cli("parse", "--grammar", gpath, "--corpus", str(txt), "--out", po)
-    assert "skipped 1" in capsys.readouterr().err
+    assert "skipped 1 of 3 lines (written as null): 1 of one word (line 2)" in capsys.readouterr().err
     lines = [json.loads(l) for l in open(po)]
-    assert len(lines) == 2 and lines[1]["spans"] == [[0, 1]]
+    assert len(lines) == 3 and lines[1] is None and lines[2]["spans"] == [[0, 1]]
     assert len(lines[0]["spans"]) == 2 and [0, 2] in lines[0]["spans"]
     assert lines[0]["logprob"] < 0
     # the run gives the same log p(x) as its exported file
@@ -90,9 +90,11 @@ def test_parse_export_and_resume_through_the_cli(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             _cli("parse", "--corpus", str(txt), "--out", po, *argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+    # unknown words: read as <unk> by the run and by its exported file (whose vocabulary has it)
     txt.write_text("nosuchword " + vocab[1] + "\n")
-    with pytest.raises(ValueError, match="not in the grammar's vocabulary"):
-        E.parse(str(txt), po, grammar=gpath)
+    for src in (dict(grammar=gpath), dict(run=out)):
+        rep = E.parse(str(txt), po, **src)
+        assert rep["parsed"] == 1 and rep["unk_tokens"] == 1 and rep["unknown"] == {1: "nosuchword"}
 
 
 def test_settings_errors():

@@ -21,6 +21,7 @@ MH chain of ``eval_mcmc_steps`` steps started from near-uniform trees, and the N
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -108,39 +109,92 @@ def load_state(run: str):
 
 
 def parse(corpus: str, out: str, run: Optional[str] = None, grammar: Optional[str] = None,
-          decoder: str = "viterbi", max_len: int = 20, seed: int = 0, batch: int = 64) -> Dict[str, int]:
-    """``grammar.parse.parse`` with the grammar of a run folder ``run`` (its max_len, unknown
-    words -> <unk>) or of a .npz file ``grammar`` (unknown words are an error)."""
+          decoder: str = "viterbi", max_len: int = 20, seed: int = 0,
+          batch: int = 64) -> Dict[str, Any]:
+    """``grammar.parse.parse`` with the grammar of a run folder ``run`` (its max_len) or of a
+    .npz file ``grammar``: one JSON line per line of ``corpus``, null where it is skipped. One
+    rule for unknown words: read as <unk> when the vocabulary has it (a run's always does), else
+    the line is skipped. Returns the report of what was parsed and skipped."""
     if (run is None) == (grammar is None):
         raise ValueError("parse needs exactly one of run (a run directory) or grammar (a .npz file)")
     P.samples_of(decoder)
+    P.check_out_file(out)
     gflownet = None
     if run is not None:
         s, model, state, vocab = load_state(run)
-        params, max_len, unknown, mcmc = R.theta_of(s, state), s.max_len, "unk", s.eval_mcmc_steps
+        params, max_len, mcmc = R.theta_of(s, state), s.max_len, s.eval_mcmc_steps
         gflownet = (s, state) if s.method == "gflownet" else None
     else:
         params, vocab = G.load_npz(grammar)
-        model, unknown, mcmc = TableGrammar(*G.sizes(params)), "error", 200
-    return P.parse(corpus, out, model, params, vocab, max_len, unknown, mcmc, decoder, seed,
-                   batch, gflownet)
+        model, mcmc = TableGrammar(*G.sizes(params)), 200
+    rep = P.parse(corpus, out, model, params, vocab, max_len, mcmc, decoder, seed, batch, gflownet)
+    rep["max_len"] = max_len
+    return rep
 
 
 def export_grammar(run: str, out_path: str) -> None:
-    """Write the learned PCFG of run folder ``run`` as a .npz grammar file."""
+    """Write the learned PCFG of run folder ``run`` as a .npz grammar file (its directory must
+    exist)."""
+    P.check_out_file(out_path)
     s, model, state, vocab = load_state(run)
     if s.grammar == "ncfg":
         raise ValueError(f"run {run!r} learned an NCFG; only context-free grammars can be exported")
     P.export(model, R.theta_of(s, state), vocab, out_path)
 
 
+def evaluate_run(run: str, corpus: Optional[str] = None, gold: Optional[str] = None,
+                 write: bool = True) -> Dict[str, Any]:
+    """The held-out metrics of run folder ``run`` from its newest checkpoint (verified by
+    ``driver.restore_run``): the row ``metrics.jsonl`` logs (``grammar.run.Plan.evaluate``:
+    nll_per_token exact by inside, null for an NCFG too large to annotate; is_nll_per_token, the
+    importance-sampling bound, for gflownet runs; Viterbi / sampled / GFlowNet span F1s, null
+    without gold trees) on the run's validation set as it evaluated it (the first eval_size
+    sentences; the training corpus without one), or on the text file ``corpus`` (every sentence
+    of 2..max_len words; ``gold``: its gold trees). Writes run/eval.json unless ``write`` is
+    False; returns the row with "step", "corpus", "sentences", "tokens" and "eval_wall_s"."""
+    if gold is not None and corpus is None:
+        raise ValueError(f"gold {gold!r} needs corpus: the file of the sentences its trees parse")
+    t0 = time.perf_counter()
+    s, vocab, n = R.run_files(run)
+    model, params0, fixed, _ = R.build_model(s, len(vocab))
+    ev, name = R.eval_corpus(s, vocab, corpus, gold)
+    plan = R.make_plan(s, model, params0, fixed, None, ev, R.make_optimizer(s), n)
+    state = driver.restore_run(run, plan.state)
+    row = plan.evaluate(state)
+    clean = lambda v: None if isinstance(v, float) and not math.isfinite(v) else v
+    res = {"step": int(state.step), "corpus": name, "sentences": len(ev),
+           "tokens": int(ev.lengths.sum()),
+           **{k: ev.stats[k] for k in ("dropped_too_short", "dropped_too_long", "unk_tokens")
+              if k in ev.stats and corpus is not None},
+           **{k: clean(v) for k, v in row.items()},
+           "eval_wall_s": round(time.perf_counter() - t0, 3)}
+    if write:
+        with open(os.path.join(run, "eval.json"), "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
 # -- commands ---------------------------------------------------------------------------------
+PARSE_OUT = ("one JSON line per input line, in order: {\"logprob\": log p(sentence), the natural "
+             "log of its probability under the grammar (by the inside algorithm, whatever the "
+             "decoder; null for an NCFG too large for exact inference), \"spans\": the n-1 "
+             "constituents of the decoded tree as [i, j], 0-based word indices with inclusive "
+             "ends, in no particular order, the whole sentence [0, n-1] included, single words not (\"the dog barks\" "
+             "parsed ((the dog) barks): [[0, 1], [0, 2]])}; the line is null for an empty line, "
+             "one word, more than max-len words, or a word the grammar does not know when its "
+             "vocabulary has no <unk> (with <unk>, as for every run, unknown words are read as "
+             "<unk>); stderr counts the skipped lines by reason with their line numbers")
+
+
 def _parse_args(p) -> None:
+    p.description = f"{p.description}. Output: {PARSE_OUT}."
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--run", help="a grammar run directory (learned grammar; unknown words -> <unk>)")
-    g.add_argument("--grammar", help="a .npz grammar file (unknown words are an error)")
+    g.add_argument("--run", help="a grammar run directory (its learned grammar and max-len)")
+    g.add_argument("--grammar", help="a .npz grammar file (from export-grammar or your own)")
     p.add_argument("--corpus", required=True, help="text file, one sentence per line")
-    p.add_argument("--out", required=True, help="output JSON lines {logprob, spans}")
+    p.add_argument("--out", required=True,
+                   help="output file: one JSON line per input line, {\"logprob\", \"spans\"} or "
+                        "null (see above; its directory must exist)")
     p.add_argument("--decoder", default="viterbi",
                    help="viterbi (most likely tree), sample (a posterior sample: exact for a CFG, "
                         "the GFlowNet's for a gflownet run), greedy or best-of-K (e.g. best-of-8; "
@@ -151,18 +205,18 @@ def _parse_args(p) -> None:
 
 
 def _parse_main(a) -> int:
-    counts = parse(a.corpus, a.out, run=a.run, grammar=a.grammar, decoder=a.decoder,
-                   max_len=a.max_len, seed=a.seed)
-    if counts["skipped"]:
-        print(f"skipped {counts['skipped']} sentences outside the length range 2..max-len",
-              file=sys.stderr)
-    print(f"parsed {counts['parsed']} sentences -> {a.out}", file=sys.stderr)
+    rep = parse(a.corpus, a.out, run=a.run, grammar=a.grammar, decoder=a.decoder,
+                max_len=a.max_len, seed=a.seed)
+    for line in P.skip_notice(rep, rep["max_len"]):
+        print(line, file=sys.stderr)
+    print(f"parsed {rep['parsed']} of {rep['lines']} lines -> {a.out}", file=sys.stderr)
     return 0
 
 
 def _export_args(p) -> None:
     p.add_argument("--run", required=True, help="a grammar run directory (CFG)")
-    p.add_argument("--out", required=True, help="the .npz grammar file to write")
+    p.add_argument("--out", required=True, help="the .npz grammar file to write (its directory "
+                                                "must exist)")
 
 
 def _export_main(a) -> int:
@@ -177,3 +231,21 @@ COMMANDS = (
     Command("export-grammar", "export a learned CFG as a .npz grammar file", _export_args,
             _export_main, (GrammarSettings,)),
 )
+
+
+def _eval_args(p) -> None:
+    p.add_argument("--run", required=True, help="a grammar run directory")
+    p.add_argument("--corpus", default=None,
+                   help="a text file to evaluate on, one sentence per line (default: the run's "
+                        "validation set, as its metrics.jsonl rows were computed)")
+    p.add_argument("--gold", default=None, help="gold trees of --corpus (bracketed, one per line)")
+
+
+def _eval_main(a) -> int:
+    print(json.dumps(evaluate_run(a.run, a.corpus, a.gold)))
+    return 0
+
+
+EVAL = Command("grammar", "grammar run: held-out NLL per token (exact; the IS bound for gflownet "
+               "runs) and Viterbi span F1 from the newest checkpoint; writes RUN/eval.json",
+               _eval_args, _eval_main, (GrammarSettings,))

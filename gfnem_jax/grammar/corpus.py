@@ -47,16 +47,22 @@ class Corpus:
 
 
 # -- files -------------------------------------------------------------------------------------
-def read_lines(path: str, what: str) -> List[str]:
+def read_numbered(path: str, what: str) -> List[Tuple[int, str]]:
+    """(1-based line number, stripped text) of every line of a text file, empty lines included;
+    ValueError naming ``what`` and ``path`` when it cannot be read or holds no sentence."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = [l.strip() for l in f]
+            lines = [(k + 1, l.strip()) for k, l in enumerate(f)]
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} {path!r} cannot be read ({e.__class__.__name__}: {e})") from None
-    lines = [l for l in lines if l]
-    if not lines:
+    if not any(l for _, l in lines):
         raise ValueError(f"{what} {path!r} is empty (need one sentence per line)")
     return lines
+
+
+def read_lines(path: str, what: str) -> List[str]:
+    """The non-empty lines of a text file, stripped (``read_numbered``)."""
+    return [l for _, l in read_numbered(path, what) if l]
 
 
 def parse_bracketed(line: str) -> Tuple[List[str], List[List[int]]]:
@@ -99,10 +105,13 @@ def build_vocab(sentences: Sequence[Sequence[str]], vocab_size: int) -> List[str
 
 
 def encode(sentences: Sequence[Sequence[str]], vocab: Sequence[str], max_len: int,
-           unknown: str = "unk") -> Tuple[np.ndarray, np.ndarray, int]:
+           unknown: str = "unk", lines: Optional[Sequence[int]] = None,
+           where: str = "corpus") -> Tuple[np.ndarray, np.ndarray, int]:
     """(int32[N, max_len] padded with 0, int32[N] lengths, number of unknown tokens).
 
-    unknown: "unk" maps unknown words to <unk>; "error" raises ValueError naming the word."""
+    unknown: "unk" maps unknown words to <unk> (word 0 when the vocabulary has no <unk>);
+    "error" raises ValueError naming ``where``, the word and its line (``lines[b]``: the line
+    number of sentence b; default b + 1)."""
     index = {w: i for i, w in enumerate(vocab)}
     unk = index.get(UNK, 0)
     X = np.zeros((len(sentences), max_len), np.int32)
@@ -111,8 +120,9 @@ def encode(sentences: Sequence[Sequence[str]], vocab: Sequence[str], max_len: in
         for p, w in enumerate(s):
             if w not in index:
                 if unknown == "error":
-                    raise ValueError(f"corpus: sentence {b + 1} holds the word {w!r}, which is not "
-                                     f"in the grammar's vocabulary")
+                    line = lines[b] if lines is not None else b + 1
+                    raise ValueError(f"{where} line {line}: the word {w!r} is not in the "
+                                     f"vocabulary (which has no {UNK})")
                 n_unk += 1
             X[b, p] = index.get(w, unk)
     return X, np.asarray([len(s) for s in sentences], np.int32), n_unk
@@ -125,7 +135,8 @@ def load(path: str, gold: Optional[str] = None, max_len: int = 20,
 
     vocab: the vocabulary to use (validation / test files); None builds it from this file.
     """
-    sents = [l.split() for l in read_lines(path, "corpus")]
+    numbered = [(k, l) for k, l in read_numbered(path, "corpus") if l]
+    sents = [l.split() for _, l in numbered]
     trees = None
     if gold is not None:
         lines = read_lines(gold, "gold trees")
@@ -152,7 +163,8 @@ def load(path: str, gold: Optional[str] = None, max_len: int = 20,
     if vocab is None:
         vocab = build_vocab(kept, vocab_size)
         stats["word_types_dropped"] = max(len({w for s in kept for w in s}) - (len(vocab) - 1), 0)
-    X, L, n_unk = encode(kept, vocab, max_len, unknown)
+    X, L, n_unk = encode(kept, vocab, max_len, unknown, [numbered[k][0] for k in keep],
+                         f"corpus {path!r}")
     stats["tokens"] = int(L.sum())
     stats["unk_tokens"] = n_unk
     return Corpus(X, L, list(vocab), None if trees is None else [trees[k] for k in keep], stats, kept)

@@ -19,6 +19,8 @@ f(T) = p(T -> x_i) summed over preterminals T (``log_joint``).
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from typing import Sequence
 
 import jax
@@ -186,6 +188,9 @@ def load_npz(path: str):
     except (OSError, ValueError) as e:
         why = str(e).split(".")[0] if "pickle" not in str(e) else "not a zip archive of arrays"
         raise ValueError(f"grammar {path!r} is not a readable .npz file ({why})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as e:  # truncated or corrupted
+        raise ValueError(f"grammar {path!r} is not a readable .npz file (truncated or corrupted: "
+                         f"{str(e).splitlines()[0] if str(e) else e.__class__.__name__})") from None
     if "vocab" not in probs:
         raise ValueError(f"grammar {path!r}: missing array 'vocab' (need root, binary, emit, vocab)")
     validate(probs, f"grammar {path!r}")

@@ -42,12 +42,31 @@ def load_data(s, vocab=None):
         tr, va, gen = (C.synthetic_ncfg(*args, rule_scale=s.synth_rule_scale) if s.synth_ncfg
                        else C.synthetic(*args))
         if vocab is not None:
-            tr, va = [dataclasses.replace(c, words=C.encode(c.tokens, vocab, s.max_len, unknown)[0],
-                                          vocab=list(vocab)) for c in (tr, va)]
+            enc = lambda c: C.encode(c.tokens, vocab, s.max_len, unknown, where="synthetic corpus")
+            tr, va = [dataclasses.replace(c, words=enc(c)[0], vocab=list(vocab)) for c in (tr, va)]
         return tr, va, gen
     tr = C.load(s.corpus, s.gold or None, s.max_len, vocab, s.vocab_size, unknown)
     va = C.load(s.valid, s.valid_gold or None, s.max_len, tr.vocab, unknown=unknown) if s.valid else tr
     return tr, va, None
+
+
+def eval_corpus(s, vocab, corpus: Optional[str] = None, gold: Optional[str] = None):
+    """(Corpus, its name) a run of settings ``s`` and vocabulary ``vocab`` is evaluated on: the
+    text file ``corpus`` (gold trees ``gold``; every sentence of 2..max_len words; unknown words
+    read as <unk>, refused when ``vocab`` has none), or else the run's own evaluation corpus as
+    training evaluated it (validation set, or the training corpus without one; its first
+    eval_size sentences)."""
+    if corpus is not None:
+        unknown = "unk" if C.UNK in vocab else "error"
+        return C.load(corpus, gold, s.max_len, vocab, unknown=unknown), corpus
+    fixed = s.grammar not in ("cfg", "ncfg")
+    if s.corpus == "synthetic":
+        ev, name = load_data(s, vocab if fixed else None)[1], "synthetic (validation)"
+    else:
+        path, g = (s.valid, s.valid_gold) if s.valid else (s.corpus, s.gold)
+        ev = C.load(path, g or None, s.max_len, vocab, unknown="error" if fixed else "unk")
+        name = path
+    return subset(ev, s.eval_size), name
 
 
 def build_model(s, vocab_size: int):
@@ -158,17 +177,55 @@ def _gflownet_plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, k
     return Plan(state, make_chunk, evaluate, gfn_em.summarize, lambda st: st.model)
 
 
-def restore_like(run: str):
-    """(settings, model, vocab, the structure of the run's checkpointed state) of the run folder
-    ``run``."""
-    s = GrammarSettings.from_dict(run_dir.load_config(run))
-    with open(os.path.join(run, "vocab.json")) as f:
-        vocab = json.load(f)
-    model, params0, fixed, _ = build_model(s, len(vocab))
+def read_json(run: str, name: str, check: Callable[[Any], bool], what: str):
+    """The JSON file ``name`` of run folder ``run``; ValueError naming the file when it is
+    missing, unreadable, not JSON or not ``what`` (``check`` fails)."""
+    path = os.path.join(run, name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"run {run!r} holds no {name}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"run {run!r}: {name} cannot be read ({e.__class__.__name__})") from None
+    except ValueError as e:
+        raise ValueError(f"run {run!r}: {name} is damaged (not JSON: {e})") from None
+    if not check(obj):
+        raise ValueError(f"run {run!r}: {name} is damaged (not {what})")
+    return obj
+
+
+def load_settings(run: str) -> GrammarSettings:
+    """The settings of the grammar run folder ``run`` (its config.json; ValueError naming the
+    file when it is missing or damaged)."""
+    if not os.path.exists(os.path.join(run, run_dir.CONFIG)):
+        run_dir.load_config(run)  # its one-line error: the folder holds no run
+    cfg = read_json(run, run_dir.CONFIG, lambda c: isinstance(c, dict), "a JSON object")
+    try:
+        return GrammarSettings.from_dict(cfg)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"run {run!r}: {run_dir.CONFIG} holds settings this version does not "
+                         f"read ({e})") from None
+
+
+def run_files(run: str):
+    """(settings, vocab, number of training sentences) of the run folder ``run``, from its
+    config.json, vocab.json and data.json (ValueError naming the file when one is damaged)."""
+    s = load_settings(run)
+    vocab = read_json(run, "vocab.json", lambda v: isinstance(v, list) and len(v) > 0
+                      and all(isinstance(w, str) for w in v), "a list of words")
     n = 1
     if s.method == "mc-em":
-        with open(os.path.join(run, "data.json")) as f:
-            n = json.load(f)["n_train"]
+        n = read_json(run, "data.json", lambda d: isinstance(d, dict) and isinstance(
+            d.get("n_train"), int) and d["n_train"] >= 1, "{\"n_train\": N}")["n_train"]
+    return s, vocab, n
+
+
+def restore_like(run: str):
+    """(settings, model, vocab, the structure of the run's checkpointed state) of the run folder
+    ``run`` (``run_files``)."""
+    s, vocab, n = run_files(run)
+    model, params0, fixed, _ = build_model(s, len(vocab))
     like = make_plan(s, model, params0, fixed, None, None, make_optimizer(s), n).state
     return s, model, vocab, like
 
