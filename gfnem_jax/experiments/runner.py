@@ -250,16 +250,24 @@ def load_run(run: str):
     return cfg, env, gfn, driver.restore_run(run, like).sampler
 
 
-def sample(run: str, n: int, seed: int, progress: bool = False) -> np.ndarray:
-    """``gfnem sample``: the terminal values of n fresh on-policy samples of a run, int64[n, ...]."""
+def sample(run: str, n: int, seed: int, progress: bool = False, out=None) -> np.ndarray:
+    """``gfnem sample``: the terminal values of n fresh on-policy samples of a run, int64[n, ...].
+
+    ``out``: None (the array is returned, held in memory) or ``out(shape, dtype)`` returning an
+    array to fill (e.g. ``numpy.lib.format.open_memmap``), called once before any sampling and
+    written chunk by chunk (then returned): the same numbers, in memory of one chunk."""
     _, env, gfn, params = load_run(run)
-    return sample_terminals(env, gfn, params, n, seed, progress=progress).astype(np.int64)
+    if out is None:
+        return sample_terminals(env, gfn, params, n, seed, progress=progress).astype(np.int64)
+    return sample_terminals(env, gfn, params, n, seed, progress=progress,
+                            out=lambda shape, dtype: out(shape, np.int64))
 
 
 def sample_terminals(env, gfn, params, n: int, seed: int, chunk: int = 8192,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, out=None) -> np.ndarray:
     """terminal_value of n fresh on-policy samples, [n, ...]; independent of ``chunk``
-    (``progress``: a progress bar over the chunks on stderr)."""
+    (``progress``: a progress bar over the chunks on stderr, with the time left). ``out``: None,
+    or ``out(shape, dtype)`` giving the [n, ...] array to write each chunk into (returned)."""
     key = jax.random.PRNGKey(seed)
 
     @jax.jit
@@ -269,7 +277,13 @@ def sample_terminals(env, gfn, params, n: int, seed: int, chunk: int = 8192,
 
     from tqdm.auto import tqdm
     starts = range(0, n, chunk)
-    outs = [np.asarray(draw(jnp.int32(i))) for i in tqdm(starts, desc="sample", unit="chunk",
-                                                          disable=not progress or len(starts) < 2,
-                                                          file=sys.stderr)]
-    return np.concatenate(outs)[:n]
+    bar = tqdm(starts, desc="sample", unit="chunk", disable=not progress or len(starts) < 2,
+               file=sys.stderr)
+    if out is None:
+        return np.concatenate([np.asarray(draw(jnp.int32(i))) for i in bar])[:n]
+    row = jax.eval_shape(draw, jnp.int32(0))
+    dest = out((n,) + tuple(row.shape[1:]), row.dtype)
+    for i in bar:
+        x = np.asarray(draw(jnp.int32(i)))
+        dest[i:i + chunk] = x[:min(chunk, n - i)]
+    return dest
