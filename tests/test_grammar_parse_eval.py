@@ -181,3 +181,21 @@ def test_eval_grammar_recomputes_the_last_logged_row(tmp_path, capsys):
         assert res2[k] == pytest.approx(last[k], rel=1e-6), k
     line = _fail(["eval", "grammar", "--run", str(run), "--gold", str(tmp_path / "v.trees")], capsys)
     assert "--gold" in line and "--corpus" in line
+
+
+@pytest.mark.slow
+def test_eval_grammar_of_a_gflownet_run_recomputes_its_is_bound(tmp_path, capsys):
+    run = tmp_path / "run"
+    tiny = dict(TINY, steps=6, log_every=3, max_len=6)
+    flags = sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in tiny.items()), [])
+    cli.main(["train", "grammar", "--method", "gflownet", "--policy-layers", "1", "--policy-dim",
+              "32", "--policy-heads", "2", "--policy-enc-layers", "1", "--eval-samples", "2",
+              "--schedule", "fixed", "--e-steps", "1", "--out", str(run), "--quiet", *flags])
+    capsys.readouterr()
+    last = [json.loads(l) for l in open(run / "metrics.jsonl")][-1]
+    cli.main(["eval", "grammar", "--run", str(run)])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["step"] == last["step"] == 6 and res["is_samples"] == 2
+    for k in ("nll_per_token", "is_nll_per_token", "corpus_f1", "sentence_f1", "gfn_corpus_f1",
+              "best_corpus_f1", "greedy_sentence_f1"):
+        assert res[k] == pytest.approx(last[k], rel=1e-6), k

@@ -1,4 +1,5 @@
-"""`gfnem train grammar`, `gfnem parse`, `gfnem export-grammar`: grammar induction, declared.
+"""`gfnem train grammar`, `gfnem parse`, `gfnem export-grammar`, `gfnem eval grammar`: grammar
+induction, declared.
 
 The pieces are the grammar package (``gfnem_jax.grammar``: corpora, grammars, inside, the
 parse-tree GFlowNet, the baselines, decoding); this module declares the settings and builds the
@@ -12,6 +13,7 @@ parse-tree GFlowNet, the baselines, decoding); this module declares the settings
   checkpoint/     the training state (every ``checkpoint_every`` steps, after
                   ``checkpoint_minutes``, at the end);
   summary.json    final metrics, the generating grammar's NLL (synthetic corpus), corpus statistics.
+  eval.json       (``gfnem eval grammar``) the held-out row recomputed from the newest checkpoint.
 The data are jit arguments of the compiled chunk (never constants); the batch of step t is drawn
 with fold_in(fold_in(run_key, t), 0) (baselines), so a resumed run equals an uninterrupted one.
 Evaluation uses the validation corpus (or the training corpus without one), at most
@@ -118,6 +120,10 @@ def parse(corpus: str, out: str, run: Optional[str] = None, grammar: Optional[st
     if (run is None) == (grammar is None):
         raise ValueError("parse needs exactly one of run (a run directory) or grammar (a .npz file)")
     P.samples_of(decoder)
+    if run is not None:
+        R.run_files(run)  # its files first, then the output, then the checkpoint (the work)
+    else:
+        params, vocab = G.load_npz(grammar)
     P.check_out_file(out)
     gflownet = None
     if run is not None:
@@ -125,7 +131,6 @@ def parse(corpus: str, out: str, run: Optional[str] = None, grammar: Optional[st
         params, max_len, mcmc = R.theta_of(s, state), s.max_len, s.eval_mcmc_steps
         gflownet = (s, state) if s.method == "gflownet" else None
     else:
-        params, vocab = G.load_npz(grammar)
         model, mcmc = TableGrammar(*G.sizes(params)), 200
     rep = P.parse(corpus, out, model, params, vocab, max_len, mcmc, decoder, seed, batch, gflownet)
     rep["max_len"] = max_len
@@ -135,6 +140,7 @@ def parse(corpus: str, out: str, run: Optional[str] = None, grammar: Optional[st
 def export_grammar(run: str, out_path: str) -> None:
     """Write the learned PCFG of run folder ``run`` as a .npz grammar file (its directory must
     exist)."""
+    R.run_files(run)  # its files first, then the output, then the checkpoint
     P.check_out_file(out_path)
     s, model, state, vocab = load_state(run)
     if s.grammar == "ncfg":

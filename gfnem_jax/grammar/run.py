@@ -5,6 +5,9 @@
   make_optimizer  Adam on the grammar (with the optional learning-rate drop)
   make_plan       what differs between the methods: the state at step 0, the compiled chunk, the
                   evaluation row of a state and the per-chunk summary (``Plan``)
+  eval_corpus     the corpus a run is evaluated on (its own, or a given text file)
+  run_files       a run folder's settings, vocabulary and training-set size (damaged files:
+                  one ValueError naming the file)
   restore_like    a run folder's settings, model, vocabulary and checkpoint structure
 
 Keys: the run key is PRNGKey(seed); the grammar's parameters come from fold_in(key, keys.PARAMS)
