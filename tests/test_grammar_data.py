@@ -85,8 +85,10 @@ def test_corpus_errors(tmp_path):
         C.load(txt, _write(tmp_path, "b3.trees", "(S a b c\n(S d e)\n"))
     with pytest.raises(ValueError, match="no sentence has 2..2 words"):
         C.load(_write(tmp_path, "c.txt", "a b c\n"), max_len=2)
-    with pytest.raises(ValueError, match="not in the grammar's vocabulary"):
+    with pytest.raises(ValueError, match="corpus line 1: the word 'zz' is not in the vocabulary"):
         C.encode([["a", "zz"]], ["<unk>", "a"], 4, unknown="error")
+    with pytest.raises(ValueError, match=r"u.txt' line 4: the word 'zz' is not in the voc"):
+        C.load(_write(tmp_path, "u.txt", "a b\n\nb\na zz\n"), vocab=["a", "b"], unknown="error")
 
 
 def _probs(nt=2, pt=3, v=4):
