@@ -51,6 +51,9 @@ def _files(d):
     open(os.path.join(p["idx_dir"], "train-images-idx3-ubyte"), "wb").write(b"\x00\x00")
     p["run_nocfg"] = str(d / "emptyrun")
     os.makedirs(p["run_nocfg"])
+    p["run_cfg"] = str(d / "cfgrun")
+    os.makedirs(p["run_cfg"])
+    open(os.path.join(p["run_cfg"], "config.json"), "w").write('{"task": "hypergrid", "env": {"ndim": 2, "height": 8}}')
     p["file"] = str(d / "plainfile")
     open(p["file"], "w").write("x")
     return p
@@ -84,6 +87,8 @@ CASES = [
     ("hypergrid: --r0 inf", lambda f, o: ["train", "hypergrid", "--r0", "inf", "--out", o], "--r0"),
     ("hypergrid: --devices beyond the visible devices", lambda f, o: ["train", "hypergrid", "--devices", "64", "--out", o], "--devices"),
     ("hypergrid: --out under a regular file", lambda f, o: ["train", "hypergrid", "--steps", "2", "--out", os.path.join(f["file"], "run")], "--out"),
+    ("train: a batch that cannot fit in memory", lambda f, o: ["train", "hypergrid", "--batch-size", "100000000000", "--out", o], "needs at least"),
+    ("sample: --n whose output cannot fit on disk", lambda f, o: ["sample", "--run", f["run_cfg"], "--n", "100000000000000", "--out", os.path.join(os.path.dirname(o), "x.npy")], "of disk"),
     ("hypergrid: --resume with --overwrite", lambda f, o: ["train", "hypergrid", "--steps", "2", "--resume", "--overwrite", "--out", f["run_nocfg"]], "pass one"),
     ("hypergrid: --overwrite of a folder that is not a run", lambda f, o: ["train", "hypergrid", "--steps", "2", "--overwrite", "--out", f["idx_dir"]], "not a gfnem run"),
     ("sample: --out in a missing directory", lambda f, o: ["sample", "--run", f["run_nocfg"], "--out", os.path.join(o, "nodir", "x.npy")], "does not exist"),
