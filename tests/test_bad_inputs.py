@@ -38,6 +38,17 @@ def _files(d):
                          ("g_vocab", {"vocab": np.array(["a", "b"])})):
         p[name] = str(d / f"{name}.npz")
         np.savez(p[name], **{**good, **change})
+    p["g_ok"] = str(d / "g_ok.npz")
+    np.savez(p["g_ok"], **good)
+    p["npz_truncated"] = str(d / "trunc.npz")
+    data = open(p["g_ok"], "rb").read()
+    open(p["npz_truncated"], "wb").write(data[: len(data) // 2])
+    for name, fname, text in (("run_badvocab", "vocab.json", ""), ("run_badcfg", "config.json", '{"nt": 3, "pt'),
+                              ("run_nockpt", "vocab.json", '["<unk>", "a"]')):
+        p[name] = str(d / (name.replace("run_", "") + "run"))
+        os.makedirs(p[name])
+        open(os.path.join(p[name], "config.json"), "w").write('{"method": "marginal", "grammar": "cfg", "corpus": "synthetic", "nt": 3, "pt": 4}')
+        open(os.path.join(p[name], fname), "w").write(text)
     p["not_npz"] = str(d / "bad.npz")
     open(p["not_npz"], "w").write("not a zip")
     p["npy_values"] = str(d / "v.npy")
@@ -89,6 +100,13 @@ CASES = [
     ("hypergrid: --out under a regular file", lambda f, o: ["train", "hypergrid", "--steps", "2", "--out", os.path.join(f["file"], "run")], "--out"),
     ("train: a batch that cannot fit in memory", lambda f, o: ["train", "hypergrid", "--batch-size", "100000000000", "--out", o], "needs at least"),
     ("sample: --n whose output cannot fit on disk", lambda f, o: ["sample", "--run", f["run_cfg"], "--n", "100000000000000", "--out", os.path.join(os.path.dirname(o), "x.npy")], "of disk"),
+    ("grammar file: truncated .npz", lambda f, o: G + ["--grammar", f["npz_truncated"], "--out", o], "truncated"),
+    ("parse: truncated .npz grammar", lambda f, o: ["parse", "--grammar", f["npz_truncated"], "--corpus", f["corpus"], "--out", os.path.join(o, "p.jsonl")], "truncated"),
+    ("parse: --out in a missing directory", lambda f, o: ["parse", "--grammar", f["g_ok"], "--corpus", f["corpus"], "--out", os.path.join(o, "nodir", "p.jsonl")], "does not exist"),
+    ("parse: --run with a damaged vocab.json", lambda f, o: ["parse", "--run", f["run_badvocab"], "--corpus", f["corpus"], "--out", os.path.join(os.path.dirname(o), "p.jsonl")], "vocab.json"),
+    ("export-grammar: --out in a missing directory", lambda f, o: ["export-grammar", "--run", f["run_nockpt"], "--out", os.path.join(o, "nodir", "g.npz")], "does not exist"),
+    ("eval grammar: --run with a damaged config.json", lambda f, o: ["eval", "grammar", "--run", f["run_badcfg"]], "config.json"),
+    ("eval grammar: --gold without --corpus", lambda f, o: ["eval", "grammar", "--run", f["run_nocfg"], "--gold", f["gold_count"]], "--corpus"),
     ("hypergrid: --resume with --overwrite", lambda f, o: ["train", "hypergrid", "--steps", "2", "--resume", "--overwrite", "--out", f["run_nocfg"]], "pass one"),
     ("hypergrid: --overwrite of a folder that is not a run", lambda f, o: ["train", "hypergrid", "--steps", "2", "--overwrite", "--out", f["idx_dir"]], "not a gfnem run"),
     ("sample: --out in a missing directory", lambda f, o: ["sample", "--run", f["run_nocfg"], "--out", os.path.join(o, "nodir", "x.npy")], "does not exist"),
