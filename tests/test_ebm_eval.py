@@ -143,3 +143,9 @@ def test_eval_recomputes_the_runs_held_out_nll(tmp_path, capsys):
     np.testing.assert_allclose(res["test_nll"], last["test_nll"], rtol=1e-6)
     with open(os.path.join(out, "eval.json")) as f:
         assert json.load(f)["test_nll"] == res["test_nll"]
+    # gfnem sample streams its .npy chunk by chunk: the numbers of ebm.sample in memory
+    n = ebm.SAMPLE_CHUNK + 100
+    cli.main(["sample", "--run", out, "--n", str(n), "--seed", "3", "--out", str(tmp_path / "x.npy")])
+    streamed = np.load(tmp_path / "x.npy")
+    np.testing.assert_array_equal(streamed, ebm.sample(out, n, seed=3))
+    assert streamed.shape == (n, 4) and streamed.dtype == np.uint8

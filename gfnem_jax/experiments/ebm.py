@@ -191,20 +191,34 @@ def load_run(run: str):
     return settings, e, driver.restore_run(run, ebgfn.init_state(e, settings.seed))
 
 
-def sample(run: str, n: int, seed: int = 0, progress: bool = False) -> np.ndarray:
+SAMPLE_CHUNK = 4096  # samples drawn per compiled call (and written per chunk when streaming)
+
+
+def sample(run: str, n: int, seed: int = 0, progress: bool = False, out=None) -> np.ndarray:
     """uint8[n, d]: n samples of a finished run's model: its GFlowNet for gfn / gfn-cd; exact
     samples of p_phi (enumeration) for pcd / gwg when d <= 20, else its persistent chains run
-    on with Gibbs-with-gradients (1000 steps)."""
+    on with Gibbs-with-gradients (1000 steps). Chunk i of SAMPLE_CHUNK samples uses
+    ``fold_in(PRNGKey(seed), i * SAMPLE_CHUNK)``. ``out``: None (returned in memory) or
+    ``out(shape, dtype)`` giving the array to fill chunk by chunk (``gfnem sample`` streams to a
+    .npy this way): the same numbers."""
+    from tqdm.auto import tqdm
     from gfnem_jax.experiments import ebm_eval
 
     settings, e, st = load_run(run)
     key = jax.random.PRNGKey(seed)
-    if e.gfn_based:
-        return ebm_eval.sample_gfn(e, st.sampler, st.model, key, n)
-    if e.d <= energy.MAX_EXACT_D:
-        return ebm_eval.sample_exact(e.model, st.model, key, n)
-    x = jnp.tile(st.sampler, (n // st.sampler.shape[0] + 1, 1))[:n]
-    return np.asarray(mcmc.gwg(e.model.energy, st.model, key, x, 1000)[0], np.uint8)
+    dest = np.empty((n, e.d), np.uint8) if out is None else out((n, e.d), np.uint8)
+    starts = range(0, n, SAMPLE_CHUNK)
+    for i in tqdm(starts, desc="sample", unit="chunk", disable=not progress or len(starts) < 2):
+        b, k = min(SAMPLE_CHUNK, n - i), jax.random.fold_in(key, i)
+        if e.gfn_based:
+            x = ebm_eval.sample_gfn(e, st.sampler, st.model, k, b)
+        elif e.d <= energy.MAX_EXACT_D:
+            x = ebm_eval.sample_exact(e.model, st.model, k, b)
+        else:
+            x0 = jnp.tile(st.sampler, (b // st.sampler.shape[0] + 1, 1))[:b]
+            x = np.asarray(mcmc.gwg(e.model.energy, st.model, k, x0, 1000)[0], np.uint8)
+        dest[i:i + b] = x
+    return dest
 
 
 def evaluate_run(run: str, seed: int = 0, ais_chains: int = 256, ais_temps: int = 1000) -> dict:
