@@ -8,21 +8,32 @@ A run kind (a module of ``gfnem_jax.experiments``, registered once in
 everything else, once for every kind:
 
     check the resume -> restore the newest checkpoint -> check the steps -> write config.json and
-    the kind's input files -> pick the chunk -> checkpoints + metrics.jsonl -> ``host_loop.host_loop``
-    (progress, Ctrl-C, the non-finite stop, multi-process) -> the last checkpoint -> the kind's
-    summary files
+    the kind's input files -> pick the logging interval and the compiled chunk -> checkpoints +
+    metrics.jsonl -> ``host_loop.host_loop`` (progress, Ctrl-C, the non-finite stop,
+    multi-process) -> the last checkpoint -> the kind's summary files
+
+A logging interval (``Experiment.chunk``, by default the largest divisor of the steps not above
+``log_every``) is run as several compiled chunks (``host_loop.first_chunk``, smaller when a
+chunk takes more than a few seconds) so the bar moves and Ctrl-C is answered within a chunk; the
+chunks' metrics are concatenated into the interval's, so the rows do not depend on the chunk.
+A checkpoint written mid-interval (Ctrl-C) carries the unfinished interval's metrics
+(``PENDING``), and a resume from it logs the rows of a run never stopped.
 
 ``build`` must not write anything: a refused resume leaves the run folder as it was.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
 
 from gfnem_jax import checkpoint, distributed as D, host_loop, run_dir
 
 Row = Dict[str, Any]
+PENDING = "interval_pending."  # checkpoint extras: the metrics of an unfinished interval
 
 
 @dataclasses.dataclass
@@ -37,15 +48,22 @@ class Experiment:
       state: the ``loop.LoopState`` at step 0 (also the structure a checkpoint is restored into).
       make_chunk: ``n -> run_chunk(state, data) -> (state, metrics[n])``, ``n`` steps of
         ``loop.make_step`` in one compiled ``lax.scan`` (``loop.make_chunk``).
-      data_fn: ``chunk index -> data`` argument of each chunk (None: no data argument).
-      summarize: ``metrics of a chunk -> dict`` merged into its logged row.
+      data_fn: ``chunk index -> data`` argument of each compiled chunk (None: no data
+        argument).
+      summarize: ``metrics of a logging interval -> dict`` merged into its logged row.
       evaluate: ``state -> dict`` merged into each logged row (exact metrics, held-out scores).
-      log_rows: ``(metrics of the chunk, its row) -> rows to write`` (default: the row itself).
+      log_rows: ``(metrics of the interval, its row) -> rows to write`` (default: the row
+        itself).
       first_rows: ``(state, rows kept from an earlier run) -> rows written before them`` (rows
-        computed before the first chunk: baselines, a step-0 evaluation when nothing is kept).
+        computed before the first chunk: baselines, a step-0 evaluation when nothing is kept);
+        resumed mid-interval, the state's ``step`` is the step the rows resume from (the
+        interval's start: steps after it are logged in the next row).
       kept_rows: ``(rows of an earlier run's metrics.jsonl, step of its checkpoint) -> the rows a
         resume keeps`` (default: those logged at or before the checkpoint's step).
-      chunk: ``steps already done -> steps per chunk`` (default ``run_dir.chunk_size``).
+      chunk: ``step at which logging starts -> steps per logging interval`` (default
+        ``run_dir.chunk_size``); every divisor of it must be a valid compiled chunk.
+      split: run an interval as several compiled chunks (``host_loop.first_chunk``); False keeps
+        one compiled chunk per interval (a kind whose numbers depend on the scan length).
       extras: ``() -> {name: array}`` saved with each checkpoint; ``restore_extras(ck)`` reads
         them back when resuming from checkpoint ``ck``.
       write_inputs: ``out -> None``: files describing the run's inputs (data, vocabulary), written
@@ -71,6 +89,7 @@ class Experiment:
     first_rows: Optional[Callable[[Any, List[Row]], List[Row]]] = None
     kept_rows: Optional[Callable[[List[Row], int], List[Row]]] = None
     chunk: Optional[Callable[[int], int]] = None
+    split: bool = True
     extras: Optional[Callable[[], Dict[str, Any]]] = None
     restore_extras: Optional[Callable[[str], None]] = None
     write_inputs: Optional[Callable[[str], None]] = None
@@ -95,8 +114,8 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
 
     resume: continue the run in ``out`` from its newest checkpoint (step 0 if it has none) up to
     ``settings.steps``: the rows and the final state equal those of a run never stopped (keys
-    depend only on the seed and the step; the chunks of a resumed run are those of the
-    uninterrupted one)."""
+    depend only on the seed and the step; a resumed run keeps the logging intervals of the
+    uninterrupted one, and a checkpoint written mid-interval carries that interval's metrics)."""
     s = exp.settings
     t0 = time.perf_counter()
     if resume:
@@ -106,14 +125,24 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
     run_dir.check_steps(s.steps, done, out)
     if ck is not None and exp.restore_extras is not None:
         exp.restore_extras(ck)
+    pending = _load_pending(ck) if ck is not None else None
+    start = done - (len(next(iter(pending.values()))) if pending else 0)
     run_dir.write_config(out, exp.config)
     primary = D.is_primary()
     if primary and exp.write_inputs is not None:
         exp.write_inputs(out)
-    chunk = exp.chunk(done) if exp.chunk is not None else run_dir.chunk_size(s.steps, done,
-                                                                               s.log_every)
+    interval = (exp.chunk(start) if exp.chunk is not None
+                else run_dir.chunk_size(s.steps, start, s.log_every))
+    chunk = host_loop.first_chunk(interval) if exp.split else interval
     run_chunk = exp.make_chunk(chunk)
-    cks = run_dir.Checkpoints(out, s, extras=exp.extras, last=done if ck else None)
+    unfinished: List[Optional[Dict[str, Any]]] = [None]
+
+    def extras():
+        ex = dict(exp.extras()) if exp.extras is not None else {}
+        ex.update({PENDING + k: v for k, v in (unfinished[0] or {}).items()})
+        return ex
+
+    cks = run_dir.Checkpoints(out, s, extras=extras, last=done if ck else None)
     kept: List[Row] = []
     if ck is not None:
         earlier = run_dir.read_rows(out)
@@ -125,7 +154,12 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
         chunk_metrics[0] = m
         return exp.summarize(m) if exp.summarize is not None else {}
 
-    first = exp.first_rows(D.to_local(state), kept) if exp.first_rows is not None else []
+    if progress and primary and exp.first_rows is not None and not kept:
+        _say(f"{exp.name}: computing the rows before the first step (compiling them first) ...")
+    at = D.to_local(state)
+    if pending and hasattr(at, "_replace"):  # the rows resume at the unfinished interval's start
+        at = at._replace(step=np.asarray(start, np.asarray(at.step).dtype))
+    first = exp.first_rows(at, kept) if exp.first_rows is not None else []
     with run_dir.MetricsLog(out, first + kept, tensorboard=getattr(s, "tensorboard", False)) as log:
         log.board(first)
 
@@ -134,16 +168,33 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
             for r in rows:
                 log.write(r)
 
-        state = host_loop.host_loop(state, run_chunk, s.steps - done, chunk, data_fn=exp.data_fn,
-                               summarize=summarize, evaluate=exp.evaluate, on_log=on_log,
-                               progress=progress, desc=exp.name, postfix=tuple(exp.postfix),
-                               wall_offset=log.wall_offset() + time.perf_counter() - t0,
-                               **cks.loop_kwargs())
+        state = host_loop.host_loop(
+            state, run_chunk, s.steps - done, chunk, data_fn=exp.data_fn, summarize=summarize,
+            evaluate=exp.evaluate, on_log=on_log, progress=progress, desc=exp.name,
+            postfix=tuple(exp.postfix), interval=interval, pending=pending,
+            make_chunk=exp.make_chunk if exp.split else None,
+            on_pending=lambda m: unfinished.__setitem__(0, m),
+            wall_offset=log.wall_offset() + time.perf_counter() - t0, **cks.loop_kwargs())
+    unfinished[0] = None
     cks.save(state)  # collective with several processes
     state = D.to_local(state)
     rows = log.rows
     summary = exp.finish(state, rows, out, primary) if exp.finish is not None else {}
     return {"final": rows[-1] if rows else {}, "summary": summary, "state": state}
+
+
+def _load_pending(ck: str) -> Optional[Dict[str, np.ndarray]]:
+    """The metrics of the unfinished interval saved with checkpoint ``ck`` (None: it was
+    written at the end of an interval)."""
+    names = sorted(f[:-len(".npy")] for f in os.listdir(ck)
+                   if f.startswith(PENDING) and f.endswith(".npy"))
+    return {n[len(PENDING):]: checkpoint.load_extra(ck, n) for n in names} or None
+
+
+def _say(msg: str) -> None:
+    import sys
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
 
 
 def restore_run(run: str, like: Any) -> Any:

@@ -267,8 +267,9 @@ def test_tensorboard_event_files_hold_the_logged_metrics(tmp_path):
 
 
 def test_ctrl_c_stops_with_one_line_naming_the_step_and_the_checkpoint(tmp_path):
-    """SIGINT (Ctrl-C) mid-run: exit 130, one line on stderr naming the last finished step and
-    the checkpoint a resume starts from, no traceback."""
+    """SIGINT (Ctrl-C) mid-run: exit 130, a line on stderr answering the press (where it will
+    stop), then one naming the last finished step and the checkpoint written there that a resume
+    starts from, no traceback."""
     out = str(tmp_path / "run")
     args = [a if a != "300" else "100000" for a in HG_ARGS]
     proc = _start_until_first_checkpoint(args, out)
@@ -280,9 +281,13 @@ def test_ctrl_c_stops_with_one_line_naming_the_step_and_the_checkpoint(tmp_path)
             proc.kill()
     assert proc.returncode == 130, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("gfnem: interrupted after step ") and "--resume" in lines[0], err
-    assert "checkpoint (step " in lines[0], err
+    # the answer to the press, then the stop: one line each, no traceback
+    assert len(lines) == 2 and "Traceback" not in err, err
+    assert lines[0].startswith("gfnem: Ctrl-C: stopping at the end of the current chunk"), err
+    assert lines[1].startswith("gfnem: interrupted after step ") and "--resume" in lines[1], err
+    step = int(lines[1].split("after step ")[1].split(";")[0])
+    assert f"checkpoint (step {step})" in lines[1], err  # saved where it stopped
+    assert checkpoint.steps(out)[-1] == step
 
 
 def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path):
@@ -298,3 +303,54 @@ def test_resume_of_a_run_saved_before_a_setting_existed(tmp_path):
     with pytest.raises(ValueError, match=r"lr_drop \(saved 1.0, now 0.5\)"):
         run_dir.check_resume(s.replace(lr_drop=0.5).to_dict(), str(tmp_path),
                              defaults=GrammarSettings.defaults())
+
+
+def _interrupt_at(exp, at):
+    """``exp`` whose compiled chunks send SIGINT (Ctrl-C) to this process while running the
+    chunk that starts at step ``at``."""
+    make = exp.make_chunk
+
+    def make_chunk(n):
+        run = make(n)
+
+        def chunk(st, data):
+            if int(jax.device_get(st.step)) == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return run(st, data)
+        return chunk
+    exp.make_chunk = make_chunk
+    return exp
+
+
+def test_ctrl_c_mid_interval_checkpoints_at_the_chunk_and_resumes_bitwise(tmp_path, capsys):
+    """Ctrl-C inside an interval of 20 steps (chunks of 2): a line at once saying where it will
+    stop, a checkpoint at that chunk's end (step 46, mid-interval), and a resume from it gives
+    the rows and parameters of a run never stopped."""
+    from gfnem_jax import driver
+    cfg = {**HG, "steps": 100}
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    settings = lambda: runner.task_module("hypergrid").Settings.from_config(cfg)
+    driver.run(runner.experiment(settings()), full, progress=False)
+    with pytest.raises(host_loop.Interrupted, match=r"after step 46; .*checkpoint \(step 46\)"):
+        driver.run(_interrupt_at(runner.experiment(settings()), 44), part, progress=False)
+    err = capsys.readouterr().err
+    assert "Ctrl-C: stopping at the end of the current chunk (step 46)" in err, err
+    assert checkpoint.steps(part)[-1] == 46 and _rows(part)[-1]["step"] == 40
+    driver.run(runner.experiment(settings()), part, progress=False, resume=True)
+    _check_same(full, part, cfg["steps"])
+
+
+def test_mixture_ctrl_c_mid_interval_then_resume_gives_the_same_rows(tmp_path, capsys):
+    """A kind writing one row per step (``log_rows``) and counting steps from its state
+    (``first_rows``): Ctrl-C at step 26 of an interval of 10, then a resume, gives the rows of a
+    run never stopped."""
+    from gfnem_jax import driver
+    cfg = {**MIX, "steps": 40}
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    build = lambda: mixture.build(mixture._settings(cfg))
+    driver.run(build(), full, progress=False)
+    with pytest.raises(host_loop.Interrupted, match=r"after step 26;"):
+        driver.run(_interrupt_at(build(), 24), part, progress=False)
+    assert checkpoint.steps(part) == [20, 26]
+    driver.run(build(), part, progress=False, resume=True)
+    _check_same(full, part, cfg["steps"], key=lambda r: (r["method"], r["step"]))
