@@ -16,12 +16,13 @@ estimate (``gfnem_jax.sizes``) is recorded beside it. Rows above 2 GiB are marke
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+
+from _machine import cpu_name  # noqa: E402 (benchmarks/ is on sys.path)
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["GFNEM_NO_COMPILE_CACHE"] = "1"
@@ -44,17 +45,6 @@ RUNS = {
     "ebm-pcd": "ebm --method pcd --data moons --steps 200 --log-every 100",
 }
 LIMIT_MIB = 2048
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(name: str, flags: str) -> dict:
@@ -91,7 +81,7 @@ def main_all(argv):
               f"exit {row['exit']}{'  OVER 2 GiB' if row['over_2gib'] else ''}", flush=True)
         if args.out:  # after every row: a long sweep keeps what it measured
             with open(args.out, "w") as f:
-                json.dump({"cpu": cpu_model(), "cores": os.cpu_count(),
+                json.dump({"cpu": cpu_name(), "cores": os.cpu_count(),
                            "load_1min_end": os.getloadavg()[0],
                            "command": "python benchmarks/peak_rss.py --all" +
                                       (" --only " + " ".join(args.only) if args.only else ""),

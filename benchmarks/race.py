@@ -45,6 +45,8 @@ import time
 
 import numpy as np
 
+from _machine import cpu_name  # noqa: E402 (benchmarks/ is on sys.path)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS_DIR = os.path.join(HERE, "race_peers")
 L1_TARGET = 0.05
@@ -257,17 +259,6 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         peer_l1_curve=[[e["step"], e["t_s"], round(l, 5)] for e, l in zip(peer_runs[-1]["evals"], peer_runs[-1]["l1"])],
     )
     return row
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def fmt(x, nd=1):
