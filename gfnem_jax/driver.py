@@ -127,6 +127,11 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
         exp.restore_extras(ck)
     pending = _load_pending(ck) if ck is not None else None
     start = done - (len(next(iter(pending.values()))) if pending else 0)
+    kept: List[Row] = []
+    if ck is not None:  # before anything is written: damaged rows stop the resume unchanged
+        earlier = run_dir.read_rows(out, strict=True)
+        kept = (exp.kept_rows(earlier, done) if exp.kept_rows is not None
+                else [r for r in earlier if run_dir.upto(done)(r)])
     run_dir.write_config(out, exp.config)
     primary = D.is_primary()
     if primary and exp.write_inputs is not None:
@@ -143,11 +148,6 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
         return ex
 
     cks = run_dir.Checkpoints(out, s, extras=extras, last=done if ck else None)
-    kept: List[Row] = []
-    if ck is not None:
-        earlier = run_dir.read_rows(out)
-        kept = (exp.kept_rows(earlier, done) if exp.kept_rows is not None
-                else [r for r in earlier if run_dir.upto(done)(r)])
     chunk_metrics: List[Dict[str, Any]] = [{}]
 
     def summarize(m):

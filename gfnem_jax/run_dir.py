@@ -169,20 +169,32 @@ def upto(step: int) -> Callable[[Dict[str, Any]], bool]:
     return lambda r: r.get("step", 0) <= step
 
 
-def read_rows(out: str,
-              keep: Callable[[Dict[str, Any]], bool] = lambda r: True) -> List[Dict[str, Any]]:
-    """The rows of OUT/metrics.jsonl for which ``keep`` holds (a torn last line is dropped)."""
+def read_rows(out: str, keep: Callable[[Dict[str, Any]], bool] = lambda r: True,
+              strict: bool = False) -> List[Dict[str, Any]]:
+    """The rows of OUT/metrics.jsonl for which ``keep`` holds (a torn last line is dropped).
+
+    strict (a resume, which keeps these rows): a damaged line before the last, or no file at all,
+    is a ValueError naming the file (the run's earlier rows would be lost)."""
     path = os.path.join(out, METRICS)
+    if not os.path.isfile(path):
+        if strict:
+            raise ValueError(f"run {out!r}: its {METRICS} is missing (a checkpoint without its rows)")
+        return []
+    with open(path, "rb") as f:
+        lines = [b for b in f.read().split(b"\n") if b.strip()]
     rows = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(r, dict) and keep(r):
-                    rows.append(r)
+    for i, line in enumerate(lines):
+        try:
+            r = json.loads(line.decode("utf-8"))
+        except ValueError:
+            r = None
+        if not isinstance(r, dict):
+            if strict and i < len(lines) - 1:
+                raise ValueError(f"run {out!r}: line {i + 1} of its {METRICS} is damaged (not a "
+                                 f"JSON object); nothing was changed")
+            continue
+        if keep(r):
+            rows.append(r)
     return rows
 
 

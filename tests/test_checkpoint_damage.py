@@ -122,3 +122,32 @@ def test_sample_falls_back_and_no_sound_checkpoint_is_one_line(tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len([x for x in err if x.startswith("gfnem: error")]) == 1
     assert "no checkpoint is sound" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_damaged_rows_stop_a_resume_in_one_line_with_nothing_changed(finished, tmp_path, capsys):
+    """metrics.jsonl damaged before its last line (random bytes, or deleted): the resume stops
+    with one line naming the file, exit 2, and the run folder is as it was."""
+    kind, out = finished
+    args = HG if kind == "hypergrid" else MIX
+    for how in ("bytes", "delete"):
+        run = str(tmp_path / how)
+        shutil.copytree(out, run)
+        shutil.rmtree(os.path.join(run, "checkpoint", "step_60"))
+        path = os.path.join(run, "metrics.jsonl")
+        if how == "delete":
+            os.remove(path)
+        else:
+            with open(path, "r+b") as f:
+                f.seek(3)
+                f.write(b"\xff\x00garbage")
+        before = {p: open(os.path.join(run, p), "rb").read() for p in ("config.json",)
+                  if os.path.exists(os.path.join(run, p))}
+        rows_before = open(path, "rb").read() if os.path.exists(path) else None
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            cli.main(args + ["--out", run, "--resume"])
+        err = [x for x in capsys.readouterr().err.strip().splitlines() if x.startswith("gfnem")]
+        assert e.value.code == 2 and len(err) == 1 and "metrics.jsonl" in err[0], err
+        assert (open(path, "rb").read() if os.path.exists(path) else None) == rows_before
+        assert all(open(os.path.join(run, p), "rb").read() == b for p, b in before.items())
+        assert checkpoint.steps(run) == [20, 40]
