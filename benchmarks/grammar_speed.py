@@ -16,8 +16,16 @@ FLOPs come from XLA's cost analysis of the compiled step; the matmul peak is mea
 (float32 2048^3, best of 3). Padding waste = 1 - live root slots / processed root slots of the
 evaluation pass (``grammar.rollout.padding_waste``).
 
-    python benchmarks/grammar_speed.py            # paper-size policy (6 x 512, 4 heads) + small
-    python benchmarks/grammar_speed.py --quick    # small policy only
+    python benchmarks/grammar_speed.py            # small transformer, span policy, paper-size (6 x 512)
+    python benchmarks/grammar_speed.py --quick    # small transformer and span policy only
+    python benchmarks/grammar_speed.py --policies span paper --configs two:4 --repeats 2
+                                                  # the span policy beside the paper's transformer
+
+Rows: "small" = ``ParsePolicy.small`` (2 x 64), "paper" = ``ParsePolicy.paper`` (6 x 512, 4 heads),
+"span" = ``grammar.span_policy.SpanPolicy.small`` (d = 64, no layers over the roots: each root
+from its span's endpoint encodings and label, each candidate merge scored by a small MLP;
+``gfnem train grammar --policy span``). GFLOP/sent is the analytic count per sentence (the
+sentence encoder, once per trajectory, left out for every row).
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ from gfnem_jax.grammar.env import ParseTree, make_cond
 from gfnem_jax.grammar import rules as gm
 from gfnem_jax.grammar import rollout as pb
 from gfnem_jax.grammar.policy import ParsePolicy
+from gfnem_jax.grammar.span_policy import SpanPolicy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAPER_E_STEP = 2.4  # sentences/s of the official code on this CPU (REFERENCES.md)
@@ -182,7 +191,10 @@ def main(argv=None):
                          "buckets + grammar.rollout.evaluate_packed in chunks of N states (`gfnem train grammar "
                          "--pack N`; two:4 is its default)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="small policy only")
+    ap.add_argument("--quick", action="store_true", help="small transformer and span policy only")
+    ap.add_argument("--policies", nargs="+", choices=("small", "span", "paper"), default=None,
+                    help="rows to run (default: small span paper; --quick: small span; "
+                         "--paper-only: paper)")
     ap.add_argument("--paper-only", action="store_true", help="paper-size policy only")
     ap.add_argument("--mstep-only", action="store_true",
                     help="only the M-step, on exact posterior samples of a random PCFG")
@@ -206,14 +218,15 @@ def main(argv=None):
         print(m)
         save(args, lengths, peak, [m])
         return
-    sizes = [("small", ParsePolicy.small(L, NT, V))]
-    if args.paper_only:
-        sizes = []
-    if not args.quick:
-        sizes = sizes + [("paper", ParsePolicy.paper(L, NT, V))]
+    make = {"small": lambda: ParsePolicy.small(L, NT, V), "span": lambda: SpanPolicy.small(L, NT, V),
+            "paper": lambda: ParsePolicy.paper(L, NT, V)}
+    names = args.policies or (["paper"] if args.paper_only else
+                              ["small", "span"] + ([] if args.quick else ["paper"]))
+    sizes = [(n, make[n]()) for n in names]
     rows, terminal = [], None
     hdr = ("| policy | E-step | buckets | padding waste | compile s | s/step | E-step sent/s | x paper | "
-           "GFLOP/step | GFLOP/s | % peak | sent/s at zero waste |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
+           "GFLOP/step | GFLOP/sent | GFLOP/s | % peak | sent/s at zero waste |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(hdr)
     for name, pol in sizes:
         for cfg in args.configs:
@@ -232,9 +245,11 @@ def main(argv=None):
                      sentences_per_s=round(args.batch / sec, 2),
                      speedup_vs_paper=round(args.batch / sec / PAPER_E_STEP, 2),
                      xla_cost_gflop_per_step=round(flops / 1e9, 2),
-                     gflop_per_step=round(analytic_gflop(pol, args.batch, L, nb, mode, ev_slots), 1))
-            r["gflops"] = round(r["gflop_per_step"] / sec, 1)
-            r["pct_peak"] = round(100 * r["gflops"] / peak, 1)
+                     gflop_per_step=round(analytic_gflop(pol, args.batch, L, nb, mode, ev_slots), 3))
+            r["gflop_per_sentence"] = round(
+                analytic_gflop(pol, args.batch, L, nb, mode, ev_slots) / args.batch, 4)
+            r["gflops"] = round(r["gflop_per_step"] / sec, 2)
+            r["pct_peak"] = round(100 * r["gflops"] / peak, 2)
             r["live_gflop_per_step"] = round(live_gflop(pol, lengths, mode), 1)
             # the same FLOP rate on live slots only: what perfect packing would give
             r["zero_waste_sentences_per_s"] = round(
@@ -243,7 +258,8 @@ def main(argv=None):
             save(args, lengths, peak, rows)
             print(f"| {name} | {cfg} | {nb} | {r['padding_waste']:.3f} | {comp:.1f} | {sec:.3f} | "
                   f"{r['sentences_per_s']:.2f} | {r['speedup_vs_paper']:.1f} | "
-                  f"{r['gflop_per_step']:.1f} | {r['gflops']:.1f} | {r['pct_peak']:.1f} | "
+                  f"{r['gflop_per_step']:.1f} | {r['gflop_per_sentence']:.4f} | "
+                  f"{r['gflops']:.1f} | {r['pct_peak']:.1f} | "
                   f"{r['zero_waste_sentences_per_s']:.2f} |", flush=True)
         if name != "small":
             continue

@@ -4,6 +4,8 @@ Nothing here is a new algorithm: it configures the library's pieces for parse tr
   environment   ``grammar.env.ParseTree(max_len, NT)``: bottom-up merges of adjacent roots.
   policy        ``grammar.policy.ParsePolicy``: a transformer over the current roots,
                 conditioned on the sentence (encoded once per trajectory); log Z(x) an MLP of it.
+                Setting policy=span: ``grammar.span_policy.SpanPolicy`` (roots from their span
+                endpoints and label, only the candidate merges scored by a small MLP).
   engine        ``grammar.rollout.Buckets(n_buckets, pack)``: the training rollout and its
                 differentiable pass look only at the root slots still live (K(t) = L - t); with
                 pack > 0 the differentiable pass packs the states of all sentences by root count.
@@ -41,6 +43,7 @@ from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.env import ParseTree
 from gfnem_jax.grammar.policy import ParsePolicy
 from gfnem_jax.grammar.rollout import Buckets
+from gfnem_jax.grammar.span_policy import SpanPolicy
 from gfnem_jax.nets.policy import PolicyOutput
 from gfnem_jax.optim import OptimConfig, policy_optimizer
 
@@ -61,8 +64,13 @@ def build(s, model, vocab_size: int) -> Built:
     """The GFlowNet, the latent variable model and the EM settings of a run's settings ``s``
     (``grammar.settings.GrammarSettings``) and grammar ``model`` (Neural/TableGrammar)."""
     env = ParseTree(s.max_len, model.nt)
-    policy = ParsePolicy(s.max_len, model.nt, vocab_size, dim=s.policy_dim, layers=s.policy_layers,
-                         heads=s.policy_heads, enc_layers=s.policy_enc_layers)
+    if getattr(s, "policy", "transformer") == "span":
+        policy = SpanPolicy(s.max_len, model.nt, vocab_size, dim=s.policy_dim,
+                            heads=s.policy_heads, enc_layers=s.policy_enc_layers)
+    else:
+        policy = ParsePolicy(s.max_len, model.nt, vocab_size, dim=s.policy_dim,
+                             layers=s.policy_layers, heads=s.policy_heads,
+                             enc_layers=s.policy_enc_layers)
     objective = s.objective()
     rules = model.rule_log_probs
 

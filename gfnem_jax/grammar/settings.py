@@ -56,6 +56,12 @@ class GrammarSettings(EMScheduleSettings, ExplorationSettings, ObjectiveSettings
     synth_rule_scale: float = setting(4.0, "synthetic NCFG corpus: logit scale of its rule tables "
                                       "(larger: the parent's label matters more)", gt=0)
     # -- method gflownet (GFlowNet-EM; grammar/gfn_em.py) --
+    policy: str = setting("transformer", "gflownet: parse-tree policy: transformer (the paper's, "
+                          "a transformer over the roots of each state) or span (each root from "
+                          "its span's endpoints in a sentence encoding and its label, only the "
+                          "candidate merges scored by a small MLP; width policy_dim, encoder "
+                          "policy_enc_layers x policy_heads; grammar/span_policy.py)",
+                          choices=("transformer", "span"))
     policy_layers: int = setting(6, "gflownet: transformer layers over the roots", min=1)
     policy_dim: int = setting(512, "gflownet: transformer width", min=1)
     policy_heads: int = setting(4, "gflownet: attention heads", min=1)
