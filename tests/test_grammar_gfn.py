@@ -16,20 +16,12 @@ from gfnem_jax.grammar import gfn_em as GF
 from gfnem_jax.grammar.settings import GrammarSettings
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar import tree as T
-from gfnem_jax.grammar.neural import TableGrammar
 
-NT, PT, V, L = 2, 2, 5, 4
-MODEL = TableGrammar(NT, PT, V)
-THETA = G.random_grammar(jax.random.PRNGKey(3), NT, PT, V)
-WORDS = np.array([[1, 4, 0, 2]], np.int32)
-LENGTHS = np.array([4], np.int32)
+from _tiny_grammar import L, LENGTHS, MODEL, NT, THETA, V, WORDS, grammar_settings, train_posterior
 
 
 def settings(**kw):
-    base = dict(method="gflownet", max_len=L, nt=NT, pt=PT, policy_layers=1, policy_dim=32,
-                policy_heads=2, policy_enc_layers=1, batch_size=16, temperature=1.0, gfn_lr=1e-3,
-                gfn_lr_logz=3e-2, n_buckets=2)
-    return GrammarSettings(**{**base, **kw})
+    return grammar_settings(dict(policy_layers=1), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +31,7 @@ def trained():
     same Adam state; without the drop the TV after 1000 steps wanders between 0.007 and 0.076 with
     the seed and the CPU, after it stays <= 0.021 over seeds 0-5): (built, state at step 0, state
     at the end, metrics)."""
-    s = settings()
-    b = GF.build(s, MODEL, V)
-    st0, tx = GF.init_state(s, b, THETA, None)
-    _, tx_low = GF.init_state(settings(gfn_lr=1e-4, gfn_lr_logz=3e-3), b, THETA, None)
-    data = {"tokens": jnp.asarray(WORDS), "length": jnp.asarray(LENGTHS)}
-    st = st0
-    for t, n in ((tx, 1000), (tx_low, 250)):
-        chunk = loop.make_chunk(GF.make_step(b, t, None, False), n, em.batch_fn(b.cfg, 1))
-        st, m = chunk(st, data)
-    return b, st0, st, m
+    return train_posterior(settings)
 
 
 def test_gflownet_learns_the_exact_posterior_of_one_sentence(trained):

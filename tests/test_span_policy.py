@@ -6,27 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax import em, loop
 from gfnem_jax.grammar import gfn_em as GF
-from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.env import ParseTree, make_cond
-from gfnem_jax.grammar.neural import TableGrammar
 from gfnem_jax.grammar.policy import shrink
 from gfnem_jax.grammar.settings import GrammarSettings
 from gfnem_jax.grammar.span_policy import SpanPolicy
 
-NT, PT, V, L = 2, 2, 5, 4
-MODEL = TableGrammar(NT, PT, V)
-THETA = G.random_grammar(jax.random.PRNGKey(3), NT, PT, V)
-WORDS = np.array([[1, 4, 0, 2]], np.int32)
-LENGTHS = np.array([4], np.int32)
+from _tiny_grammar import L, LENGTHS, MODEL, THETA, V, WORDS, grammar_settings, train_posterior
 
 
 def settings(**kw):
-    base = dict(method="gflownet", policy="span", max_len=L, nt=NT, pt=PT, policy_dim=32,
-                policy_heads=2, policy_enc_layers=1, batch_size=16, temperature=1.0, gfn_lr=1e-3,
-                gfn_lr_logz=3e-2, n_buckets=2)
-    return GrammarSettings(**{**base, **kw})
+    return grammar_settings(dict(policy="span"), **kw)
 
 
 def test_setting_chooses_the_policy():
@@ -40,15 +30,7 @@ def test_span_policy_learns_the_exact_posterior_of_one_sentence():
     forward-looking flows, learned P_B, log Z(x)) on one 4-word sentence of a fixed grammar,
     1000 steps at lr 1e-3 then 250 at 1e-4; the exact terminal distribution of P_F (dynamic
     programming over all 40 labelled trees) is within TV 0.05 of p(z | x)."""
-    s = settings()
-    b = GF.build(s, MODEL, V)
-    st0, tx = GF.init_state(s, b, THETA, None)
-    _, tx_low = GF.init_state(settings(gfn_lr=1e-4, gfn_lr_logz=3e-3), b, THETA, None)
-    data = {"tokens": jnp.asarray(WORDS), "length": jnp.asarray(LENGTHS)}
-    st = st0
-    for t, n in ((tx, 1000), (tx_low, 250)):
-        chunk = loop.make_chunk(GF.make_step(b, t, None, False), n, em.batch_fn(b.cfg, 1))
-        st, m = chunk(st, data)
+    b, st0, st, m = train_posterior(settings)
     before = GF.exact_posterior_metrics(b, MODEL.rule_log_probs, st0.sampler, THETA, WORDS, LENGTHS, L)
     after = GF.exact_posterior_metrics(b, MODEL.rule_log_probs, st.sampler, THETA, WORDS, LENGTHS, L)
     assert np.isfinite(np.asarray(m["loss"])).all()

@@ -73,6 +73,18 @@ class _MLP(nn.Module):
         return nn.Dense(self.out)(nn.gelu(nn.Dense(self.hidden)(x)))
 
 
+def encode_words(net: nn.Module, tokens, length):
+    """The sentence's word encodings float[L, d] (0 past the sentence) of a net with ``tok_emb``,
+    ``pos_emb``, ``enc`` (transformer blocks masked to the words) and ``enc_ln``: token +
+    position embeddings through the blocks, layer-normed (``ParseNet``, ``SpanNet``)."""
+    L = net.max_len
+    live = jnp.arange(L) < length
+    x = net.tok_emb(jnp.clip(tokens, 0, net.vocab - 1)) + net.pos_emb(jnp.arange(L))
+    for blk in net.enc:
+        x = blk(x, live)
+    return jnp.where(live[:, None], net.enc_ln(x), 0.0)
+
+
 class ParseNet(nn.Module):
     max_len: int
     n_nt: int
@@ -99,12 +111,7 @@ class ParseNet(nn.Module):
         self.logz_mlp = _MLP(d, 1)
 
     def encode(self, tokens, length):
-        L = self.max_len
-        live = jnp.arange(L) < length
-        x = self.tok_emb(jnp.clip(tokens, 0, self.vocab - 1)) + self.pos_emb(jnp.arange(L))
-        for blk in self.enc:
-            x = blk(x, live)
-        w = jnp.where(live[:, None], self.enc_ln(x), 0.0)
+        w = encode_words(self, tokens, length)
         cum = jnp.concatenate([jnp.zeros((1, self.dim), w.dtype), jnp.cumsum(w, axis=0)])
         pooled = cum[-1] / jnp.maximum(length, 1).astype(w.dtype)
         return {"cum": cum, "pooled": pooled}
@@ -142,8 +149,45 @@ class ParseNet(nn.Module):
         return self.state(obs, ctx), self.logz(ctx)
 
 
+class NetPolicy(Policy):
+    """The ``Policy`` plumbing of a parse-forest policy whose flax ``net`` has ``encode(tokens,
+    length) -> ctx``, ``state(obs, ctx) -> PolicyOutput`` and ``logz(ctx)`` (log Z(x) in the
+    submodule ``LOGZ_NAME``): ``ParsePolicy``, ``SpanPolicy``."""
+
+    SIZES = ("max_len", "n_nt", "vocab", "dim", "heads")  # fields that must be >= 1
+
+    def __post_init__(self):
+        name = type(self).__name__
+        for f in self.SIZES:
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"{name}: {f} must be >= 1, got {getattr(self, f)}")
+        if self.dim % self.heads:
+            raise ValueError(f"{name}: dim={self.dim} must be a multiple of heads={self.heads}")
+        if int(self.enc_layers) < 0:
+            raise ValueError(f"{name}: enc_layers must be >= 0, got {self.enc_layers}")
+
+    @compiled_method
+    def init(self, key, obs, cond=None):
+        if cond is None:
+            raise ValueError(f"{type(self).__name__}.init needs an example condition (a sentence)")
+        return self.net.init(key, cond["tokens"], cond["length"], obs)
+
+    def encode_cond(self, params, cond):
+        return self.net.apply(params, cond["tokens"], cond["length"], method="encode")
+
+    def apply(self, params, obs, ctx) -> PolicyOutput:
+        return self.net.apply(params, obs, ctx, method="state")
+
+    def log_z(self, params, ctx):
+        return self.net.apply(params, ctx, method="logz")
+
+    def log_z_mask(self, params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: any(getattr(k, "key", None) == LOGZ_NAME for k in path), params)
+
+
 @dataclasses.dataclass(frozen=True)
-class ParsePolicy(Policy):
+class ParsePolicy(NetPolicy):
     """See the module docstring. Sizes are static fields (hashable; a static jit argument)."""
 
     max_len: int = 20
@@ -154,14 +198,7 @@ class ParsePolicy(Policy):
     heads: int = 4
     enc_layers: int = 2
 
-    def __post_init__(self):
-        for name in ("max_len", "n_nt", "vocab", "dim", "layers", "heads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ParsePolicy: {name} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise ValueError(f"ParsePolicy: dim={self.dim} must be a multiple of heads={self.heads}")
-        if int(self.enc_layers) < 0:
-            raise ValueError(f"ParsePolicy: enc_layers must be >= 0, got {self.enc_layers}")
+    SIZES = NetPolicy.SIZES + ("layers",)
 
     @classmethod
     def paper(cls, max_len: int, n_nt: int, vocab: int) -> "ParsePolicy":
@@ -177,25 +214,6 @@ class ParsePolicy(Policy):
     def net(self) -> ParseNet:
         return ParseNet(self.max_len, self.n_nt, self.vocab, self.dim, self.layers, self.heads,
                         self.enc_layers)
-
-    @compiled_method
-    def init(self, key, obs, cond=None):
-        if cond is None:
-            raise ValueError("ParsePolicy.init needs an example condition (a sentence)")
-        return self.net.init(key, cond["tokens"], cond["length"], obs)
-
-    def encode_cond(self, params, cond):
-        return self.net.apply(params, cond["tokens"], cond["length"], method=ParseNet.encode)
-
-    def apply(self, params, obs, ctx) -> PolicyOutput:
-        return self.net.apply(params, obs, ctx, method=ParseNet.state)
-
-    def log_z(self, params, ctx):
-        return self.net.apply(params, ctx, method=ParseNet.logz)
-
-    def log_z_mask(self, params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: any(getattr(k, "key", None) == LOGZ_NAME for k in path), params)
 
     def flops_per_slot(self) -> float:
         """Forward FLOPs of one root slot through the root transformer (dense layers only:

@@ -37,14 +37,10 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-from gfnem_jax.grammar.policy import Block, _MLP
-from gfnem_jax.nets.policy import Policy, PolicyOutput
-from gfnem_jax.startup import compiled_method
-
-LOGZ_NAME = "logz_mlp"
+from gfnem_jax.grammar.policy import Block, NetPolicy, _MLP, encode_words
+from gfnem_jax.nets.policy import PolicyOutput
 
 
 class SpanNet(nn.Module):
@@ -72,12 +68,7 @@ class SpanNet(nn.Module):
 
     def encode(self, tokens, length):
         """tokens int32[L], length int32[] -> ctx {"left", "right": float[L, d], "pooled": [d]}."""
-        L = self.max_len
-        live = jnp.arange(L) < length
-        x = self.tok_emb(jnp.clip(tokens, 0, self.vocab - 1)) + self.pos_emb(jnp.arange(L))
-        for blk in self.enc:
-            x = blk(x, live)
-        w = jnp.where(live[:, None], self.enc_ln(x), 0.0)
+        w = encode_words(self, tokens, length)
         pooled = jnp.sum(w, 0) / jnp.maximum(length, 1).astype(w.dtype)
         return {"left": self.left_proj(w), "right": self.right_proj(w), "pooled": pooled}
 
@@ -115,7 +106,7 @@ class SpanNet(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class SpanPolicy(Policy):
+class SpanPolicy(NetPolicy):
     """See the module docstring. Sizes are static fields (hashable; a static jit argument)."""
 
     max_len: int = 20
@@ -126,15 +117,9 @@ class SpanPolicy(Policy):
     enc_layers: int = 1
 
     def __post_init__(self):
-        for name in ("max_len", "n_nt", "vocab", "dim", "heads"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"SpanPolicy: {name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
         if int(self.max_len) < 2:
             raise ValueError(f"SpanPolicy: max_len must be >= 2, got {self.max_len}")
-        if self.dim % self.heads:
-            raise ValueError(f"SpanPolicy: dim={self.dim} must be a multiple of heads={self.heads}")
-        if int(self.enc_layers) < 0:
-            raise ValueError(f"SpanPolicy: enc_layers must be >= 0, got {self.enc_layers}")
 
     @classmethod
     def small(cls, max_len: int, n_nt: int, vocab: int) -> "SpanPolicy":
@@ -149,25 +134,6 @@ class SpanPolicy(Policy):
     @property
     def net(self) -> SpanNet:
         return SpanNet(self.max_len, self.n_nt, self.vocab, self.dim, self.heads, self.enc_layers)
-
-    @compiled_method
-    def init(self, key, obs, cond=None):
-        if cond is None:
-            raise ValueError("SpanPolicy.init needs an example condition (a sentence)")
-        return self.net.init(key, cond["tokens"], cond["length"], obs)
-
-    def encode_cond(self, params, cond):
-        return self.net.apply(params, cond["tokens"], cond["length"], method=SpanNet.encode)
-
-    def apply(self, params, obs, ctx) -> PolicyOutput:
-        return self.net.apply(params, obs, ctx, method=SpanNet.state)
-
-    def log_z(self, params, ctx):
-        return self.net.apply(params, ctx, method=SpanNet.logz)
-
-    def log_z_mask(self, params):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: any(getattr(k, "key", None) == LOGZ_NAME for k in path), params)
 
     def flops_per_slot(self) -> float:
         """Forward FLOPs per root slot of one state (the sentence encoder, once per trajectory,
