@@ -103,6 +103,8 @@ def main(argv=None):
     p.add_argument("--resume-from")
     p.add_argument("--compare", nargs=2)
     a = p.parse_args(argv)
+    if not a.compare and not a.out:
+        p.error("give --out DIR (to run the kinds) or --compare A B")
     if a.compare:
         x, y = (_read(os.path.join(d, "golden.json")) for d in a.compare)
         bad = 0
