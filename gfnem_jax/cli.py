@@ -247,7 +247,7 @@ def _train(args):
         s = settings_from_args(mod.Settings, args)
         s.validate()
         s.check_processes(_process_count())
-        sizes.check_train(args.task, mod, s)  # a run that clearly cannot fit: before any work
+        sizes.check_train(mod, s)  # a run that clearly cannot fit: before any work
         if distributed.is_primary():  # before any work: nothing is written until the run starts
             check_out(args, resuming=args.resume)
         exp = mod.build(s)
@@ -312,12 +312,9 @@ def _kinds_with(attr: str):
 
 
 def _sample(args):
-    """``gfnem sample``: the sizes checked first (the .npy against the free disk, an in-memory
-    result against the memory), then the kind's ``sample``. A kind whose ``sample`` takes
-    ``out=`` streams: it calls ``out(shape, dtype)`` once for the array to fill (here an
-    ``open_memmap`` of --out) and writes it chunk by chunk; otherwise its array is saved whole."""
-    import inspect
-
+    """``gfnem sample``: the .npy's size checked against the free disk first, then the kind's
+    ``sample(run, n, seed, progress, out=)``, which calls ``out(shape, dtype)`` once for the array
+    to fill (here an ``open_memmap`` of --out) and writes it chunk by chunk."""
     import numpy as np
     from gfnem_jax import experiments, run_dir, sizes
     if args.n < 1:
@@ -337,15 +334,11 @@ def _sample(args):
         _fail(f"--run {args.run!r} is {what}; gfnem sample takes runs of "
               f"{', '.join(_kinds_with('sample'))}")
     fn = experiments.kind(kind).sample
-    streams = "out" in inspect.signature(fn).parameters
     n_flag = {"n": "--n"}
     try:
-        row = sizes.sample_row(kind, run_dir.load_config(args.run))
+        row = sizes.sample_row(experiments.kind(kind), run_dir.load_config(args.run))
         if row is not None:
             sizes.check_sample_disk(args.n, *row, args.out)
-            if not streams:  # the whole array is held in memory before it is saved
-                need = sizes.sample_bytes(args.n, *row)
-                sizes.check_memory((f"n {args.n}", need, f"{args.n} samples x {human_row(row)}"))
     except ValueError as e:
         _fail(flag_message(_named_run(str(e)), flags=n_flag))
 
@@ -357,33 +350,21 @@ def _sample(args):
         return np.lib.format.open_memmap(args.out, mode="w+", dtype=dtype, shape=tuple(shape))
 
     try:
-        if streams:
-            x = fn(args.run, args.n, args.seed, progress=True, out=open_out)
-        else:
-            x = fn(args.run, args.n, args.seed, progress=True)
+        x = fn(args.run, args.n, args.seed, progress=True, out=open_out)
     except ValueError as e:
-        _remove_partial(args.out, streams)
+        _remove_partial(args.out)
         _fail(_named_run(str(e)))
     except BaseException:  # Ctrl-C or a crash while streaming: no half-written .npy is left
-        _remove_partial(args.out, streams)
+        _remove_partial(args.out)
         raise
-    if streams:
-        x.flush()
-        del x
-        x = np.load(args.out, mmap_mode="r")
-    else:
-        np.save(args.out, x)
+    x.flush()
+    del x
+    x = np.load(args.out, mmap_mode="r")
     print(f"wrote {args.out}: {x.dtype} array of shape {list(x.shape)}")
 
 
-def human_row(row) -> str:
-    import numpy as np
-    shape, dtype = row
-    return f"{'x'.join(map(str, shape)) or '1'} x {np.dtype(dtype).itemsize} B"
-
-
-def _remove_partial(out: str, streams: bool) -> None:
-    if streams and os.path.exists(out):
+def _remove_partial(out: str) -> None:
+    if os.path.exists(out):
         os.remove(out)
 
 

@@ -127,7 +127,7 @@ def enumerable_task(env, s) -> Estimate:
     ])
 
 
-def _ebm(s) -> Optional[Estimate]:
+def ebm_memory(s) -> Optional[Estimate]:
     from gfnem_jax.models.energy import MAX_EXACT_D
     if s.data.endswith(".npy"):  # d is known once the file is read
         return None
@@ -145,7 +145,7 @@ def _ebm(s) -> Optional[Estimate]:
     return _largest(terms)
 
 
-def _grammar(s) -> Estimate:
+def grammar_memory(s) -> Estimate:
     """Sentence lengths are known only once the corpus is read: counted as 2 words (the shortest
     kept), so this bound refuses only a batch that cannot fit even then."""
     B = s.batch_size
@@ -158,36 +158,32 @@ def _grammar(s) -> Estimate:
             f"inside chart: {B} sentences x 3 spans x {s.nt} nonterminals x 4 B")
 
 
-def _dvae(s) -> Estimate:
+def dvae_memory(s) -> Estimate:
     B, G = s.batch_size, s.grid
     return (f"batch_size {B}", B * G * G * s.hidden * F32,
             f"{B} x {G * G} transitions x {s.hidden} units x 4 B")
 
 
-def _mixture(s) -> Estimate:
+def mixture_memory(s) -> Estimate:
     B = s.batch_size
     return (f"batch_size {B}", B * s.hidden * s.n_layers * F32,
             f"{B} x {s.hidden} units x {s.n_layers} layers x 4 B")
 
 
-def train_estimate(kind: str, mod, s) -> Optional[Estimate]:
-    """The lower bound of a ``gfnem train KIND`` run with settings ``s`` (module docstring), or
-    None where nothing is known before loading its data."""
-    if hasattr(mod, "memory_estimate"):
-        return mod.memory_estimate(s)
-    from gfnem_jax.experiments import runner
-    if kind in runner.tasks():
-        return enumerable_task(mod.build_env(s.env()), s)
-    own = {"ebm": _ebm, "grammar": _grammar, "dvae": _dvae, "mixture": _mixture}.get(kind)
+def train_estimate(mod, s) -> Optional[Estimate]:
+    """The lower bound of a ``gfnem train KIND`` run with settings ``s`` (module docstring): the
+    run kind's declared ``memory_estimate(settings)``, or None where the kind declares none (or
+    nothing is known before loading its data)."""
+    fn = getattr(mod, "memory_estimate", None)
     try:
-        return own(s) if own else None
-    except AttributeError:  # a kind whose settings changed: no estimate rather than a crash
+        return fn(s) if fn is not None else None
+    except AttributeError:  # settings that lack what the estimate reads: no estimate, no crash
         return None
 
 
-def check_train(kind: str, mod, s, available: Optional[int] = None) -> None:
+def check_train(mod, s, available: Optional[int] = None) -> None:
     """ValueError naming the setting when a run clearly cannot fit in memory."""
-    check_memory(train_estimate(kind, mod, s),
+    check_memory(train_estimate(mod, s),
                  available_memory(getattr(s, "devices", 1)) if available is None else available)
 
 
@@ -211,16 +207,8 @@ def check_sample_disk(n: int, row_shape, dtype, out: str, free: Optional[int] = 
                          f"smaller n")
 
 
-def sample_row(kind: str, cfg: dict):
-    """(row shape, dtype) of ``gfnem sample`` on a run of ``kind`` with config ``cfg``, or None."""
-    import numpy as np
-    from gfnem_jax.experiments import runner
-    if kind in runner.tasks():
-        import jax
-        mod, env_s, _ = runner.settings_of(cfg)
-        env = mod.build_env(env_s)
-        shape = jax.eval_shape(lambda: env.terminal_value(env.init())).shape
-        return tuple(shape), np.int64
-    if kind == "ebm" and isinstance(cfg.get("d"), int):
-        return (cfg["d"],), np.uint8
-    return None
+def sample_row(mod, cfg: dict):
+    """(row shape, dtype) of ``gfnem sample`` on a run of kind ``mod`` with config ``cfg``: the
+    kind's declared ``sample_row(config)``, or None."""
+    fn = getattr(mod, "sample_row", None)
+    return fn(cfg) if fn is not None else None

@@ -112,22 +112,22 @@ def test_readme_settings_not_refused(kind, s):
     """Their lower bounds are far below any machine that runs the suite (1 GB), so refusing
     them would mean an estimate gone wrong."""
     mod = experiments.kind(kind)
-    est = sizes.train_estimate(kind, mod, s)
+    est = sizes.train_estimate(mod, s)
     assert est is not None
     assert est[1] < 1e9, est
-    sizes.check_train(kind, mod, s, available=10 ** 9)
+    sizes.check_train(mod, s, available=10 ** 9)
 
 
 def test_estimate_names_the_setting_and_scales():
     mod = experiments.kind("hypergrid")
     s = mod.Settings(batch_size=100_000)
-    setting, need, detail = sizes.train_estimate("hypergrid", mod, s)
+    setting, need, detail = sizes.train_estimate(mod, s)
     assert setting == "batch_size 100000" and "trajectories" in detail
     with pytest.raises(ValueError, match=r"^batch_size 100000: needs at least .* more than the "
                                          r"1.0 kB available; use a smaller batch_size$"):
-        sizes.check_train("hypergrid", mod, s, available=1000)
+        sizes.check_train(mod, s, available=1000)
     s2 = mod.Settings(batch_size=200_000)
-    assert sizes.train_estimate("hypergrid", mod, s2)[1] > need
+    assert sizes.train_estimate(mod, s2)[1] > need
 
 
 def test_available_memory_and_disk_are_positive(tmp_path):

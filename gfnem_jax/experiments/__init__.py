@@ -8,7 +8,13 @@ A run kind is a module declaring (see ``gfnem_jax.driver`` and ``docs/adding.rst
                                    (``to_config`` / ``from_config``)
   build(settings) -> Experiment    what the driver runs
   owns(config) -> bool             (optional) whether a saved config.json is a run of this kind
-  sample(run, n, seed, progress)   (optional) ``gfnem sample``: n terminal states, an int array
+  sample(run, n, seed, progress, out=None)
+                                   (optional) ``gfnem sample``: n terminal states, an int array,
+                                   written chunk by chunk into ``out(shape, dtype)`` when given
+  sample_row(config)               (optional) the row shape and dtype of those samples, for the
+                                   disk check before sampling
+  memory_estimate(settings)        (optional) a lower bound of a run's memory, checked against
+                                   the machine's before any work (``gfnem_jax.sizes``)
   EVAL                             (optional) a ``Command`` for ``gfnem eval KIND``
   COMMANDS                         (optional) more top-level ``Command``s (``gfnem parse``, ...)
 

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import driver, run_dir
+from gfnem_jax import driver, run_dir, sizes
 from gfnem_jax import distributed as D
 from gfnem_jax.config import retune, setting
 from gfnem_jax.experiments import Command
@@ -226,3 +226,6 @@ def eval_main(args) -> int:
 
 EVAL = Command("dvae", "discrete VAE: test NLL by importance sampling", add_eval_args, eval_main,
                (DVAESettings,))
+
+
+memory_estimate = sizes.dvae_memory  # the lower bound gfnem train checks before any work

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfnem_jax import distributed as D
-from gfnem_jax import driver, ebgfn, loop, mcmc, objectives, run_dir
+from gfnem_jax import driver, ebgfn, loop, mcmc, objectives, run_dir, sizes
 from gfnem_jax.config import retune, setting
 from gfnem_jax.data import toy2d
 from gfnem_jax.ebgfn import GFN_METHODS, METHODS
@@ -259,3 +259,11 @@ def _eval_main(args) -> None:
 
 EVAL = Command("ebm", "energy model: held-out NLL (exact for d <= 20, else AIS)", _eval_args,
                _eval_main, (EBMSettings,))
+
+
+memory_estimate = sizes.ebm_memory  # the lower bound gfnem train checks before any work
+
+
+def sample_row(config: dict):
+    """(row shape, dtype) of ``gfnem sample`` on an ebm run: uint8 rows of its d variables."""
+    return ((config["d"],), np.uint8) if isinstance(config.get("d"), int) else None

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
-from gfnem_jax import driver
+from gfnem_jax import driver, sizes
 from gfnem_jax.experiments import Command
 from gfnem_jax.grammar import parse as P
 from gfnem_jax.grammar import rules as G
@@ -255,3 +255,6 @@ def _eval_main(a) -> int:
 EVAL = Command("grammar", "grammar run: held-out NLL per token (exact; the IS bound for gflownet "
                "runs) and Viterbi span F1 from the newest checkpoint; writes RUN/eval.json",
                _eval_args, _eval_main, (GrammarSettings,))
+
+
+memory_estimate = sizes.grammar_memory  # the lower bound gfnem train checks before any work

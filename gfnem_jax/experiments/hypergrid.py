@@ -41,4 +41,5 @@ def mode_indices(env: HyperGrid):
 
 
 Settings = runner.task_settings(NAME, HyperGridSettings)  # the environment's and the training settings
-build, sample = runner.experiment, runner.sample
+build, sample, sample_row = runner.experiment, runner.sample, runner.sample_row
+memory_estimate = runner.memory_estimate

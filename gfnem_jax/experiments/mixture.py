@@ -29,7 +29,7 @@ import numpy as np
 import optax
 
 from gfnem_jax import distributed as D
-from gfnem_jax import driver, em, keys, run_dir
+from gfnem_jax import driver, em, keys, run_dir, sizes
 from gfnem_jax.config import retune, setting
 from gfnem_jax.groups import (EMScheduleSettings, ExplorationSettings, MLPSettings,
                               OptimiserSettings)
@@ -259,3 +259,6 @@ def plot(path: str, x: np.ndarray, means: Dict[str, Any], ll: Dict[str, float]) 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+memory_estimate = sizes.mixture_memory  # the lower bound gfnem train checks before any work

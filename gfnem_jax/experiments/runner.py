@@ -250,6 +250,20 @@ def load_run(run: str):
     return cfg, env, gfn, driver.restore_run(run, like).sampler
 
 
+def memory_estimate(settings):
+    """``sizes.enumerable_task`` of a task's settings: its lower bound of a run's memory."""
+    from gfnem_jax import sizes
+    cfg = settings.to_config()
+    return sizes.enumerable_task(task_module(cfg["task"]).build_env(settings.env()), settings)
+
+
+def sample_row(cfg: Dict[str, Any]):
+    """(row shape, dtype) of the samples of a task run with config ``cfg`` (``gfnem sample``)."""
+    mod, env_s, _ = settings_of(cfg)
+    env = mod.build_env(env_s)
+    return tuple(jax.eval_shape(lambda: env.terminal_value(env.init())).shape), np.int64
+
+
 def sample(run: str, n: int, seed: int, progress: bool = False, out=None) -> np.ndarray:
     """``gfnem sample``: the terminal values of n fresh on-policy samples of a run, int64[n, ...].
 

@@ -48,4 +48,5 @@ def mode_indices(env: SetGeneration):
 
 
 Settings = runner.task_settings(NAME, SetsSettings)  # the environment's and the training settings
-build, sample = runner.experiment, runner.sample
+build, sample, sample_row = runner.experiment, runner.sample, runner.sample_row
+memory_estimate = runner.memory_estimate
