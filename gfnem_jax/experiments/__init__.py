@@ -36,6 +36,7 @@ KINDS = {  # name -> module; the order of `gfnem train --help`
     "grammar": "gfnem_jax.experiments.grammar",
     "dvae": "gfnem_jax.experiments.dvae",
     "ebm": "gfnem_jax.experiments.ebm",
+    "dag": "gfnem_jax.experiments.dag",
 }
 
 

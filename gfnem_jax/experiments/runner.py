@@ -75,6 +75,10 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
             raise ValueError("one_pass differentiates the trajectories' log-probabilities; loss "
                              "fm evaluates edge flows of every parent instead (allowed: one_pass "
                              "with any other loss)")
+        if self.one_pass and self.objective().soft_values:
+            raise ValueError(f"one_pass differentiates the rollout's flow head; loss {self.loss} "
+                             f"reads the soft values of the forward logits instead (allowed: "
+                             f"one_pass with a GFlowNet loss)")
 
 
 def task_settings(name: str, env_cls):
@@ -155,15 +159,19 @@ def make_step(gfn: GFlowNet, tx, batch_size: int, devices: int = 1, state_index=
     return loop.make_step(upd, None, loop.Schedule("sampler"), mesh=loop.make_mesh(devices))
 
 
-def make_evaluator(env, gfn):
-    """A jitted params -> ({l1, jsd}, p) against the exact target, plus the table it uses."""
+def make_evaluator(env, gfn, extra=None):
+    """A jitted params -> ({l1, jsd}, p) against the exact target, plus the table it uses.
+
+    ``extra``: None, or ``(p, target) -> {name: scalar}`` (both float[S] over every state) whose
+    values join l1 and jsd (a task's ``exact_metrics``)."""
     table = jax.jit(lambda: metrics.transition_table(env))()  # jitted: less compile memory
     target = jax.jit(lambda t: metrics.target_distribution(env, env.log_reward, None, t))(table)
 
     @jax.jit
     def exact(params):
         p = metrics.terminal_distribution(env, gfn.policy, params, table)
-        return {"l1": metrics.l1(p, target), "jsd": metrics.jsd(p, target)}, p
+        vals = {"l1": metrics.l1(p, target), "jsd": metrics.jsd(p, target)}
+        return (vals if extra is None else {**vals, **extra(p, target)}), p
 
     return exact, table, target
 
@@ -192,13 +200,19 @@ def make_train(cfg: Dict[str, Any]):
 def experiment(settings) -> driver.Experiment:
     """The run of a task's settings (``task_settings``) for ``driver.run``: the one alternating
     loop with a sampler update only, the exact L1 / JSD to the target and the modes found so far
-    logged every ``log_every`` steps (the visited states are saved with each checkpoint)."""
+    logged every ``log_every`` steps (the visited states are saved with each checkpoint).
+
+    A task module may also declare ``exact_metrics(env) -> (p, target) -> dict`` (more exact
+    metrics in each row), ``write_inputs(env settings, out)`` (files beside config.json) and
+    ``finish(env settings, env, p, out, primary) -> dict`` (the summary and files of the end,
+    given the sampler's exact distribution p float[S])."""
     cfg = settings.to_config()
     mod = task_module(cfg["task"])
     s = settings.train()
     env, gfn, optim = build(cfg)
     state, tx = init_state(gfn, optim, s.seed)
-    exact, _, _ = make_evaluator(env, gfn)
+    extra = mod.exact_metrics(env) if hasattr(mod, "exact_metrics") else None
+    exact, _, _ = make_evaluator(env, gfn, extra)
     mode_idx = np.asarray(mod.mode_indices(env))
     seen = np.zeros(env.num_states(), bool)
     step = make_step(gfn, tx, s.batch_size, s.devices)
@@ -228,6 +242,10 @@ def experiment(settings) -> driver.Experiment:
         name=f"{mod.NAME}/{s.loss}", settings=settings, config=cfg, state=state,
         make_chunk=make_chunk, summarize=summarize, evaluate=evaluate,
         extras=lambda: {"seen": seen}, restore_extras=restore_extras,
+        write_inputs=(lambda out: mod.write_inputs(settings.env(), out)) if hasattr(mod, "write_inputs") else None,
+        finish=((lambda st, rows, out, primary: mod.finish(settings.env(), env, np.asarray(exact(st.sampler)[1]),
+                                                           out, primary))
+                if hasattr(mod, "finish") else None),
         postfix=("loss", "l1", "log_z"))
 
 

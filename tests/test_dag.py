@@ -1,0 +1,297 @@
+"""Structure learning (gfnem train dag): the DAG environment, its scores and its exact posterior,
+each checked against a brute-force or direct evaluation on tiny instances."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import multigammaln
+from scipy.stats import multivariate_normal
+
+from gfnem_jax import metrics
+from gfnem_jax.dag import data as dag_data
+from gfnem_jax.dag import posterior, scores
+from gfnem_jax.envs.dag import DAGEnv, bitmask, closure_of, enumerate_dags
+
+
+def _acyclic(adj: np.ndarray) -> np.ndarray:
+    """bool[...]: brute force: a graph is acyclic iff its adjacency is nilpotent (A^d = 0)."""
+    a = np.asarray(adj, np.int64)
+    d = a.shape[-1]
+    p = a.copy()
+    for _ in range(d - 1):
+        p = np.minimum(p @ a, 1)
+    return ~np.any(p, axis=(-2, -1))
+
+
+def _reach(adj: np.ndarray) -> np.ndarray:
+    """bool[d, d]: reflexive reachability by d rounds of relaxation (brute force)."""
+    d = adj.shape[0]
+    r = np.eye(d, dtype=bool) | adj.astype(bool)
+    for _ in range(d):
+        r = r | (r.astype(int) @ r.astype(int) > 0)
+    return r
+
+
+@pytest.mark.parametrize("d,count", [(2, 3), (3, 25), (4, 543), (5, 29281)])
+def test_enumeration_counts_and_every_graph_is_a_dag(d, count):
+    adj = enumerate_dags(d)
+    assert adj.shape == (count, d, d)
+    b = bitmask(adj)
+    assert np.all(np.diff(b) > 0)  # sorted, distinct
+    assert _acyclic(adj).all() and not adj[:, np.arange(d), np.arange(d)].any()
+    if d <= 4:  # and none is missing: brute force over every off-diagonal graph
+        off = [(i, j) for i in range(d) for j in range(d) if i != j]
+        sub = (np.arange(1 << len(off))[:, None] >> np.arange(len(off))) & 1
+        every = np.zeros((len(sub), d, d), np.int64)
+        every[:, [i for i, _ in off], [j for _, j in off]] = sub
+        assert int(_acyclic(every).sum()) == count
+
+
+def test_state_index_is_a_bijection_and_terminal_indices():
+    env = DAGEnv(4)
+    st = env.all_states()
+    idx = np.asarray(jax.jit(jax.vmap(env.state_index))(st))
+    assert np.array_equal(idx, np.arange(env.num_states()))
+    term = np.asarray(jax.vmap(env.is_terminal)(st))
+    assert np.array_equal(np.flatnonzero(term), np.asarray(env.terminal_indices()))
+    assert env.max_steps == 4 * 3 // 2 + 1
+
+
+def test_mask_and_closure_against_brute_force():
+    """Every DAG of d = 4: the legal edges are exactly those whose addition leaves a DAG, and the
+    incrementally updated closure after each of them equals brute-force reachability."""
+    d = 4
+    env = DAGEnv(d)
+    adj = enumerate_dags(d)
+    st = env.all_states()
+    G = adj.shape[0]
+    masks = np.asarray(jax.vmap(env.forward_mask)(st))[:G]
+    kids = jax.jit(jax.vmap(lambda s: jax.vmap(lambda a: env.step(s, a))(jnp.arange(d * d))))(
+        jax.tree.map(lambda x: x[:G], st))
+    kid_adj, kid_cl = np.asarray(kids.adj), np.asarray(kids.closure)
+    for g in range(G):
+        assert masks[g, d * d]  # stop is legal before done
+        for a in range(d * d):
+            i, j = divmod(a, d)
+            plus = adj[g].copy()
+            plus[i, j] = True
+            legal = (not adj[g, i, j]) and i != j and bool(_acyclic(plus))
+            assert masks[g, a] == legal, (g, i, j)
+            if legal:
+                assert np.array_equal(kid_adj[g, a], plus)
+                assert np.array_equal(kid_cl[g, a], _reach(plus)), (g, i, j)
+    # terminal states: nothing forward, only "undo stop" backward
+    tm = np.asarray(jax.vmap(env.forward_mask)(st))[G:]
+    bm = np.asarray(jax.vmap(env.backward_mask)(st))[G:]
+    assert not tm.any() and bm[:, d * d].all() and not bm[:, :d * d].any()
+
+
+def test_backward_step_undoes_step():
+    d = 4
+    env = DAGEnv(d)
+    st = env.all_states()
+    G = env.num_dags()
+    fm = np.asarray(jax.vmap(env.forward_mask)(st))
+    rng = np.random.default_rng(0)
+    for g in rng.choice(2 * G, 80, replace=False):
+        s = jax.tree.map(lambda x: x[g], st)
+        for a in np.flatnonzero(fm[g]):
+            t = env.step(s, a)
+            b = env.backward_action(s, a)
+            assert bool(env.backward_mask(t)[b])
+            back = env.backward_step(t, b)
+            for x, y in zip(back, s):
+                assert np.array_equal(np.asarray(x), np.asarray(y))
+            assert int(env.forward_action(t, b)) == int(a)
+    np.testing.assert_array_equal(np.asarray(closure_of(jnp.asarray(enumerate_dags(d)[-1]))),
+                                  _reach(enumerate_dags(d)[-1]))
+
+
+def test_trajectory_counts_are_factorials():
+    """Every subset of a DAG's edges is a DAG: a graph with k edges has k! trajectories."""
+    env = DAGEnv(4)
+    table = metrics.transition_table(env)
+    c = np.asarray(metrics.trajectory_counts(env, table))[np.asarray(env.terminal_indices())]
+    k = enumerate_dags(4).sum((1, 2))
+    np.testing.assert_allclose(c, [math.factorial(int(v)) for v in k])
+
+
+def _data(d=4, n=30, seed=3):
+    return dag_data.simulate(d, n, edge_prob=0.5, seed=seed, noise_scale=1.0).data
+
+
+def _bge_direct(x, j, pa, alpha_mu=1.0):
+    """BGe by its definition: log p(D^{pa+j}) - log p(D^pa), each the Normal-Wishart marginal
+    likelihood of a subset Y of l variables (Kuipers et al. 2014, eq. 2, with multivariate gamma
+    functions and a general T):
+        log p(D^Y) = l/2 log(a_mu / (N + a_mu)) - l N / 2 log pi
+                     + log Gamma_l((N + a_w - d + l) / 2) - log Gamma_l((a_w - d + l) / 2)
+                     + (a_w - d + l) / 2 log det T_YY - (N + a_w - d + l) / 2 log det R_YY."""
+    N, d = x.shape
+    aw = d + 2.0
+    t = alpha_mu * (aw - d - 1) / (alpha_mu + 1)
+    T = t * np.eye(d)
+    xbar = x.mean(0)
+    S = sum(np.outer(r - xbar, r - xbar) for r in x)
+    R = T + S + N * alpha_mu / (N + alpha_mu) * np.outer(xbar, xbar)
+
+    def log_p(Y):
+        l = len(Y)
+        if l == 0:
+            return 0.0
+        TY, RY = T[np.ix_(Y, Y)], R[np.ix_(Y, Y)]
+        return (0.5 * l * math.log(alpha_mu / (N + alpha_mu)) - 0.5 * l * N * math.log(math.pi)
+                + multigammaln(0.5 * (N + aw - d + l), l) - multigammaln(0.5 * (aw - d + l), l)
+                + 0.5 * (aw - d + l) * np.linalg.slogdet(TY)[1]
+                - 0.5 * (N + aw - d + l) * np.linalg.slogdet(RY)[1])
+
+    return log_p(list(pa) + [j]) - log_p(list(pa))
+
+
+def test_bge_against_its_direct_formula():
+    x = _data()
+    d = x.shape[1]
+    local = scores.bge(x)
+    for j in range(d):
+        others = [i for i in range(d) if i != j]
+        for k in range(d):
+            for pa in itertools.combinations(others, k):
+                assert local(j, pa) == pytest.approx(_bge_direct(x, j, pa), rel=1e-10, abs=1e-8)
+
+
+def test_bge_is_score_equivalent():
+    """Markov-equivalent DAGs get the same BGe score (a property of the correct formula)."""
+    x = _data(3, 40, 1)
+    t = scores.local_table(scores.bge(x), 3)
+
+    def g(*edges):
+        a = np.zeros((3, 3), np.uint8)
+        for i, j in edges:
+            a[i, j] = 1
+        return float(scores.graph_score(t, a))
+
+    chain = [g((0, 1), (1, 2)), g((2, 1), (1, 0)), g((1, 0), (1, 2))]
+    np.testing.assert_allclose(chain, chain[0], rtol=1e-12)
+    assert g((0, 1)) == pytest.approx(g((1, 0)), rel=1e-12)
+    full = scores.graph_score(t, enumerate_dags(3)[enumerate_dags(3).sum((1, 2)) == 3])
+    np.testing.assert_allclose(full, full[0], rtol=1e-12)
+    assert abs(g((0, 2), (1, 2)) - chain[0]) > 1e-6  # a v-structure is a different class
+
+
+def test_lingauss_against_dense_gaussian():
+    x = _data(4, 25, 2)
+    local = scores.lingauss(x, prior_mean=0.3, prior_scale=0.7, obs_scale=0.9)
+    for j, pa in [(0, ()), (1, (0,)), (3, (0, 2)), (2, (0, 1, 3))]:
+        X = x[:, list(pa)]
+        cov = 0.81 * np.eye(len(x)) + 0.49 * X @ X.T
+        want = multivariate_normal(X.sum(1) * 0.3, cov).logpdf(x[:, j])
+        assert local(j, pa) == pytest.approx(want, rel=1e-10)
+
+
+def test_delta_score_is_the_difference_of_full_scores():
+    d = 4
+    x = _data(d)
+    t = scores.local_table(scores.bge(x), d, "edge", edge_penalty=0.5)
+    env = DAGEnv(d, tuple(map(tuple, t)))
+    params = {"local": jnp.asarray(t, jnp.float32)}
+    adj = enumerate_dags(d)
+    rng = np.random.default_rng(0)
+    for g in rng.choice(len(adj), 60, replace=False):
+        for i, j in itertools.permutations(range(d), 2):
+            plus = adj[g].copy()
+            plus[i, j] = True
+            if adj[g, i, j] or not _acyclic(plus):
+                continue
+            full = scores.graph_score(t, plus) - scores.graph_score(t, adj[g])
+            assert scores.delta_score(t, adj[g], i, j) == pytest.approx(full, abs=1e-9)
+            s = env.init()._replace(adj=jnp.asarray(adj[g]))
+            assert float(env.delta_log_reward(params, s, i, j)) == pytest.approx(full, abs=1e-3)
+
+
+def test_exact_posterior_sums_to_one_and_matches_the_environment():
+    d = 4
+    t = scores.local_table(scores.bge(_data(d)), d, "erdos_renyi", expected_edges=2.0)
+    t = t - t[:, :1]
+    adj, ls, p = posterior.exact_posterior(t)
+    assert p.sum() == pytest.approx(1.0, abs=1e-12) and (p > 0).all()
+    env = DAGEnv(d, tuple(map(tuple, t)))
+    table = metrics.transition_table(env)
+    target = np.asarray(metrics.target_distribution(env, env.log_reward, None, table))
+    np.testing.assert_allclose(target[np.asarray(env.terminal_indices())], p, atol=1e-5)
+    lr = np.asarray(jax.vmap(lambda s: env.log_reward(None, None, s))(env.all_states()))
+    np.testing.assert_allclose(lr[: len(adj)], ls, atol=1e-3)
+    m = posterior.edge_marginals(adj, p)
+    assert m.shape == (d, d) and np.all(np.diag(m) == 0) and np.all((m >= 0) & (m <= 1))
+
+
+def test_simulated_data_are_seeded_and_acyclic():
+    a, b = dag_data.simulate(5, 50, 0.5, seed=7), dag_data.simulate(5, 50, 0.5, seed=7)
+    assert np.array_equal(a.data, b.data) and np.array_equal(a.adj, b.adj)
+    assert _acyclic(a.adj) and np.all((a.weights != 0) <= a.adj.astype(bool))
+    assert not np.array_equal(a.data, dag_data.simulate(5, 50, 0.5, seed=8).data)
+
+
+def test_bad_data_files_are_one_line_naming_the_file(tmp_path):
+    good = tmp_path / "ok.csv"
+    good.write_text("a,b,c\n1,2,3\n4,5,6\n")
+    assert dag_data.load(str(good)).shape == (2, 3)
+    np.save(tmp_path / "ok.npy", np.ones((4, 3)))
+    assert dag_data.load(str(tmp_path / "ok.npy"), d=3).shape == (4, 3)
+    cases = {"missing.csv": None, "text.csv": "1,2\nx,y\n", "ragged.csv": "1,2\n3\n",
+             "nan.csv": "1,2\nnan,3\n", "one_row.csv": "1,2,3\n", "data.txt": "1,2\n3,4\n",
+             "vec.npy": np.ones(5), "cols.npy": np.ones((4, 2))}
+    for name, content in cases.items():
+        path = tmp_path / name
+        if isinstance(content, str):
+            path.write_text(content)
+        elif content is not None:
+            np.save(path, content)
+        with pytest.raises(ValueError) as e:
+            dag_data.load(str(path), d=3 if name == "cols.npy" else None)
+        msg = str(e.value)
+        assert name in msg and "\n" not in msg, msg
+
+
+def test_cli_trains_d3_to_the_exact_posterior_and_samples_graphs(tmp_path, capsys):
+    """A short off-policy TB run on d = 3 (25 DAGs): the exact JSD falls below a bound, the
+    logged rows carry jsd and edge_error, posterior.npz rechecks, gfnem sample gives graphs."""
+    from gfnem_jax import cli
+    out = tmp_path / "run"
+    cli.main(["train", "dag", "--num-nodes", "3", "--steps", "600", "--log-every", "200",
+              "--batch-size", "32", "--hidden", "64", "--quiet", "--out", str(out)])
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [200, 400, 600]
+    assert all("jsd" in r and "edge_error" in r for r in rows)
+    assert rows[-1]["jsd"] < 1e-3, rows[-1]
+    z = np.load(out / "posterior.npz")
+    assert z["adjacency"].dtype == np.uint8 and z["adjacency"].shape == (25, 3, 3)
+    assert z["posterior"].sum() == pytest.approx(1.0) and z["sampler"].sum() == pytest.approx(1.0)
+    assert posterior.jsd(z["sampler"], z["posterior"]) == pytest.approx(rows[-1]["jsd"], abs=1e-4)
+    # the log scores are the BGe scores of the saved data, under the uniform prior
+    x = np.load(out / "data.npy")
+    t = scores.local_table(scores.bge(x), 3)
+    np.testing.assert_allclose(z["log_score"], scores.graph_score(t, z["adjacency"]), rtol=1e-12)
+    capsys.readouterr()
+    cli.main(["sample", "--run", str(out), "--n", "2000", "--out", str(tmp_path / "g.npy")])
+    g = np.load(tmp_path / "g.npy")
+    assert g.shape == (2000, 3, 3) and _acyclic(g).all()
+    emp = np.bincount(np.searchsorted(bitmask(z["adjacency"]), bitmask(g)), minlength=25) / 2000
+    assert 0.5 * np.abs(emp - z["sampler"]).sum() < 0.06
+
+
+def test_cli_bad_data_file_is_one_line(tmp_path, capsys):
+    from gfnem_jax import cli
+    bad = tmp_path / "bad.csv"
+    bad.write_text("1,2,3\n4,oops,6\n")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "dag", "--num-nodes", "3", "--data", str(bad), "--steps", "1",
+                  "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "bad.csv" in err[0], err
