@@ -50,12 +50,14 @@ class Terms(NamedTuple):
     ev: the ``Evaluation`` (log_pf, log_pb [B, T], log_flow [B, T+1]); log_z float[B] (the
     policy's log Z for each trajectory's condition, repeated when unconditional); fm float[B, 2]
     (objectives with ``edge_flows`` only: per-trajectory sum of squared residuals and number of
-    visited states).
+    visited states); target (objectives with ``needs_target`` only): the ``Evaluation`` of the
+    same trajectories under the target network, no gradient.
     """
 
     ev: Evaluation
     log_z: jax.Array
     fm: Optional[jax.Array] = None
+    target: Optional[Evaluation] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,13 @@ class GFlowNet:
             raise ValueError("one_pass needs an objective of the trajectories' log-probabilities "
                              f"(not flow matching's edge flows), got objective "
                              f"{self.objective.name!r}")
+        if self.objective.soft_values:
+            used = [k for k, v in (("one_pass", self.one_pass), ("engine", self.engine),
+                                   ("flow_offset", self.flow_offset)) if v]
+            if used:
+                raise ValueError(f"loss {self.objective.name} reads the soft values of the "
+                                 f"forward logits, which {', '.join(used)} does not provide; "
+                                 f"allowed: the core evaluation (no {', '.join(used)})")
 
     # -- policy -------------------------------------------------------------------------------
     def init(self, key, example_cond=None) -> Any:
@@ -104,7 +113,8 @@ class GFlowNet:
             if ctx is None:
                 ctx = encode_batch(self.policy, params, traj.cond)
             return self.engine.evaluate(self.env, self.policy, params, traj, ctx)
-        return evaluate(self.env, self.policy, params, traj, self.eval_buckets, ctx)
+        return evaluate(self.env, self.policy, params, traj, self.eval_buckets, ctx,
+                        self.objective.soft_values)
 
     def with_flow_offset(self, ev: Evaluation, traj: Trajectories, reward_params) -> Evaluation:
         """``ev`` with log F(s_t) += flow_offset(reward_params, cond, s_t) at every visited state
@@ -190,6 +200,8 @@ class GFlowNet:
         if self.objective.edge_flows:
             return jnp.sum(terms.fm[:, 0]) / jnp.maximum(jnp.sum(terms.fm[:, 1]), 1.0)
         log_z = terms.log_z if traj.cond is not None else terms.log_z[0]
+        if self.objective.needs_target:
+            return self.objective(terms.ev, traj, log_z, target=terms.target)
         return self.objective(terms.ev, traj, log_z)
 
     def traj_loss(self, params, traj: Trajectories, reward_params=None) -> jax.Array:
@@ -253,23 +265,45 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
       cond_fn: batch -> this shard's conditions (e.g. ``lambda b: b["x"]``); None = unconditional.
       state_index: optional state -> int index; adds "visited" (terminal indices [B]) to metrics.
     Metrics: loss, mean_log_reward, mean_length, and log_z where the objective uses it.
-    """
-    from gfnem_jax.loop import Update
 
-    def prepare(params, model, batch, key, shard):
+    An objective with ``needs_target`` (soft Q-learning) needs ``tx`` from ``loop.with_target``
+    (``optim.policy_optimizer`` builds one): the target network is evaluated on each batch in
+    ``prepare`` (no gradient) and handed to the objective.
+    """
+    from gfnem_jax.loop import Update, WithTarget
+
+    uses_target = gfn.objective.needs_target
+    if uses_target and not isinstance(tx, WithTarget):
+        raise ValueError(f"loss {gfn.objective.name} with tau {gfn.objective.tau} keeps a target "
+                         f"network: its optimizer must keep the copy (loop.with_target(tx, tau); "
+                         f"optim.policy_optimizer does)")
+
+    def prepare(params, model, batch, key, shard, target=None):
         b = batch_size // shard.count
         cond = None if cond_fn is None else cond_fn(batch)
         if gfn.one_pass:  # the rollout happens in ``terms``, differentiated
             return key, cond, shard.offset(b), b
-        return gfn.rollout(params, key, b, log_reward_fn, model, cond, shard.offset(b))
+        traj = gfn.rollout(params, key, b, log_reward_fn, model, cond, shard.offset(b))
+        if not uses_target:
+            return traj
+        if target is None:
+            raise ValueError(f"loss {gfn.objective.name} with tau {gfn.objective.tau} needs the "
+                             f"target network, which this run kind's update does not pass; "
+                             f"allowed here: tau 1")
+        return traj, jax.lax.stop_gradient(gfn.evaluate(jax.lax.stop_gradient(target), traj))
 
     def terms(params, model, traj):
         if gfn.one_pass:
             key, cond, offset, b = traj
             return gfn.rollout_terms(params, key, b, log_reward_fn, model, cond, offset)
+        if uses_target:
+            traj, ev_target = traj
+            return gfn.terms(params, traj, model)._replace(target=ev_target)
         return gfn.terms(params, traj, model)
 
     def reduce(q, traj):
+        if uses_target:
+            traj = traj[0]
         loss = gfn.value(q, traj)
         m = {"mean_log_reward": jnp.mean(traj.log_reward),
              "mean_length": jnp.mean(traj.lengths.astype(jnp.float32))}
@@ -279,4 +313,4 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
             m["visited"] = jax.vmap(state_index)(traj.terminal)
         return loss, m
 
-    return Update(prepare, terms, reduce, tx, terms_aux=gfn.one_pass)
+    return Update(prepare, terms, reduce, tx, terms_aux=gfn.one_pass, uses_target=uses_target)

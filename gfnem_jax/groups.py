@@ -28,7 +28,7 @@ class ObjectiveSettings(Settings):
     """The GFlowNet objective and its options (each objective takes the ones it declares)."""
 
     loss: str = setting("tb", "training objective", choices=tuple(sorted(objectives.OBJECTIVES)))
-    lam: float = setting(0.9, "SubTB lambda", gt=0)
+    lam: float = setting(0.9, "SubTB / PCL lambda", gt=0)
     baseline: str = setting("loo", "reverse_kl baseline: none, mean, loo (leave-one-out) or global "
                             "(learned log Z)", choices=objectives.BASELINES)
     alpha: float = setting(0.5, "alpha of renyi / tsallis / alpha_kl")
@@ -36,6 +36,16 @@ class ObjectiveSettings(Settings):
                                    "loss's docs)")
     normalized: bool = setting(True, "forward_kl: self-normalized importance weights (off: "
                                "unnormalized, unbiased up to 1/Z)")
+    rl_correction: str = setting("pb", "soft_q / munchausen / pcl: the reward of a transition "
+                                 "s -> s' is log P_B(s | s') (pb: the GFlowNet, R/Z on any DAG) or "
+                                 "0 (none: plain soft RL, biased by the number of paths), plus "
+                                 "log R at the last one", choices=objectives.RL_CORRECTIONS)
+    tau: float = setting(0.05, "soft_q / munchausen: Polyak rate of the target network (1 = no "
+                         "target network)", gt=0, max=1)
+    munchausen_alpha: float = setting(0.15, "munchausen: weight of the log-policy bonus (the "
+                                      "entropy scale is 1 / (1 - alpha))", min=0, lt=1)
+    munchausen_clip: float = setting(-20.0, "munchausen: lower clip of the bonus's "
+                                     "scaled log-policy", lt=0)
 
     def objective(self) -> objectives.Objective:
         """The objective value these settings name (``objectives.get``)."""

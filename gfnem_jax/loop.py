@@ -96,13 +96,57 @@ class Shard(NamedTuple):
 class Update(NamedTuple):
     """One side of the alternating step (see the module docstring). ``terms_aux``: ``terms``
     returns ``(q, aux)``, and that aux (not prepare's) goes to ``reduce`` (when the sampling itself
-    happens inside the differentiated ``terms``: ``GFlowNet.rollout_terms``)."""
+    happens inside the differentiated ``terms``: ``GFlowNet.rollout_terms``). ``uses_target``:
+    ``tx`` is a ``with_target`` transformation and ``prepare`` is called with the lagged copy of
+    the parameters it keeps, ``prepare(own, other, batch, key, shard, target=...)`` (soft
+    Q-learning's target network)."""
 
     prepare: Callable[..., Any]
     terms: Callable[..., Any]
     reduce: Callable[..., Any]
     tx: optax.GradientTransformation
     terms_aux: bool = False
+    uses_target: bool = False
+
+
+class TargetState(NamedTuple):
+    """The state of a ``with_target`` transformation: the wrapped optimizer's state and the
+    target parameters (a pytree like the parameters)."""
+
+    inner: Any
+    target: Any
+
+
+class WithTarget(NamedTuple):
+    """An optax transformation (``init``, ``update``) that also keeps a target copy of the
+    parameters in its state (``with_target``); ``rate`` its Polyak rate."""
+
+    init: Callable[..., Any]
+    update: Callable[..., Any]
+    rate: float
+
+
+def with_target(tx: optax.GradientTransformation, rate: float) -> WithTarget:
+    """``tx`` whose state also holds a lagged copy of the parameters (a target network):
+
+        target_0 = params_0,   target_{k+1} = (1 - rate) target_k + rate params_{k+1}
+
+    after each update (Polyak averaging; ``rate`` 1 copies the new parameters). The updates are
+    ``tx``'s unchanged; the copy rides in the optimizer state, so checkpoints and resumes carry
+    it. An ``Update`` with ``uses_target`` reads it."""
+    if not 0 < rate <= 1:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+
+    def init(params):
+        return TargetState(tx.init(params), params)
+
+    def update(grads, state, params=None):
+        upd, inner = tx.update(grads, state.inner, params)
+        new = optax.apply_updates(params, upd)
+        target = optax.incremental_update(new, state.target, rate)
+        return upd, TargetState(inner, target)
+
+    return WithTarget(init, update, float(rate))
 
 
 class Move(NamedTuple):
@@ -180,7 +224,10 @@ def apply_update(update, own, opt, other, batch, key, shard: Shard):
     if isinstance(update, Move):
         own, metrics = update.move(own, other, batch, key, shard)
         return own, opt, jnp.where(tree_finite(own), 0.0, jnp.nan).astype(jnp.float32), metrics
-    aux = update.prepare(own, other, batch, key, shard)
+    if update.uses_target:  # the lagged copy kept in the optimizer state (``with_target``)
+        aux = update.prepare(own, other, batch, key, shard, target=opt.target)
+    else:
+        aux = update.prepare(own, other, batch, key, shard)
     loss, metrics, g = global_grad(update, own, other, aux, shard)
     loss = jnp.where(tree_finite(g), loss, jnp.nan)
     upd, opt = update.tx.update(g, opt, own)

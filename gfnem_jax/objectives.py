@@ -28,6 +28,14 @@ Flags (class attributes, or properties where an option decides):
                        each visited state, so it needs the environment and has its own
                        evaluation path (``GFlowNet.terms``); not one-pass, and its call raises.
   min_batch_size       the smallest batch the estimator is defined for.
+  soft_values          the RL view (soft_q, munchausen, pcl): the forward logits are Q-values, and
+                       ``ev.log_flow`` is their soft value V(s) = log sum_{a legal} exp Q(s, a)
+                       (``sampling.soft_value``, 0 at terminal states) instead of the flow head.
+  needs_target         the loss bootstraps from a lagged copy of the parameters (a target
+                       network): the objective's call takes ``target``, the ``Evaluation`` of the
+                       same trajectories under that copy (no gradient); the training optimizer
+                       keeps the copy (``loop.with_target`` at rate ``tau``). Without one
+                       (``target=None``) the online evaluation, stop-gradient, is the target.
 
 Options are the dataclass fields of each objective: ``OBJECTIVES[name].option_names()``. An
 unknown option is a ValueError naming it, the objective and what it takes. ``get(name,
@@ -43,6 +51,7 @@ import dataclasses
 import math
 from typing import Any, ClassVar, Dict, Optional, Tuple, Type
 
+import jax
 import jax.numpy as jnp
 
 from gfnem_jax import losses
@@ -66,6 +75,8 @@ class Objective:
     uses_flows: ClassVar[bool] = False
     edge_flows: ClassVar[bool] = False
     min_batch_size: ClassVar[int] = 1
+    soft_values: ClassVar[bool] = False
+    needs_target: ClassVar[bool] = False
     # why a batch of fewer than ``min_batch_size`` does not do (for the error message)
     batch_reason: ClassVar[str] = ""
 
@@ -387,14 +398,183 @@ class ReverseWakeSleep(WakeSleep):
     name = "reverse_wake_sleep"
 
 
+# -- the RL view: entropy-regularised RL on the DAG, Q-values = the forward logits ---------------
+RL_CORRECTIONS = ("pb", "none")
+
+
+def rl_rewards(ev: Evaluation, traj: Trajectories, correction: str) -> jnp.ndarray:
+    """float[B, T]: the reward of each transition s_t -> s_{t+1} of the soft-RL view,
+
+        r_t = c_t + [t = L - 1] log R(x),   c_t = log P_B(s_t | s_{t+1}) (correction "pb") or 0
+        ("none"),
+
+    0 at padding. The reward is the environment's: no gradient flows into log P_B through it (a
+    learned P_B head stays where it was initialised; Tiapkin et al. 2024 use a uniform P_B)."""
+    T = traj.mask.shape[1]
+    last = jnp.arange(T)[None, :] == (traj.lengths[:, None] - 1)
+    c = jax.lax.stop_gradient(ev.log_pb) if correction == "pb" else jnp.zeros_like(ev.log_pb)
+    r = c + jnp.where(last, traj.log_reward[:, None], 0.0)
+    return jnp.where(traj.mask, r, 0.0)
+
+
+def _next_values(log_v: jnp.ndarray, traj: Trajectories) -> jnp.ndarray:
+    """float[B, T]: V(s_{t+1}) from soft values [B, T+1], 0 where s_{t+1} is the final state
+    (its reward is in r_t) and at padding."""
+    T = traj.mask.shape[1]
+    last = jnp.arange(T)[None, :] == (traj.lengths[:, None] - 1)
+    return jnp.where(traj.mask & ~last, log_v[:, 1:], 0.0)
+
+
+def _pooled_square(resid, mask):
+    m = mask.astype(resid.dtype)
+    return jnp.sum(m * resid ** 2) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftRL(Objective):
+    """Shared by the objectives of the RL view: ``rl_correction`` (pb / none) and the flags."""
+
+    soft_values = True
+    rl_correction: str = "pb"
+
+    def __post_init__(self):
+        _check_choice(self, "rl_correction", RL_CORRECTIONS)
+
+
+def _check_tau(obj):
+    t = obj.tau
+    if not (isinstance(t, (int, float)) and 0 < t <= 1):
+        raise ValueError(f"tau {t!r} is not allowed for loss {obj.name}; allowed: 0 < tau <= 1 "
+                         f"(1 = no lag: the online network, stop-gradient)")
+    _set(obj, "tau", float(t))
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftQ(SoftRL):
+    """Soft Q-learning (Haarnoja et al. 2017; soft DQN) with a target network, on the DAG.
+
+    Q(s, a) = the forward logits, P_F = softmax of the masked logits, V(s) = log sum_a exp Q(s, a)
+    (``ev.log_flow`` under ``soft_values``), rewards r_t from ``rl_rewards``:
+
+        l_t = Q(s_t, a_t) - sg(r_t + Vbar(s_{t+1})),   Vbar(final state) = 0,
+        loss = sum_{b,t} mask l^2 / sum_{b,t} mask       (pooled over real transitions),
+
+    with Q(s_t, a_t) = log P_F(a_t | s_t) + V(s_t) and Vbar the target network's soft value
+    (``target.log_flow``; target None: sg of the online one). Shapes: ev.log_pf, ev.log_pb
+    [B, T], ev.log_flow [B, T+1], traj.log_reward [B]. Off-policy (any behaviour policy, a
+    balance-like condition per transition). Fixed point: with ``rl_correction`` pb, V = log F and
+    Q(s, a) = log F(s') + log P_B(s | s'), i.e. detailed balance with F = exp V: the sampler is
+    R/Z on any DAG; with none, V(s) = log sum_x n(s -> x) R(x) and the sampler is
+    n_paths(x) R(x) / Z' (R/Z only on a tree). ``tau``: Polyak rate of the target network.
+    """
+
+    name = "soft_q"
+    tau: float = 0.05
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_tau(self)
+
+    @property
+    def needs_target(self):
+        return self.tau < 1.0
+
+    def __call__(self, ev, traj, log_z, target: Optional[Evaluation] = None):
+        v = ev.log_flow
+        vbar = jax.lax.stop_gradient(v if target is None else target.log_flow)
+        y = rl_rewards(ev, traj, self.rl_correction) + _next_values(vbar, traj)
+        q = ev.log_pf + v[:, :-1]
+        return _pooled_square(q - jax.lax.stop_gradient(y), traj.mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class Munchausen(SoftQ):
+    """Munchausen soft Q-learning (M-DQN, Vieillard et al. 2020) on the DAG, target network.
+
+    Entropy scale tau_e = 1 / (1 - munchausen_alpha), Q(s, a) = tau_e * logits(s, a),
+    P_F = softmax(logits) = softmax(Q / tau_e), V(s) = tau_e * log sum_a exp logits(s, a):
+
+        y_t = r_t + alpha * clip(tau_e log Pbar_F(a_t | s_t), munchausen_clip, 0) + Vbar(s_{t+1}),
+        loss = pooled mean over real transitions of (Q(s_t, a_t) - sg(y_t))^2,
+
+    Pbar_F, Vbar from the target network (``target``; None: sg of the online ones), Vbar(final) =
+    0, r_t from ``rl_rewards``. The Munchausen bonus makes the fixed point the soft-optimal policy
+    at entropy scale (1 - alpha) tau_e = 1, i.e. the same as soft Q-learning's (R/Z with
+    ``rl_correction`` pb), as long as the clip is not active; at the fixed point
+    logits(s, a) = r(s, a) + V*(s') - alpha V*(s), V* = log F. Off-policy; shapes as ``soft_q``.
+    """
+
+    name = "munchausen"
+    munchausen_alpha: float = 0.15
+    munchausen_clip: float = -20.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        a = self.munchausen_alpha
+        if not (isinstance(a, (int, float)) and 0 <= a < 1):
+            raise ValueError(f"munchausen_alpha {a!r} is not allowed for loss munchausen; allowed: "
+                             f"0 <= munchausen_alpha < 1")
+        c = self.munchausen_clip
+        if not (isinstance(c, (int, float)) and math.isfinite(c) and c < 0):
+            raise ValueError(f"munchausen_clip {c!r} is not allowed for loss munchausen; allowed: "
+                             f"a finite number < 0")
+        _set(self, "munchausen_alpha", float(a))
+        _set(self, "munchausen_clip", float(c))
+
+    def __call__(self, ev, traj, log_z, target: Optional[Evaluation] = None):
+        te = 1.0 / (1.0 - self.munchausen_alpha)
+        bar = jax.lax.stop_gradient(ev if target is None else target)
+        bonus = self.munchausen_alpha * jnp.clip(te * bar.log_pf, self.munchausen_clip, 0.0)
+        y = (rl_rewards(ev, traj, self.rl_correction) + jnp.where(traj.mask, bonus, 0.0)
+             + te * _next_values(bar.log_flow, traj))
+        q = te * (ev.log_pf + ev.log_flow[:, :-1])
+        return _pooled_square(q - jax.lax.stop_gradient(y), traj.mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class PCL(SoftRL):
+    """Path consistency learning (Nachum et al. 2017; unified PCL: V and pi from the same
+    Q-values) on the DAG, over every sub-trajectory 0 <= i < j <= L with weights lam^(j-i):
+
+        l_ij = V(s_i) + sum_{t=i}^{j-1} (log P_F(a_t | s_t) - r'_t) - V(s_j),
+        V(s_L) = log R(x),  r'_t = log P_B(s_t | s_{t+1}) (pb) or 0 (none),
+        loss = mean_b sum_{i<j} lam^(j-i) l_ij^2 / sum_{i<j} lam^(j-i),
+
+    V = the soft value of the forward logits (``ev.log_flow``), the gradient through both V and
+    log P_F, no target network (``losses.subtrajectory_balance`` on these flows and rewards). With
+    pb it is SubTB with F = exp V and a fixed P_B: fixed point R/Z; with none, n_paths(x) R(x)/Z'.
+    Shapes as ``soft_q``; off-policy.
+    """
+
+    name = "pcl"
+    lam: float = 0.9
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam > 0):
+            raise ValueError(f"lam {self.lam!r} is not allowed for loss pcl; allowed: a finite "
+                             f"number > 0")
+        _set(self, "lam", float(self.lam))
+
+    def __call__(self, ev, traj, log_z):
+        T = traj.mask.shape[1]
+        last = jnp.arange(T)[None, :] == (traj.lengths[:, None] - 1)
+        c = rl_rewards(ev, traj, self.rl_correction) - jnp.where(last, traj.log_reward[:, None],
+                                                                 0.0)
+        flows = losses.with_boundary_flows(ev.log_flow, traj.log_reward, traj.lengths)
+        return losses.subtrajectory_balance(ev.log_pf, jnp.where(traj.mask, c, 0.0), flows,
+                                            traj.mask, self.lam)
+
+
 # -- the factories (optax-like lower-case names) and the registry --------------------------------
 tb, db, subtb, logvar, fm = TB, DB, SubTB, LogVar, FM
 reverse_kl, forward_kl, renyi, tsallis, alpha_kl = ReverseKL, ForwardKL, Renyi, Tsallis, AlphaKL
 wake_sleep, reverse_wake_sleep = WakeSleep, ReverseWakeSleep
+soft_q, munchausen, pcl = SoftQ, Munchausen, PCL
 
 OBJECTIVES: Dict[str, Type[Objective]] = {c.name: c for c in (
     TB, DB, SubTB, LogVar, FM, ReverseKL, ForwardKL, Renyi, Tsallis, AlphaKL, WakeSleep,
-    ReverseWakeSleep)}
+    ReverseWakeSleep, SoftQ, Munchausen, PCL)}
 BASELINES = ReverseKL.BASELINES
 
 

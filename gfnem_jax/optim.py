@@ -29,5 +29,11 @@ def make_optimizer(cfg: OptimConfig, logz_mask) -> optax.GradientTransformation:
 
 
 def policy_optimizer(gfn, cfg: OptimConfig, params) -> optax.GradientTransformation:
-    """``make_optimizer`` with the log Z leaves declared by ``gfn.policy``."""
-    return make_optimizer(cfg, gfn.policy.log_z_mask(params))
+    """``make_optimizer`` with the log Z leaves declared by ``gfn.policy``; for an objective with
+    ``needs_target`` (soft Q-learning), wrapped in ``loop.with_target`` at the objective's rate
+    ``tau`` so that its state keeps the target network."""
+    tx = make_optimizer(cfg, gfn.policy.log_z_mask(params))
+    if gfn.objective.needs_target:
+        from gfnem_jax.loop import with_target
+        tx = with_target(tx, gfn.objective.tau)
+    return tx

@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from gfnem_jax.envs.base import Environment, masked_log_softmax
+from gfnem_jax.envs.base import NEG_INF, Environment, masked_log_softmax
 from gfnem_jax.nets.policy import Policy, encode_batch
 
 ApplyFn = Callable[[Any, Any, Any], Any]  # (params, obs, ctx) -> PolicyOutput, one state
@@ -275,17 +275,30 @@ def padded_evaluation(log_pf, log_pb, log_flow, mask) -> Evaluation:
                       jnp.where(visited(mask), log_flow, 0.0))
 
 
-def evaluation_of(env: Environment, out, traj: Trajectories) -> Evaluation:
+def soft_value(logits, mask):
+    """log sum_{a legal} exp(logits[a]) over the last axis ([..., A] -> [...]); 0 where no action
+    is legal (terminal states). The soft value V(s) of Q-values read as forward logits: P_F =
+    softmax of the masked logits = exp(Q(s, a) - V(s))."""
+    legal = jnp.any(mask, axis=-1)
+    z = jnp.where(mask, logits, jnp.asarray(NEG_INF, logits.dtype))
+    return jnp.where(legal, jax.nn.logsumexp(z, axis=-1), 0.0)
+
+
+def evaluation_of(env: Environment, out, traj: Trajectories,
+                  soft_values: bool = False) -> Evaluation:
     """The ``Evaluation`` of ``traj`` from the policy's outputs on all its states (``out`` leaves
     [B, T+1, ...]): the legal actions' log-softmax, gathered at the actions taken (log P_F from
-    s_t, log P_B from s_{t+1}), padded with zeros."""
+    s_t, log P_B from s_{t+1}), padded with zeros. ``soft_values``: log_flow is the soft value
+    of the forward logits, ``soft_value(fwd_logits, forward_mask)``, instead of the flow head
+    (the objectives of the RL view, whose Q-values are the forward logits)."""
     fmask = jax.vmap(jax.vmap(env.forward_mask))(traj.states)
     bmask = jax.vmap(jax.vmap(env.backward_mask))(traj.states)
     logpf_all = masked_log_softmax(out.fwd_logits, fmask)
     logpb_all = masked_log_softmax(out.bwd_logits, bmask)
     lpf = jnp.take_along_axis(logpf_all[:, :-1], traj.actions[..., None], axis=-1)[..., 0]
     lpb = jnp.take_along_axis(logpb_all[:, 1:], traj.bwd_actions[..., None], axis=-1)[..., 0]
-    return padded_evaluation(lpf, lpb, out.log_flow, traj.mask)
+    log_flow = soft_value(out.fwd_logits, fmask) if soft_values else out.log_flow
+    return padded_evaluation(lpf, lpb, log_flow, traj.mask)
 
 
 def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
@@ -335,7 +348,7 @@ def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
 
 
 def evaluate(env: Environment, policy: Policy, params, traj: Trajectories,
-             buckets=None, ctx=None) -> Evaluation:
+             buckets=None, ctx=None, soft_values: bool = False) -> Evaluation:
     """Differentiable log P_F, log P_B per step and log F per state of given trajectories.
 
     One batched policy pass over the B*(T+1) states, the condition encoded once per trajectory;
@@ -344,9 +357,11 @@ def evaluate(env: Environment, policy: Policy, params, traj: Trajectories,
       real (non-padding) states into the smallest bucket that holds them (see ``_apply_all``).
     ctx: the encoded conditions if the caller already has them (differentiable in params), else
       they are encoded here.
+    soft_values: log_flow is the soft value of the forward logits (``evaluation_of``).
     """
     T = traj.actions.shape[1]
     obs = jax.vmap(jax.vmap(env.observe))(traj.states)
     if ctx is None:
         ctx = encode_batch(policy, params, traj.cond)
-    return evaluation_of(env, _apply_all(policy, params, obs, ctx, traj.lengths, T, buckets), traj)
+    return evaluation_of(env, _apply_all(policy, params, obs, ctx, traj.lengths, T, buckets), traj,
+                         soft_values)

@@ -41,6 +41,8 @@ VARIANTS = DEFAULTS + [objectives.subtb(lam=0.3), objectives.forward_kl(normaliz
     objectives.reverse_kl(b) for b in objectives.BASELINES] + [
     f(alpha, cv) for f in (objectives.renyi, objectives.tsallis) for alpha in (0.5, 2.0)
     for cv in objectives.control_variates(f.name)] + [
+    objectives.soft_q("none", 1.0), objectives.munchausen("none", 0.5, 0.3, -1.0),
+    objectives.pcl("none", 0.5)] + [
     # alpha < 1: at alpha = 1 the reverse part, the learned log Z with it, is weighted 0
     objectives.alpha_kl(alpha, cv) for alpha in (0.0, 0.6)
     for cv in objectives.control_variates("alpha_kl")]
@@ -87,7 +89,10 @@ def test_exploration_is_refused_exactly_by_on_policy_objectives(obj):
 @pytest.mark.parametrize("obj", DEFAULTS, ids=lambda o: o.name)
 def test_one_pass_is_refused_exactly_for_edge_flows(obj):
     pol = MLPPolicy(ENV.n_actions, ENV.n_bwd_actions, hidden=4)
-    if obj.edge_flows:
+    if obj.soft_values:  # the RL view reads the soft values of the logits, not the flow head
+        with pytest.raises(ValueError, match="one_pass"):
+            GFlowNet(ENV, pol, obj, one_pass=True)
+    elif obj.edge_flows:
         with pytest.raises(ValueError, match="one_pass"):
             GFlowNet(ENV, pol, obj, one_pass=True)
         with pytest.raises(ValueError, match="flow matching"):
@@ -98,13 +103,14 @@ def test_one_pass_is_refused_exactly_for_edge_flows(obj):
 
 @pytest.mark.parametrize("obj", VARIANTS, ids=_ids)
 def test_flags_match_what_the_value_reads(explored, obj):
-    """needs_log_z: the value moves with log Z; uses_flows: with the flow head's outputs;
-    importance_weighted: with the behaviour log-probabilities; and never otherwise."""
+    """needs_log_z: the value moves with log Z; uses_flows: with the flow head's outputs (or,
+    soft_values, the soft values of the logits in its place); importance_weighted: with the
+    behaviour log-probabilities; and never otherwise."""
     ev, traj, lz = explored
     base = (ev, traj, lz)
     assert _moved(obj, base, (ev, traj, lz + 0.5)) == obj.needs_log_z
     flows = ev._replace(log_flow=ev.log_flow + _noise(1, ev.log_flow))
-    assert _moved(obj, base, (flows, traj, lz)) == obj.uses_flows
+    assert _moved(obj, base, (flows, traj, lz)) == (obj.uses_flows or obj.soft_values)
     pi = traj._replace(log_pi=traj.log_pi + _noise(2, traj.log_pi, 0.3) * traj.mask)
     assert _moved(obj, base, (ev, pi, lz)) == obj.importance_weighted
 
@@ -140,7 +146,9 @@ def test_unknown_options_raise(call, msg):
 @given(lam=st.floats(-1.0, 2.0), baseline=st.sampled_from(objectives.BASELINES + ("x",)),
        alpha=st.floats(-0.5, 2.5), control_variate=st.sampled_from(
            ("none", "loo", "learned", "loo_mean", "loo_logmeanexp", "mean")),
-       normalized=st.booleans())
+       normalized=st.booleans(), rl_correction=st.sampled_from(("pb", "none", "x")),
+       tau=st.floats(-0.5, 1.5), munchausen_alpha=st.floats(-0.5, 1.5),
+       munchausen_clip=st.floats(-30.0, 1.0))
 def test_get_passes_each_objective_the_settings_it_declares(**bag):
     """``get(name, **bag)`` is the factory called with the settings it declares: equal values,
     or the same ValueError (an option value it does not allow) naming that option."""
@@ -183,7 +191,37 @@ def _expected(name, ev, traj, lz):
             0.5 * div.forward_kl(pf, pb, lr, normalized=True)
     if name in ("wake_sleep", "reverse_wake_sleep"):
         return div.wake_sleep(pf, pb, lr, log_pi=pi)
+    if name in ("soft_q", "munchausen", "pcl"):
+        return _soft_rl_expected(name, ev, traj)
     return None
+
+
+def _soft_rl_expected(name, ev, traj):
+    """The RL-view losses transition by transition in numpy (``ev.log_flow`` the soft values
+    V(s_t), no target network: the online values), default options."""
+    pf, pb, v = (np.asarray(x, np.float64) for x in (ev.log_pf, ev.log_pb, ev.log_flow))
+    lr, L = np.asarray(traj.log_reward, np.float64), np.asarray(traj.lengths)
+    if name == "pcl":
+        per = []
+        for b in range(len(L)):
+            V = list(v[b, :L[b]]) + [lr[b]]
+            num = den = 0.0
+            for i in range(L[b]):
+                for j in range(i + 1, L[b] + 1):
+                    d = V[i] - V[j] + sum(pf[b, t] - pb[b, t] for t in range(i, j))
+                    num, den = num + 0.9 ** (j - i) * d ** 2, den + 0.9 ** (j - i)
+            per.append(num / den)
+        return np.mean(per)
+    alpha = 0.15 if name == "munchausen" else 0.0
+    te = 1.0 / (1.0 - alpha)
+    res = []
+    for b in range(len(L)):
+        for t in range(L[b]):
+            last = t == L[b] - 1
+            y = pb[b, t] + (lr[b] if last else te * v[b, t + 1])
+            y += alpha * max(te * pf[b, t], -20.0)
+            res.append(te * (pf[b, t] + v[b, t]) - y)
+    return np.mean(np.square(res))
 
 
 @pytest.mark.parametrize("name", sorted(objectives.OBJECTIVES))
@@ -193,7 +231,7 @@ def test_objective_values_and_gradients(batch, name):
     gfn0, params, traj = batch
     gfn = _gfn(name)
     val, g = jax.value_and_grad(gfn.traj_loss)(params, traj)
-    ev = evaluate(ENV, gfn.policy, params, traj)
+    ev = evaluate(ENV, gfn.policy, params, traj, soft_values=gfn.objective.soft_values)
     want = _expected(name, ev, traj, gfn.log_z(params))
     if want is not None:
         assert float(val) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
