@@ -157,6 +157,47 @@ def exact_flows(env: Environment, table: TransitionTable, rewards: jax.Array, pb
     return F, pf
 
 
+def soft_rl_fixed_point(env: Environment, table: TransitionTable, log_rewards: jax.Array,
+                        log_pb_sa=None):
+    """The fixed point of entropy-regularised RL on the state DAG, by dynamic programming.
+
+    Soft value iteration with entropy scale 1 and no discount, the reward of s -> s' being
+    c(s, s') = log P_B(s | s') (``log_pb_sa``, the GFlowNet correction) or 0 (None), plus log R(x)
+    on reaching a terminal x:
+
+        V(x) = log R(x) (terminal),   Q(s, a) = c(s, a) + V(step(s, a)),
+        V(s) = log sum_{a legal} exp Q(s, a),   P_F(a | s) = exp(Q(s, a) - V(s)).
+
+    With the correction V = log F, the flows of ``exact_flows``, and the sampler is R/Z. Without
+    it, V(s) = log sum_x n(s -> x) R(x) (n the number of paths) and the sampler ends at x with
+    probability n(s_0 -> x) R(x) / sum_y n(s_0 -> y) R(y): R/Z only where every terminal state is
+    reached by the same number of paths (a tree, or sets of a fixed size: k! orderings each).
+
+    Args: log_rewards float[S] (used at terminal states), log_pb_sa float[S, A] (log of
+      ``backward_probs_table``) or None. Returns (V float[S], Q float[S, A], NEG_INF where
+      illegal). Exact after max_steps + 1 sweeps (every path has at most max_steps steps).
+    """
+    from gfnem_jax.envs.base import NEG_INF
+    neg = jnp.asarray(NEG_INF, jnp.float32)
+    lr = jnp.where(table.terminal, log_rewards, neg)
+    c = jnp.zeros(table.fmask.shape, jnp.float32) if log_pb_sa is None else log_pb_sa
+    c = jnp.where(table.fmask, c, neg)
+
+    def body(_, V):
+        q = jnp.where(table.fmask, c + V[table.children], neg)
+        return jnp.where(table.terminal, lr, jax.nn.logsumexp(q, axis=1))
+
+    V = jax.lax.fori_loop(0, env.max_steps + 1, body, lr)
+    return V, jnp.where(table.fmask, c + V[table.children], neg)
+
+
+def logits_terminal_distribution(env: Environment, table: TransitionTable, logits: jax.Array):
+    """float[S]: the exact terminal distribution of P_F = softmax of masked ``logits`` [S, A]."""
+    probs = jnp.exp(masked_log_softmax(logits, table.fmask))
+    return jnp.where(table.terminal, _propagate(env, table, jnp.where(table.fmask, probs, 0.0)),
+                     0.0)
+
+
 def top_reward_terminals(env: Environment, terminal_indices: jax.Array, n: int) -> jax.Array:
     """Sorted state indices of the ``n`` highest-reward terminal states (the "modes")."""
     st = jax.tree.map(lambda a: a[terminal_indices], env.all_states())
