@@ -102,11 +102,15 @@ def tv(p, q):
 
 
 def jsd(p: jax.Array, q: jax.Array) -> jax.Array:
-    """Jensen-Shannon divergence in nats (0 <= JSD <= log 2)."""
+    """Jensen-Shannon divergence in nats (0 <= JSD <= log 2).
+
+    An entry whose mixture 0.5 (p + q) underflows to 0 (p or q a float32 denormal, below ~1e-44)
+    adds nothing (its true share is below 1e-42) instead of inf."""
     m = 0.5 * (p + q)
 
     def kl(a, b):
-        return jnp.sum(jnp.where(a > 0, a * (jnp.log(jnp.where(a > 0, a, 1.0)) - jnp.log(jnp.where(a > 0, b, 1.0))), 0.0))
+        ok = (a > 0) & (b > 0)
+        return jnp.sum(jnp.where(ok, a * (jnp.log(jnp.where(ok, a, 1.0)) - jnp.log(jnp.where(ok, b, 1.0))), 0.0))
 
     return 0.5 * kl(p, m) + 0.5 * kl(q, m)
 

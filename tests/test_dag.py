@@ -195,6 +195,41 @@ def test_lingauss_against_dense_gaussian():
         assert local(j, pa) == pytest.approx(want, rel=1e-10)
 
 
+def _bde_sequential(x, j, pa, ess, r):
+    """BDeu by the chain rule: p(x_j | x_pa) = prod_n (a_ck + n_ck) / (a_c + n_c), the counts
+    n of the rows before n (the Dirichlet-multinomial predictive), one row at a time."""
+    q = int(np.prod([r[i] for i in pa])) if pa else 1
+    a_c, a_ck = ess / q, ess / (q * r[j])
+    counts = {}
+    total = 0.0
+    for row in x.astype(int):
+        c = tuple(row[list(pa)])
+        n_c = sum(v for (cc, _), v in counts.items() if cc == c)
+        total += math.log((a_ck + counts.get((c, row[j]), 0)) / (a_c + n_c))
+        counts[(c, row[j])] = counts.get((c, row[j]), 0) + 1
+    return total
+
+
+def test_bde_against_the_sequential_predictive_and_score_equivalent():
+    sim = dag_data.simulate_discrete(3, 60, 0.7, seed=4, arity=3)
+    x = sim.data
+    assert set(np.unique(x)) <= {0.0, 1.0, 2.0} and _acyclic(sim.adj)
+    local = scores.bde(x, ess=2.0, arities=[3, 3, 3])
+    for j in range(3):
+        others = [i for i in range(3) if i != j]
+        for k in range(3):
+            for pa in itertools.combinations(others, k):
+                assert local(j, pa) == pytest.approx(_bde_sequential(x, j, pa, 2.0, [3, 3, 3]),
+                                                     rel=1e-10)
+    t = scores.local_table(local, 3)
+    a, b = np.zeros((3, 3), np.uint8), np.zeros((3, 3), np.uint8)
+    a[0, 1] = a[1, 2] = 1
+    b[2, 1] = b[1, 0] = 1
+    assert scores.graph_score(t, a) == pytest.approx(scores.graph_score(t, b), rel=1e-12)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        scores.bde(x + 0.5)
+
+
 def test_delta_score_is_the_difference_of_full_scores():
     d = 4
     x = _data(d)
@@ -295,3 +330,11 @@ def test_cli_bad_data_file_is_one_line(tmp_path, capsys):
                   "--quiet", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "bad.csv" in err[0], err
+
+
+def test_exact_jsd_is_finite_when_probabilities_underflow():
+    """A d = 5 sampler puts denormal float32 mass on some graphs: 0.5 (p + q) underflows to 0
+    there, which must add nothing to the JSD (it gave inf)."""
+    p = jnp.asarray(np.array([1e-45, 0.5, 0.5], np.float32))
+    q = jnp.asarray(np.array([0.0, 0.5, 0.5], np.float32))
+    assert float(metrics.jsd(p, q)) == 0.0 and float(metrics.jsd(q, p)) == 0.0

@@ -6,6 +6,9 @@ probability ``edge_prob``) with linear-Gaussian conditionals
     X_j = sum_{i in pa(j)} W_ij X_i + eps_j,   W_ij ~ N(0, 1),   eps_j ~ N(0, noise_scale^2),
 
 sampled by ancestral sampling, all from one ``numpy.random.default_rng(seed)``.
+``simulate_discrete``: the same random DAG with categorical conditionals: each node takes ``arity``
+values, and each configuration of its parents has its own distribution, drawn from a symmetric
+Dirichlet(``concentration``).
 
 ``load``: a float matrix [N, d] from ``.npy`` or ``.csv`` (comma-separated, an optional header line
 of names); any problem is one ``ValueError`` line naming the file.
@@ -47,6 +50,28 @@ def simulate(d: int, n: int, edge_prob: float = 0.5, seed: int = 0,
     for j in topological_order(adj):
         x[:, j] = x @ w[:, j] + rng.normal(0.0, noise_scale, n)
     return Simulated(adj, w, x)
+
+
+def simulate_discrete(d: int, n: int, edge_prob: float = 0.5, seed: int = 0, arity: int = 2,
+                      concentration: float = 1.0) -> Simulated:
+    """A seeded Erdos-Renyi DAG with categorical conditionals and ``n`` observations, int codes in
+    {0..arity-1} stored as float64[N, d] (``weights`` is all zeros: there are none)."""
+    if d < 2 or n < 1 or arity < 2:
+        raise ValueError(f"simulate_discrete needs d >= 2, n >= 1, arity >= 2, got {d}, {n}, {arity}")
+    if not 0 <= edge_prob <= 1:
+        raise ValueError(f"edge_prob must be in [0, 1], got {edge_prob}")
+    rng = np.random.default_rng(seed)
+    adj = random_dag(d, edge_prob, rng)
+    x = np.zeros((n, d), np.int64)
+    for j in topological_order(adj):
+        pa = np.flatnonzero(adj[:, j])
+        cpt = rng.dirichlet(np.full(arity, concentration), size=arity ** len(pa))  # [q, arity]
+        c = np.zeros(n, np.int64)
+        for i in pa:
+            c = c * arity + x[:, i]
+        u = rng.random(n)[:, None]
+        x[:, j] = np.minimum((u > np.cumsum(cpt[c], 1)).sum(1), arity - 1)
+    return Simulated(adj, np.zeros((d, d)), x.astype(np.float64))
 
 
 def topological_order(adj: np.ndarray) -> list:

@@ -2,7 +2,8 @@
 nodes whose reward is the posterior score log p(G) + log p(D | G), checked against the exact
 posterior over every DAG (d <= 5: 25, 543, 29281 graphs).
 
-The data are a seeded Erdos-Renyi linear-Gaussian DAG's observations (``dag.data.simulate``) or a
+The data are a seeded Erdos-Renyi linear-Gaussian DAG's observations (``dag.data.simulate``;
+categorical with score bde, ``dag.data.simulate_discrete``) or a
 user's .csv / .npy (``data``); the local scores of every (node, parent set) are computed once into
 a table (``dag.scores``), so the reward of a graph is d table lookups. Training is the task runner
 of ``runner`` (any objective, eps-uniform exploration, by default off-policy: ``epsilon`` 0.1);
@@ -45,9 +46,13 @@ class DagSettings(Settings):
     noise_scale: float = setting(1.0, "simulated data: standard deviation of each node's noise", gt=0)
     data_seed: int = setting(0, "simulated data: seed of the graph, weights and observations",
                              min=0, max=2 ** 32 - 1)
-    score: str = setting("bge", "marginal likelihood: bge (Normal-Wishart, Kuipers et al. 2014) "
-                         "or lingauss (linear-Gaussian, Gaussian weights)",
+    arity: int = setting(2, "simulated data with score bde: values of each discrete variable",
+                         min=2, max=16)
+    score: str = setting("bge", "marginal likelihood: bge (Normal-Wishart, Kuipers et al. 2014), "
+                         "lingauss (linear-Gaussian, Gaussian weights) or bde (BDeu, discrete "
+                         "data: simulated with categorical conditionals unless data is given)",
                          choices=dag_scores.SCORES)
+    ess: float = setting(1.0, "bde: equivalent sample size", gt=0)
     obs_scale: float = setting(1.0, "lingauss: noise standard deviation", gt=0)
     weight_scale: float = setting(1.0, "lingauss: prior standard deviation of the edge weights", gt=0)
     prior: str = setting("uniform", "structure prior: uniform, edge (-edge_penalty per edge) or "
@@ -67,6 +72,9 @@ def observations(s: DagSettings):
     """(X float64[N, d], true adjacency uint8[d, d] or None) of the settings."""
     if s.data:
         return dag_data.load(s.data, d=s.num_nodes), None
+    if s.score == "bde":
+        sim = dag_data.simulate_discrete(s.num_nodes, s.n_obs, s.edge_prob, s.data_seed, s.arity)
+        return sim.data, sim.adj
     sim = dag_data.simulate(s.num_nodes, s.n_obs, s.edge_prob, s.data_seed, s.noise_scale)
     return sim.data, sim.adj
 
@@ -75,7 +83,11 @@ def observations(s: DagSettings):
 def local_table(s: DagSettings) -> np.ndarray:
     """float64[d, 2^(d-1)]: every local score (marginal likelihood + prior share)."""
     x, _ = observations(s)
-    local = dag_scores.scorer(x, s.score, obs_scale=s.obs_scale, prior_scale=s.weight_scale)
+    try:
+        local = dag_scores.scorer(x, s.score, obs_scale=s.obs_scale, prior_scale=s.weight_scale,
+                                  ess=s.ess)
+    except ValueError as e:
+        raise ValueError(f"data file {s.data!r}: {e}" if s.data else str(e)) from None
     return dag_scores.local_table(local, s.num_nodes, s.prior, **(
         {"edge_penalty": s.edge_penalty} if s.prior == "edge" else
         {"expected_edges": s.expected_edges} if s.prior == "erdos_renyi" else {}))
