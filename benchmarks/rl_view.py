@@ -1,0 +1,173 @@
+"""The RL view, measured exactly (issue 31): TB against soft Q-learning, Munchausen soft
+Q-learning and path consistency learning, each with the log P_B reward correction (pb) and
+without it (none), on a tree (sequences) and on two DAGs (HyperGrid, sets).
+
+Every run is the one loop (``runner.build`` / ``init_state`` / ``make_step``, what ``gfnem train``
+runs), with a uniform P_B (the reward of the correction, Tiapkin et al. 2024) for every loss.
+Logged every ``--log-every`` steps: the exact L1 of the sampler to R/Z and to the closed-form
+fixed point of its correction (``metrics.soft_rl_fixed_point``: R/Z with pb; n_paths(x) R(x) / Z'
+with none). The bias of the uncorrected fixed point, L1(n_paths R / Z', R/Z), is exact.
+
+    python benchmarks/rl_view.py                     # ~3-4 min on 2 shared CPU cores
+    python benchmarks/rl_view.py --steps 300 --envs hypergrid --losses soft_q   # a subset
+
+Writes OUT/rl_view.json (rows: env, loss, rl_correction, bias of the fixed point, the L1 curve,
+final L1s, first step with L1 < 0.05, wall seconds), OUT/rl_view.md (the table) and
+OUT/rl_view.png (L1 to R/Z against steps, one panel per environment) when matplotlib is there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gfnem_jax import loop, metrics
+from gfnem_jax.experiments import runner
+
+ENVS = {
+    "sequences": {"task": "sequences", "env": {"length": 4, "vocab": 4}},
+    "hypergrid": {"task": "hypergrid", "env": {"ndim": 2, "height": 8, "r0": 0.1}},
+    "sets": {"task": "sets", "env": {"set_size": 8, "k": 4}},
+}
+RUNS = [("tb", "-")] + [(loss, c) for loss in ("soft_q", "munchausen", "pcl")
+                        for c in ("pb", "none")]
+THRESHOLD = 0.05
+
+
+def fixed_points(env, table):
+    """{correction: terminal distribution of the closed-form soft-RL fixed point} and R/Z."""
+    lr = jax.vmap(lambda s: env.log_reward(None, None, s))(table.states)
+    pb = metrics.backward_probs_table(env, table, metrics.uniform_backward_probs(env, table))
+    out = {}
+    for corr, log_pb in (("pb", jnp.log(jnp.where(table.fmask, pb, 1.0))), ("none", None)):
+        _, q = metrics.soft_rl_fixed_point(env, table, lr, log_pb)
+        out[corr] = metrics.logits_terminal_distribution(env, table, q)
+    return out, metrics.target_distribution(env, env.log_reward, None, table)
+
+
+def run_one(name, loss, corr, a):
+    cfg = dict(ENVS[name], loss=loss, steps=a.steps, batch_size=a.batch_size, hidden=a.hidden,
+               lr=a.lr, uniform_pb=True, seed=a.seed, tau=a.tau, epsilon=a.epsilon)
+    if corr != "-":
+        cfg["rl_correction"] = corr
+    env, gfn, optim = runner.build(cfg)
+    state, tx = runner.init_state(gfn, optim, a.seed)
+    chunk = loop.make_chunk(runner.make_step(gfn, tx, a.batch_size, state_index=False),
+                            a.log_every)
+    table = metrics.transition_table(env)
+    fixed, target = fixed_points(env, table)
+    own = fixed.get(corr, target)
+    dist = jax.jit(lambda p: metrics.terminal_distribution(env, gfn.policy, p, table))
+    curve, train_s, first = [], 0.0, None
+    t_all = time.perf_counter()
+    for k in range(a.steps // a.log_every):
+        t0 = time.perf_counter()
+        state, m = chunk(state)
+        jax.block_until_ready(state.sampler)
+        if k:  # the first chunk holds the compilation
+            train_s += time.perf_counter() - t0
+        p = dist(state.sampler)
+        l1_rz, l1_own = float(metrics.l1(p, target)), float(metrics.l1(p, own))
+        step = (k + 1) * a.log_every
+        curve.append([step, l1_rz, l1_own, float(np.asarray(m["loss"])[-1])])
+        if first is None and l1_own < THRESHOLD:
+            first = step
+    bias = float(metrics.l1(fixed["none"], target))
+    return {"env": name, "loss": loss, "rl_correction": corr, "bias_none_fixed_point": bias,
+            "curve": curve, "l1_rz": curve[-1][1], "l1_own": curve[-1][2],
+            "first_step_l1_own_below": first, "wall_s": round(time.perf_counter() - t_all, 2),
+            "train_s_after_first_chunk": round(train_s, 2), "config": cfg}
+
+
+def table_md(rows, a):
+    lines = [f"steps {a.steps}, batch {a.batch_size}, MLP 2x{a.hidden}, Adam lr {a.lr}, tau "
+             f"{a.tau}, epsilon {a.epsilon}, uniform P_B, seed {a.seed}; L1 is exact "
+             f"(dynamic programming); 'own' = the closed-form fixed point of the run's correction "
+             f"(R/Z for tb and pb, n_paths R / Z' for none)", "",
+             "| env | loss | correction | L1(fixed none, R/Z) | L1 to R/Z | L1 to own fixed "
+             f"point | first step L1(own) < {THRESHOLD} | wall s |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['env']} | {r['loss']} | {r['rl_correction']} | "
+                     f"{r['bias_none_fixed_point']:.3f} | {r['l1_rz']:.4f} | {r['l1_own']:.4f} | "
+                     f"{r['first_step_l1_own_below'] or '-'} | {r['wall_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    envs = sorted({r["env"] for r in rows})
+    fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 4), squeeze=False)
+    for ax, e in zip(axes[0], envs):
+        for r in rows:
+            if r["env"] != e:
+                continue
+            c = np.asarray(r["curve"])
+            style = "-" if r["rl_correction"] in ("pb", "-") else "--"
+            color = {"tb": "C0", "soft_q": "C1", "munchausen": "C2", "pcl": "C3"}[r["loss"]]
+            ax.semilogy(c[:, 0], np.maximum(c[:, 1], 1e-6), style, color=color,
+                        label=f"{r['loss']} {r['rl_correction']}")
+        bias = rows[[r["env"] for r in rows].index(e)]["bias_none_fixed_point"]
+        if bias > 1e-4:  # 0 up to rounding on a tree and on fixed-size sets
+            ax.axhline(bias, color="grey", lw=0.8, label="L1(fixed point of none, R/Z)")
+        ax.set_title(e)
+        ax.set_xlabel("step")
+        ax.set_ylabel("exact L1 to R/Z")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench_out/rl_view")
+    ap.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    ap.add_argument("--losses", nargs="+", default=["tb", "soft_q", "munchausen", "pcl"])
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--tau", type=float, default=0.05)
+    ap.add_argument("--epsilon", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    rows = []
+    t0 = time.time()
+    for e in a.envs:
+        for loss, corr in RUNS:
+            if loss not in a.losses:
+                continue
+            r = run_one(e, loss, corr, a)
+            rows.append(r)
+            print(f"{e:10s} {loss:10s} {corr:4s} L1(R/Z) {r['l1_rz']:.4f}  L1(own) "
+                  f"{r['l1_own']:.4f}  bias(none) {r['bias_none_fixed_point']:.3f}  "
+                  f"{r['wall_s']:.1f}s", flush=True)
+    meta = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__,
+            "load_avg_end": os.getloadavg(), "total_s": round(time.time() - t0, 1),
+            "args": vars(a)}
+    with open(os.path.join(a.out, "rl_view.json"), "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    md = table_md(rows, a)
+    with open(os.path.join(a.out, "rl_view.md"), "w") as f:
+        f.write(md + "\n")
+    plot(rows, os.path.join(a.out, "rl_view.png"))
+    print(md)
+    print(f"total {meta['total_s']} s; wrote {a.out}/rl_view.json")
+
+
+if __name__ == "__main__":
+    main()
