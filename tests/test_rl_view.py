@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gfnem_jax import cli, loop, metrics, objectives
+from gfnem_jax import cli, losses, loop, metrics, objectives
 from gfnem_jax.envs.hypergrid import HyperGrid
 from gfnem_jax.envs.sequence_design import SequenceDesign
 from gfnem_jax.envs.sets import SetGeneration
@@ -122,6 +122,25 @@ def test_losses_vanish_exactly_at_the_closed_form_q(name):
                         assert float(gfn.value(terms, traj)) < 1e-7
                 elif name == "hypergrid":
                     assert val > 1e-3, (obj, q_of, val)
+
+
+def test_soft_q_and_pcl_are_db_and_subtb_on_the_soft_values():
+    """The RL view is the flow view with F = exp V: with the correction and no lag, soft_q's
+    value is detailed balance and pcl's is SubTB (without log Z) on the flows V(s) = logsumexp of
+    the forward logits, F(x) = R(x), on any batch (off-policy, learned P_B)."""
+    env = ENVS["sets"]
+    pol = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=16)
+    gfn = GFlowNet(env, pol, objectives.soft_q(tau=1.0))
+    params = gfn.init(jax.random.PRNGKey(0))
+    traj = gfn.sample(params, jax.random.PRNGKey(1), 16, env.log_reward,
+                      explore=Exploration(1.5, 0.1))
+    ev = gfn.evaluate(params, traj)
+    flows = losses.with_boundary_flows(ev.log_flow, traj.log_reward, traj.lengths)
+    db = losses.detailed_balance(ev.log_pf, ev.log_pb, flows, traj.mask)
+    subtb = losses.subtrajectory_balance(ev.log_pf, ev.log_pb, flows, traj.mask, 0.7)
+    assert float(gfn.traj_loss(params, traj)) == pytest.approx(float(db), rel=1e-5)
+    pcl = GFlowNet(env, pol, objectives.pcl(lam=0.7))
+    assert float(pcl.traj_loss(params, traj)) == pytest.approx(float(subtb), rel=1e-5)
 
 
 def test_target_network_is_the_polyak_copy_in_the_optimizer_state():
