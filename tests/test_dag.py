@@ -338,3 +338,43 @@ def test_exact_jsd_is_finite_when_probabilities_underflow():
     p = jnp.asarray(np.array([1e-45, 0.5, 0.5], np.float32))
     q = jnp.asarray(np.array([0.0, 0.5, 0.5], np.float32))
     assert float(metrics.jsd(p, q)) == 0.0 and float(metrics.jsd(q, p)) == 0.0
+
+
+def test_joint_posterior_weights_against_numerical_integration():
+    """d = 3, the graph 0 -> 2 <- 1 (node 2 has two parents) and 0 -> 1: the closed-form weight
+    posterior's mean and covariance, and the linear-Gaussian marginal likelihood that integrates
+    the weights out, against quadrature of likelihood x prior on a grid."""
+    from gfnem_jax.dag import weights
+    x = dag_data.simulate(3, 15, 1.0, seed=5, noise_scale=1.0).data
+    model = dict(prior_mean=0.2, prior_scale=0.8, obs_scale=1.1)
+    adj = np.zeros((3, 3), np.uint8)
+    adj[0, 2] = adj[1, 2] = adj[0, 1] = 1
+    post = weights.weight_posterior(x, adj, **model)
+    local = scores.lingauss(x, **model)
+    s2, t2 = model["obs_scale"] ** 2, model["prior_scale"] ** 2
+
+    def log_joint(w, X, y):  # log p(y | X, w) + log p(w), w [..., k]
+        r = y - np.einsum("nk,...k->...n", X, w)
+        return (-0.5 * np.sum(r ** 2, -1) / s2 - 0.5 * len(y) * math.log(2 * math.pi * s2)
+                + np.sum(-0.5 * (w - model["prior_mean"]) ** 2 / t2 - 0.5 * math.log(2 * math.pi * t2), -1))
+
+    for j, pa in ((1, [0]), (2, [0, 1])):
+        X, y = x[:, pa], x[:, j]
+        sd = np.sqrt(np.diag(post.cov[j]))
+        axes = [np.linspace(m - 8 * s, m + 8 * s, 401 if len(pa) == 1 else 201)
+                for m, s in zip(post.mean[pa, j], sd)]
+        grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1)  # [..., k]
+        lj = log_joint(grid, X, y)
+        cell = np.prod([a[1] - a[0] for a in axes])
+        log_ml = np.log(np.sum(np.exp(lj - lj.max())) * cell) + lj.max()
+        assert log_ml == pytest.approx(local(j, pa), abs=1e-6)
+        w = np.exp(lj - lj.max()).reshape(-1)
+        w /= w.sum()
+        g = grid.reshape(-1, len(pa))
+        m = w @ g
+        c = np.einsum("n,na,nb->ab", w, g - m, g - m)
+        np.testing.assert_allclose(m, post.mean[pa, j], atol=1e-6)
+        np.testing.assert_allclose(c, post.cov[j], atol=1e-6)
+    draws = weights.sample_weights(x, np.repeat(adj[None], 4000, 0), seed=1, **model)
+    assert np.all(draws[:, adj == 0] == 0)
+    np.testing.assert_allclose(draws.mean(0)[adj == 1], post.mean[adj == 1], atol=0.05)
