@@ -252,8 +252,49 @@ class GFlowNet:
         return jax.vmap(per_traj)(traj.states, ctx, traj.log_reward, traj.lengths)
 
 
+# fold_in(step key, REPLAY_TAG): the draws from a replay buffer (far above any sample index)
+REPLAY_TAG = 0x72706C79  # "rply"
+
+
+class Replay(NamedTuple):
+    """A replay buffer of training trajectories: ``trajs`` a ``Trajectories`` with leading axis N
+    (the capacity), ``count`` int32[] how many are filled, ``pos`` int32[] where the next batch is
+    written (a ring)."""
+
+    trajs: Trajectories
+    count: jax.Array
+    pos: jax.Array
+
+
+def replay_memory(gfn: GFlowNet, params, capacity: int, log_reward_fn, reward_params=None) -> Replay:
+    """An empty ``Replay`` of ``capacity`` trajectories shaped as ``gfn.rollout``'s (unconditional):
+    the memory to give ``loop.with_memory`` for ``sampler_update(..., replay=capacity)``."""
+    one = jax.eval_shape(lambda p, rp: gfn.rollout(p, jax.random.PRNGKey(0), 1, log_reward_fn,
+                                                   rp), params, reward_params)
+    trajs = jax.tree.map(lambda a: jnp.zeros((capacity,) + a.shape[1:], a.dtype), one)
+    return Replay(trajs, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def _replayed(memory: Replay, traj: Trajectories, key, shard, b: int):
+    """(this shard's b fresh trajectories followed by b drawn uniformly from the buffer, the buffer
+    with the global fresh batch written in). Every device writes the same (gathered) batch, so the
+    buffer stays replicated; draw i uses fold_in(fold_in(key, REPLAY_TAG), global index i)."""
+    fresh = shard.gather(traj)
+    B = fresh.actions.shape[0]
+    N = memory.trajs.actions.shape[0]
+    idx = (memory.pos + jnp.arange(B)) % N
+    trajs = jax.tree.map(lambda m, x: m.at[idx].set(x.astype(m.dtype)), memory.trajs, fresh)
+    count = jnp.minimum(memory.count + B, N)
+    k = jax.random.fold_in(key, REPLAY_TAG)
+    draw = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(k, i), (), 0, count))
+    rows = draw(shard.offset(b) + jnp.arange(b))
+    old = jax.tree.map(lambda m: m[rows], trajs)
+    both = jax.tree.map(lambda a, o: jnp.concatenate([a, o.astype(a.dtype)]), traj, old)
+    return both, Replay(trajs, count, ((memory.pos + B) % N).astype(jnp.int32))
+
+
 def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
-                   cond_fn=None, state_index=None):
+                   cond_fn=None, state_index=None, replay: int = 0):
     """The GFlowNet's side of ``gfnem_jax.loop``: an ``Update`` training ``gfn`` on-line.
 
     The reward parameters are the *other* side's parameters (the model; None in plain training):
@@ -264,33 +305,54 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
       batch_size: trajectories per step, global (split over the devices of a mesh).
       cond_fn: batch -> this shard's conditions (e.g. ``lambda b: b["x"]``); None = unconditional.
       state_index: optional state -> int index; adds "visited" (terminal indices [B]) to metrics.
-    Metrics: loss, mean_log_reward, mean_length, and log_z where the objective uses it.
+      replay: 0, or the capacity N >= batch_size of a replay buffer: each step writes its
+        batch_size fresh trajectories into the buffer (a ring) and trains on them together with
+        batch_size trajectories drawn uniformly from it (the fresh ones included), 2 * batch_size
+        in all. For objectives that take any behaviour policy (``balance``), unconditional, not
+        ``one_pass``; ``tx`` must carry the buffer (``loop.with_memory(tx, replay_memory(...))``).
+    Metrics: loss, mean_log_reward, mean_length, and log_z where the objective uses it (over the
+    batch trained on, replayed trajectories included).
 
     An objective with ``needs_target`` (soft Q-learning) needs ``tx`` from ``loop.with_target``
     (``optim.policy_optimizer`` builds one): the target network is evaluated on each batch in
     ``prepare`` (no gradient) and handed to the objective.
     """
-    from gfnem_jax.loop import Update, WithTarget
+    from gfnem_jax.loop import Carrying, Update
 
-    uses_target = gfn.objective.needs_target
-    if uses_target and not isinstance(tx, WithTarget):
-        raise ValueError(f"loss {gfn.objective.name} with tau {gfn.objective.tau} keeps a target "
-                         f"network: its optimizer must keep the copy (loop.with_target(tx, tau); "
+    obj = gfn.objective
+    uses_target = obj.needs_target
+    if uses_target and not (isinstance(tx, Carrying) and tx.rate is not None):
+        raise ValueError(f"loss {obj.name} with tau {obj.tau} keeps a target network: its "
+                         f"optimizer must keep the copy (loop.with_target(tx, tau); "
                          f"optim.policy_optimizer does)")
+    if replay:
+        why = ("one_pass differentiates its own rollout" if gfn.one_pass else
+               f"loss {obj.name} needs samples of the current policy" if not obj.balance else
+               "it holds unconditional trajectories only" if cond_fn is not None else
+               f"it must hold at least one batch of batch_size {batch_size}"
+               if replay < batch_size else
+               "the optimizer must carry it (loop.with_memory(tx, replay_memory(...)))"
+               if not (isinstance(tx, Carrying) and tx.memory is not None) else None)
+        if why:
+            raise ValueError(f"replay {replay} is not allowed here: {why}; allowed: replay 0, or "
+                             f">= batch_size with a loss that takes any behaviour policy")
 
-    def prepare(params, model, batch, key, shard, target=None):
+    def prepare(params, model, batch, key, shard, target=None, memory=None):
         b = batch_size // shard.count
         cond = None if cond_fn is None else cond_fn(batch)
         if gfn.one_pass:  # the rollout happens in ``terms``, differentiated
             return key, cond, shard.offset(b), b
         traj = gfn.rollout(params, key, b, log_reward_fn, model, cond, shard.offset(b))
-        if not uses_target:
-            return traj
-        if target is None:
-            raise ValueError(f"loss {gfn.objective.name} with tau {gfn.objective.tau} needs the "
-                             f"target network, which this run kind's update does not pass; "
-                             f"allowed here: tau 1")
-        return traj, jax.lax.stop_gradient(gfn.evaluate(jax.lax.stop_gradient(target), traj))
+        if replay:
+            traj, memory = _replayed(memory, traj, key, shard, b)
+        aux = traj
+        if uses_target:
+            if target is None:
+                raise ValueError(f"loss {obj.name} with tau {obj.tau} needs the target network, "
+                                 f"which this run kind's update does not pass; allowed here: "
+                                 f"tau 1")
+            aux = traj, jax.lax.stop_gradient(gfn.evaluate(jax.lax.stop_gradient(target), traj))
+        return (aux, memory) if replay else aux
 
     def terms(params, model, traj):
         if gfn.one_pass:
@@ -313,4 +375,5 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
             m["visited"] = jax.vmap(state_index)(traj.terminal)
         return loss, m
 
-    return Update(prepare, terms, reduce, tx, terms_aux=gfn.one_pass, uses_target=uses_target)
+    return Update(prepare, terms, reduce, tx, terms_aux=gfn.one_pass, uses_target=uses_target,
+                  uses_memory=bool(replay))

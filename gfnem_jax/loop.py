@@ -96,10 +96,13 @@ class Shard(NamedTuple):
 class Update(NamedTuple):
     """One side of the alternating step (see the module docstring). ``terms_aux``: ``terms``
     returns ``(q, aux)``, and that aux (not prepare's) goes to ``reduce`` (when the sampling itself
-    happens inside the differentiated ``terms``: ``GFlowNet.rollout_terms``). ``uses_target``:
-    ``tx`` is a ``with_target`` transformation and ``prepare`` is called with the lagged copy of
-    the parameters it keeps, ``prepare(own, other, batch, key, shard, target=...)`` (soft
-    Q-learning's target network)."""
+    happens inside the differentiated ``terms``: ``GFlowNet.rollout_terms``).
+
+    What a side carries between steps besides its parameters rides in its optimizer slot of the
+    ``LoopState`` (``with_carry``), so checkpoints and resumes keep it:
+    ``uses_target``: ``prepare`` is called with ``target=`` the lagged copy of the parameters (soft
+    Q-learning's target network); ``uses_memory``: with ``memory=`` the carried memory (a replay
+    buffer), and it returns ``(aux, memory')``, stored back after the optimizer step."""
 
     prepare: Callable[..., Any]
     terms: Callable[..., Any]
@@ -107,46 +110,70 @@ class Update(NamedTuple):
     tx: optax.GradientTransformation
     terms_aux: bool = False
     uses_target: bool = False
+    uses_memory: bool = False
 
 
-class TargetState(NamedTuple):
-    """The state of a ``with_target`` transformation: the wrapped optimizer's state and the
-    target parameters (a pytree like the parameters)."""
+class Carried(NamedTuple):
+    """The state of a ``with_carry`` transformation: the wrapped optimizer's state, the target
+    parameters (a pytree like the parameters, or None) and the memory (any pytree, or None)."""
 
     inner: Any
-    target: Any
+    target: Any = None
+    memory: Any = None
 
 
-class WithTarget(NamedTuple):
-    """An optax transformation (``init``, ``update``) that also keeps a target copy of the
-    parameters in its state (``with_target``); ``rate`` its Polyak rate."""
+class Carrying(NamedTuple):
+    """An optax transformation (``init``, ``update``) whose state also carries a target copy of
+    the parameters and / or a memory (``with_carry``). ``base``: the wrapped transformation;
+    ``rate``: the target's Polyak rate (None: no target); ``memory``: the memory's initial value
+    (None: no memory)."""
 
     init: Callable[..., Any]
     update: Callable[..., Any]
-    rate: float
+    base: Any
+    rate: Optional[float]
+    memory: Any
 
 
-def with_target(tx: optax.GradientTransformation, rate: float) -> WithTarget:
-    """``tx`` whose state also holds a lagged copy of the parameters (a target network):
+def with_carry(tx, rate: Optional[float] = None, memory: Any = None) -> Carrying:
+    """``tx`` (a plain optax transformation, or a ``Carrying`` whose base is taken) whose state
+    also holds
 
-        target_0 = params_0,   target_{k+1} = (1 - rate) target_k + rate params_{k+1}
+    * with ``rate``: a lagged copy of the parameters (a target network), target_0 = params_0 and
+      target_{k+1} = (1 - rate) target_k + rate params_{k+1} after each update (Polyak
+      averaging; ``rate`` 1 copies the new parameters);
+    * with ``memory``: that pytree, its initial value, which an ``Update`` with ``uses_memory``
+      replaces after each of its steps (``apply_update``); the optimizer leaves it as it is.
 
-    after each update (Polyak averaging; ``rate`` 1 copies the new parameters). The updates are
-    ``tx``'s unchanged; the copy rides in the optimizer state, so checkpoints and resumes carry
-    it. An ``Update`` with ``uses_target`` reads it."""
-    if not 0 < rate <= 1:
+    The updates are ``tx``'s unchanged."""
+    if isinstance(tx, Carrying):
+        tx = tx.base
+    if rate is not None and not 0 < rate <= 1:
         raise ValueError(f"rate must be in (0, 1], got {rate}")
 
     def init(params):
-        return TargetState(tx.init(params), params)
+        return Carried(tx.init(params), params if rate is not None else None, memory)
 
     def update(grads, state, params=None):
         upd, inner = tx.update(grads, state.inner, params)
-        new = optax.apply_updates(params, upd)
-        target = optax.incremental_update(new, state.target, rate)
-        return upd, TargetState(inner, target)
+        target = state.target
+        if rate is not None:
+            target = optax.incremental_update(optax.apply_updates(params, upd), target, rate)
+        return upd, Carried(inner, target, state.memory)
 
-    return WithTarget(init, update, float(rate))
+    return Carrying(init, update, tx, None if rate is None else float(rate), memory)
+
+
+def with_target(tx, rate: float) -> Carrying:
+    """``tx`` keeping a target copy of the parameters at Polyak rate ``rate`` (``with_carry``;
+    a memory that ``tx`` already carries is kept)."""
+    return with_carry(tx, rate, tx.memory if isinstance(tx, Carrying) else None)
+
+
+def with_memory(tx, memory: Any) -> Carrying:
+    """``tx`` also carrying ``memory`` (``with_carry``; a target that ``tx`` already keeps is
+    kept)."""
+    return with_carry(tx, tx.rate if isinstance(tx, Carrying) else None, memory)
 
 
 class Move(NamedTuple):
@@ -224,13 +251,19 @@ def apply_update(update, own, opt, other, batch, key, shard: Shard):
     if isinstance(update, Move):
         own, metrics = update.move(own, other, batch, key, shard)
         return own, opt, jnp.where(tree_finite(own), 0.0, jnp.nan).astype(jnp.float32), metrics
-    if update.uses_target:  # the lagged copy kept in the optimizer state (``with_target``)
-        aux = update.prepare(own, other, batch, key, shard, target=opt.target)
-    else:
-        aux = update.prepare(own, other, batch, key, shard)
+    carried = {}  # what the optimizer state carries for ``prepare`` (``with_carry``)
+    if update.uses_target:
+        carried["target"] = opt.target
+    if update.uses_memory:
+        carried["memory"] = opt.memory
+    aux = update.prepare(own, other, batch, key, shard, **carried)
+    if update.uses_memory:
+        aux, memory = aux
     loss, metrics, g = global_grad(update, own, other, aux, shard)
     loss = jnp.where(tree_finite(g), loss, jnp.nan)
     upd, opt = update.tx.update(g, opt, own)
+    if update.uses_memory:
+        opt = opt._replace(memory=memory)
     return optax.apply_updates(own, upd), opt, loss, metrics
 
 

@@ -151,7 +151,7 @@ def test_target_network_is_the_polyak_copy_in_the_optimizer_state():
     gfn = GFlowNet(env, MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=8),
                    objectives.soft_q(tau=0.3))
     state, tx = init_state(gfn, OptimConfig(lr=1e-2), 0)
-    assert isinstance(tx, loop.WithTarget) and tx.rate == 0.3
+    assert isinstance(tx, loop.Carrying) and tx.rate == 0.3 and tx.memory is None
     chunk = loop.make_chunk(make_step(gfn, tx, 8), 1)
     want = state.sampler
     for _ in range(3):
@@ -163,6 +163,29 @@ def test_target_network_is_the_polyak_copy_in_the_optimizer_state():
     with pytest.raises(ValueError, match="tau 0.3"):
         sampler_update(gfn, make_optimizer(OptimConfig(), gfn.policy.log_z_mask(state.sampler)),
                        8, env.log_reward)
+
+
+def test_replay_buffer_is_a_ring_carried_by_the_optimizer():
+    """``replay`` N: the optimizer state carries the buffer; after k steps of batch B it holds
+    min(kB, N) trajectories and writes next at kB mod N; the rows written are real trajectories
+    (terminal, with their log R); losses needing current-policy samples refuse it by name."""
+    env = ENVS["sets"]
+    gfn = GFlowNet(env, MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=8),
+                   objectives.soft_q(tau=0.5))
+    state, tx = init_state(gfn, OptimConfig(lr=1e-2), 0, replay=20)
+    assert isinstance(tx, loop.Carrying) and tx.rate == 0.5 and tx.memory is not None
+    chunk = loop.make_chunk(make_step(gfn, tx, 8, replay=20), 3)
+    state, m = chunk(state)
+    mem = state.sampler_opt.memory
+    assert int(mem.count) == 20 and int(mem.pos) == 4 and m["visited"].shape == (3, 16)
+    assert bool(jnp.all(jax.vmap(env.is_terminal)(mem.trajs.terminal)))
+    lr = jax.vmap(lambda s: env.log_reward(None, None, s))(mem.trajs.terminal)
+    np.testing.assert_allclose(lr, mem.trajs.log_reward, rtol=1e-6)
+    tb = GFlowNet(env, gfn.policy, objectives.renyi())
+    with pytest.raises(ValueError, match="replay 20 is not allowed here: loss renyi"):
+        sampler_update(tb, tx, 8, env.log_reward, replay=20)
+    with pytest.raises(ValueError, match="replay 4 is not allowed here: .*batch_size 8"):
+        sampler_update(gfn, tx, 8, env.log_reward, replay=4)
 
 
 def test_settings_are_checked_by_name():
@@ -179,30 +202,32 @@ def test_settings_are_checked_by_name():
     assert objectives.soft_q(tau=1.0).needs_target is False and objectives.pcl().balance
 
 
-def _train(env, obj, steps, lr=3e-3, batch=32, hidden=64, epsilon=0.0, seed=0):
+def _train(env, obj, steps, lr=3e-3, batch=32, hidden=64, epsilon=0.0, seed=0, replay=0):
     """Exact terminal distribution after ``steps`` of the one loop (uniform P_B)."""
     gfn = GFlowNet(env, MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=hidden,
                                   uniform_pb=True), obj, Exploration(1.0, epsilon))
-    state, tx = init_state(gfn, OptimConfig(lr=lr), seed)
-    state, _ = loop.make_chunk(make_step(gfn, tx, batch, state_index=False), steps)(state)
+    state, tx = init_state(gfn, OptimConfig(lr=lr), seed, replay)
+    step = make_step(gfn, tx, batch, state_index=False, replay=replay)
+    state, _ = loop.make_chunk(step, steps)(state)
     table = metrics.transition_table(env)
     return metrics.terminal_distribution(env, gfn.policy, state.sampler, table)
 
 
-@pytest.mark.parametrize("name,obj,bound", [
-    ("sequences", objectives.soft_q(rl_correction="none", tau=0.1), 0.05),
-    ("hypergrid", objectives.soft_q(rl_correction="none", tau=0.1), 0.05),
-    ("hypergrid", objectives.soft_q(rl_correction="pb", tau=0.1), 0.05),
-    ("hypergrid", objectives.munchausen(rl_correction="pb", tau=0.1), 0.05),
-    ("hypergrid", objectives.pcl(rl_correction="pb"), 0.05),
+@pytest.mark.parametrize("name,obj,bound,replay", [
+    ("sequences", objectives.soft_q(rl_correction="none", tau=0.1), 0.05, 0),
+    ("hypergrid", objectives.soft_q(rl_correction="none", tau=0.1), 0.05, 0),
+    ("hypergrid", objectives.soft_q(rl_correction="pb", tau=0.1), 0.05, 0),
+    ("hypergrid", objectives.munchausen(rl_correction="pb", tau=0.1), 0.05, 128),
+    ("hypergrid", objectives.pcl(rl_correction="pb"), 0.05, 0),
 ], ids=lambda x: getattr(x, "name", None) and f"{x.name}-{x.rl_correction}")
-def test_training_reaches_the_fixed_point_of_its_correction(name, obj, bound):
-    """Through the one loop (runner's step, the target kept by the optimizer), 400 steps: the
-    exact L1 to the closed-form fixed point of the objective's correction is below ``bound``; on
-    the HyperGrid the uncorrected run stays > 0.5 away from R/Z."""
+def test_training_reaches_the_fixed_point_of_its_correction(name, obj, bound, replay):
+    """Through the one loop (runner's step, the target kept by the optimizer; Munchausen with a
+    replay buffer of 128), 400 steps: the exact L1 to the closed-form fixed point of the
+    objective's correction is below ``bound``; on the HyperGrid the uncorrected run stays > 0.5
+    away from R/Z."""
     env = ENVS[name]
     _, _, _, fixed, target, _ = _closed_form(env, obj.rl_correction)
-    p = _train(env, obj, 400)
+    p = _train(env, obj, 400, replay=replay)
     print(name, obj, "L1 to its fixed point", float(metrics.l1(p, fixed)), "to R/Z",
           float(metrics.l1(p, target)))
     assert float(metrics.l1(p, fixed)) < bound, float(metrics.l1(p, fixed))

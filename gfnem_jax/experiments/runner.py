@@ -24,7 +24,7 @@ from gfnem_jax import checkpoint, distributed, driver, keys, loop, metrics, run_
 from gfnem_jax.config import Settings, setting
 from gfnem_jax.groups import (ExplorationSettings, MLPSettings, ObjectiveSettings,
                               OptimiserSettings)
-from gfnem_jax.gflownet import GFlowNet, sampler_update
+from gfnem_jax.gflownet import GFlowNet, replay_memory, sampler_update
 from gfnem_jax.nets.mlp import MLPPolicy
 from gfnem_jax.optim import OptimConfig, policy_optimizer
 
@@ -67,6 +67,9 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
                              "faster and 20% less memory at batch 1024 on the HyperGrid, slower "
                              "at batch 16 to 256")
     log_every: int = setting(100, "steps between logged rows (exact metrics computed there)", min=1)
+    replay: int = setting(0, "replay buffer of this many trajectories (0 = off): each step adds its "
+                          "batch and also trains on batch_size trajectories drawn uniformly from "
+                          "the buffer; losses that take any behaviour policy only", min=0)
 
     def check(self):
         distributed.check_devices(self.devices, self.batch_size)
@@ -75,6 +78,15 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
             raise ValueError("one_pass differentiates the trajectories' log-probabilities; loss "
                              "fm evaluates edge flows of every parent instead (allowed: one_pass "
                              "with any other loss)")
+        if self.replay:
+            why = ("one_pass differentiates its own rollout" if self.one_pass else
+                   f"loss {self.loss} needs samples of the current policy"
+                   if not self.objective().balance else
+                   f"it must hold at least one batch of batch_size {self.batch_size}"
+                   if self.replay < self.batch_size else None)
+            if why:
+                raise ValueError(f"replay {self.replay} is not allowed: {why}; allowed: replay 0, "
+                                 f"or >= batch_size with a loss that takes any behaviour policy")
         if self.one_pass and self.objective().soft_values:
             raise ValueError(f"one_pass differentiates the rollout's flow head; loss {self.loss} "
                              f"reads the soft values of the forward logits instead (allowed: "
@@ -140,22 +152,29 @@ def build(cfg: Dict[str, Any]):
     return env, gfn, s.optim()
 
 
-def init_state(gfn: GFlowNet, optim: OptimConfig, key):
+def init_state(gfn: GFlowNet, optim: OptimConfig, key, replay: int = 0):
     """(LoopState at step 0, optimizer): policy parameters from fold_in(key, keys.PARAMS); the
-    environment's reward parameters in the model slot."""
+    environment's reward parameters in the model slot. ``replay`` > 0: the optimizer also carries
+    an empty replay buffer of that many trajectories (``gflownet.replay_memory``)."""
     key = jax.random.PRNGKey(key) if isinstance(key, int) else key
     # jitted: one compilation instead of dozens of eager ones (about 45 MiB less peak memory)
     params = jax.jit(gfn.init)(keys.tagged(key, keys.PARAMS))
     tx = policy_optimizer(gfn, optim, params)
+    if replay:
+        env = gfn.env
+        tx = loop.with_memory(tx, replay_memory(gfn, params, replay, env.log_reward,
+                                                env.default_params()))
     st = loop.init_state(params, None, gfn.env.default_params(), None, key)
     return st._replace(sampler_opt=jax.jit(tx.init)(params)), tx
 
 
-def make_step(gfn: GFlowNet, tx, batch_size: int, devices: int = 1, state_index=True):
-    """The plain-training step: ``loop.make_step`` with the GFlowNet's sampler update only."""
+def make_step(gfn: GFlowNet, tx, batch_size: int, devices: int = 1, state_index=True,
+              replay: int = 0):
+    """The plain-training step: ``loop.make_step`` with the GFlowNet's sampler update only
+    (``replay``: its replay buffer's capacity, as given to ``init_state``)."""
     env = gfn.env
     upd = sampler_update(gfn, tx, batch_size, env.log_reward,
-                         state_index=env.state_index if state_index else None)
+                         state_index=env.state_index if state_index else None, replay=replay)
     return loop.make_step(upd, None, loop.Schedule("sampler"), mesh=loop.make_mesh(devices))
 
 
@@ -186,15 +205,16 @@ def make_train(cfg: Dict[str, Any]):
     # no packing: under vmap (several seeds) its lax.switch would run every bucket
     gfn = dataclasses.replace(gfn, eval_buckets=None)
     s = TrainSettings.from_dict({k: v for k, v in cfg.items() if k not in ("task", "env")})
-    _, tx = init_state(gfn, optim, jax.random.PRNGKey(0))
-    step = make_step(gfn, tx, s.batch_size, state_index=False)
+    _, tx = init_state(gfn, optim, jax.random.PRNGKey(0), s.replay)
+    step = make_step(gfn, tx, s.batch_size, state_index=False, replay=s.replay)
     table = metrics.transition_table(env)
     target = metrics.target_distribution(env, env.log_reward, None, table)
 
     def final(st, data):
         return metrics.l1(metrics.terminal_distribution(env, gfn.policy, st.sampler, table), target)
 
-    return loop.make_train(lambda k: init_state(gfn, optim, k)[0], step, s.steps, final_fn=final)
+    return loop.make_train(lambda k: init_state(gfn, optim, k, s.replay)[0], step, s.steps,
+                           final_fn=final)
 
 
 def experiment(settings) -> driver.Experiment:
@@ -210,12 +230,12 @@ def experiment(settings) -> driver.Experiment:
     mod = task_module(cfg["task"])
     s = settings.train()
     env, gfn, optim = build(cfg)
-    state, tx = init_state(gfn, optim, s.seed)
+    state, tx = init_state(gfn, optim, s.seed, s.replay)
     extra = mod.exact_metrics(env) if hasattr(mod, "exact_metrics") else None
     exact, _, _ = make_evaluator(env, gfn, extra)
     mode_idx = np.asarray(mod.mode_indices(env))
     seen = np.zeros(env.num_states(), bool)
-    step = make_step(gfn, tx, s.batch_size, s.devices)
+    step = make_step(gfn, tx, s.batch_size, s.devices, replay=s.replay)
     mesh = loop.make_mesh(s.devices)
 
     def make_chunk(n):
@@ -264,7 +284,7 @@ def load_run(run: str):
                          f"from it is not supported here")
     # the devices it trained on need not be here: sampling runs on one device
     env, gfn, optim = build(dict(cfg, devices=1))
-    like, _ = init_state(gfn, optim, cfg["seed"])
+    like, _ = init_state(gfn, optim, cfg["seed"], cfg.get("replay", 0))
     return cfg, env, gfn, driver.restore_run(run, like).sampler
 
 
