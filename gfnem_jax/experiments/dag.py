@@ -26,7 +26,7 @@ from gfnem_jax.dag import posterior as dag_posterior
 from gfnem_jax.dag import scores as dag_scores
 from gfnem_jax.envs.dag import MAX_ENUM_D, DAGEnv
 from gfnem_jax.experiments import runner
-from gfnem_jax.groups import ExplorationSettings
+from gfnem_jax.groups import ExplorationSettings, OptimiserSettings
 
 NAME = "dag"
 HELP = ("Bayesian structure learning: DAGs over d nodes, reward = BGe / linear-Gaussian score of "
@@ -149,8 +149,13 @@ _TaskSettings = runner.task_settings(NAME, DagSettings)
 
 @dataclasses.dataclass(frozen=True)
 class Settings(_TaskSettings):
-    """Every setting of ``gfnem train dag``: off-policy by default (eps-uniform exploration)."""
+    """Every setting of ``gfnem train dag``: off-policy by default (eps-uniform exploration), and
+    faster learning rates than the other tasks' (log Z starts ~65 nats from its value at d = 5:
+    with the common lr_logz 0.05 it is still catching up at step 2000, exact JSD 0.047, against
+    0.0025 with these)."""
 
+    lr: float = retune(OptimiserSettings, "lr", 1e-3)
+    lr_logz: float = retune(OptimiserSettings, "lr_logz", 0.1)
     epsilon: float = retune(ExplorationSettings, "epsilon", 0.1)
     uniform_pb: bool = retune(runner.TrainSettings, "uniform_pb", True,
                               help="fixed uniform backward policy (1/edges) instead of a learned one")
