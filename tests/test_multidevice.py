@@ -1,7 +1,7 @@
 """Data parallelism over 4 CPU devices vs 1: the same gradients for every objective, including the
 ones that couple the batch (leave-one-out, log-variance, self-normalized weights, batch-max
 rescaling), because the mesh wrapper computes them over the global batch, and with one-pass
-training; reruns are bitwise."""
+training, a target network (soft_q, munchausen) and a replay buffer; reruns are bitwise."""
 import subprocess
 import sys
 import textwrap
@@ -26,19 +26,25 @@ SCRIPT = textwrap.dedent("""
            objectives.renyi(0.5, "loo"), objectives.tsallis(0.5, "loo"),
            objectives.alpha_kl(0.5, "loo"), objectives.wake_sleep(), objectives.fm()]
     flat = lambda t: np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(t)])
-    # and one-pass training (the rollout inside the differentiated terms, its trajectories gathered)
-    for obj, one_pass in [(o, False) for o in OBJ] + [(objectives.reverse_kl("loo"), True)]:
+    # and one-pass training (the rollout inside the differentiated terms, its trajectories
+    # gathered); the RL view: a target network and a replay buffer in the optimizer state
+    RUNS = ([(o, False, 0) for o in OBJ] + [(objectives.reverse_kl("loo"), True, 0)]
+            + [(objectives.soft_q(tau=0.5), False, 0), (objectives.munchausen(), False, 32),
+               (objectives.pcl(rl_correction="none"), False, 0)])
+    for obj, one_pass, replay in RUNS:
         gfn = GFlowNet(env, MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=16), obj,
                        one_pass=one_pass)
-        st0, tx = init_state(gfn, OptimConfig(lr=1e-2), 0)
+        st0, tx = init_state(gfn, OptimConfig(lr=1e-2), 0, replay)
         out = []
         for nd in (1, 4):  # one compilation per device count; 4 devices run twice
-            chunk = loop.make_chunk(make_step(gfn, tx, 16, nd), 8)
+            chunk = loop.make_chunk(make_step(gfn, tx, 16, nd, replay=replay), 8)
             for _ in range(1 if nd == 1 else 2):
                 st, m = chunk(st0)
                 out.append((flat(st.sampler), np.asarray(m["loss"]), np.asarray(m["visited"])))
         (a, la, va), (b, lb, vb), (c, lc, vc) = out
-        np.testing.assert_array_equal(va, vb)                                 # the same samples
+        if replay:  # each device trains on its fresh rows then its replayed ones
+            va, vb = np.sort(va, -1), np.sort(vb, -1)
+        np.testing.assert_array_equal(va, vb, err_msg=obj.name)              # the same samples
         np.testing.assert_allclose(la, lb, rtol=2e-4, atol=1e-5, err_msg=obj.name)  # the same loss
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5, err_msg=obj.name)    # the same params
         assert b.tobytes() == c.tobytes(), obj.name                          # rerun: bitwise
