@@ -31,10 +31,13 @@ from gfnem_jax.optim import OptimConfig, policy_optimizer
 
 
 def tasks():
-    """The registered run kinds that are enumerable tasks of this module (``task_settings``)."""
+    """The registered run kinds that are tasks of this module (``task_settings``): their build is
+    ``experiment``, or they declare ``TASK = True`` (a build of their own that uses it for some
+    settings, e.g. dag for graphs too large to enumerate); ``load_run`` and ``sample`` take them."""
     from gfnem_jax import experiments
     return tuple(k for k in experiments.KINDS
-                 if getattr(experiments.kind(k), "build", None) is experiment)
+                 if getattr(experiments.kind(k), "build", None) is experiment
+                 or getattr(experiments.kind(k), "TASK", False))
 
 
 def task_module(name: str):
