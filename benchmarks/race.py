@@ -27,6 +27,7 @@ programme on the grid: peers export P_F(a | x) at every grid point at each evalu
     python benchmarks/race.py --quick --out bench_out/race    # < 15 min on 2 CPU cores, installs included
     python benchmarks/race.py --out bench_out/race            # longer runs, two repeats
     python benchmarks/race.py --losses --out bench_out/losses # TB / DB / SubTB / log-variance vs torchgfn
+    python benchmarks/race.py --soft-dqn --quick --out bench_out/race_sdqn  # soft_q vs gfnx's soft DQN
     python benchmarks/race.py --device gpu ...                # CUDA torch and jax[cuda12] for the peers
 
 Writes OUT/race.json (a list of rows: peer, config, ours_its, peer_its, ratio, ours_l1, peer_l1,
@@ -253,6 +254,8 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         ours_import_s=ours_runs[0]["t_import_s"], peer_import_s=peer_runs[0]["t_import_s"],
         peer_settings=("separate P_F/P_B MLPs, replay buffer 1000" if peer_extra else
                        "separate P_F/P_B MLPs, on-policy" if peer == "torchgfn" else
+                       "soft DQN: dueling MLP, Huber, stop transitions x5, uniform P_B, "
+                       "target tau 0.25, on-policy" if loss == "soft_q" else
                        "one shared MLP, on-policy"),
         repeats=repeats,
         ours_l1_curve=[[e["step"], e["t_s"], l] for e, l in zip(ours_runs[-1]["evals"], ours_runs[-1]["l1"])],
@@ -299,6 +302,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one repeat, short runs (< 15 min)")
     p.add_argument("--losses", action="store_true",
                    help="TB / DB / SubTB / log-variance against torchgfn (2D H=8 batch 16, on-policy)")
+    p.add_argument("--soft-dqn", action="store_true",
+                   help="our soft_q against gfnx's soft DQN baseline (2D H=8 batch 16, on-policy, "
+                        "uniform P_B, target network at Polyak rate 0.25 every step)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--peers", nargs="+", default=["torchgfn", "gfnx"])
     p.add_argument("--ndims", type=int, nargs="+", default=[2, 4])
@@ -324,11 +330,14 @@ def main(argv=None):
         print("# warning: --device gpu but this JAX sees no GPU (install jax[cuda12])", flush=True)
     plan = PLANS["quick" if args.quick else "full"]
     repeats = 1 if args.quick else 2
-    peers = ["torchgfn"] if args.losses else args.peers
+    peers = ["torchgfn"] if args.losses else ["gfnx"] if args.soft_dqn else args.peers
     pys = {peer: ensure_env(args.cache, peer, args.device) for peer in peers}
     t_install = time.time() - t_start
     rows = []
-    if args.losses:
+    if args.soft_dqn:
+        rows.append(race_config("gfnx", pys["gfnx"], 2, 16, plan, repeats, args, args.cache,
+                                "soft_q"))
+    elif args.losses:
         for loss in ("tb", "db", "subtb", "logvar"):
             rows.append(race_config("torchgfn", pys["torchgfn"], 2, 16, plan, repeats, args,
                                     args.cache, loss))
@@ -343,6 +352,7 @@ def main(argv=None):
                 device=f"{dev.platform} ({dev.device_kind})", jax=jax.__version__,
                 ours=args.pythonpath or "installed gfnem_jax", torch_threads=args.torch_threads,
                 torch=TORCH, torchgfn=TORCHGFN, gfnx=GFNX, quick=args.quick, losses=args.losses,
+                soft_dqn=args.soft_dqn,
                 when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 load_avg_at_start=load_start, load_avg_at_end=os.getloadavg(), install_s=round(t_install, 1),
                 total_s=round(time.time() - t_start, 1), plan={str(k): v for k, v in plan.items()},

@@ -42,7 +42,10 @@ def parser(desc):
     p.add_argument("--n-hidden", type=int, default=2, help="hidden layers (Linear layers - 1)")
     p.add_argument("--shared", action="store_true", help="one torso for P_F and P_B")
     p.add_argument("--replay", type=int, default=0, help="replay buffer capacity (0 = on-policy)")
-    p.add_argument("--loss", default="tb")
+    p.add_argument("--loss", default="tb", help="tb (and db / subtb / logvar for torchgfn and "
+                   "ours), or soft_q: gfnx's soft DQN baseline / our soft_q")
+    p.add_argument("--tau", type=float, default=0.25, help="soft_q: Polyak rate of the target "
+                   "network, every step (gfnx's soft DQN default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--out", required=True, help="JSON result path (tables go to OUT.npz)")

@@ -4,6 +4,14 @@ As gfnx's own trajectory-balance hypergrid baseline: one equinox MLP shared by P
 output split into forward and backward logits), on-policy rollouts with
 ``gfnx.utils.forward_rollout``, TB on the sampled trajectories, Adam lr 1e-3 with log Z at lr 0.1,
 the updates of one evaluation interval in one jitted ``lax.fori_loop``. Runs inside the gfnx venv.
+
+``--loss soft_q``: gfnx's soft DQN hypergrid baseline (its ``baselines/soft_dqn_hypergrid.py``
+at its config ``soft_dqn_hypergrid.yaml``), written on the public API of the released gfnx 0.0.1:
+a dueling MLP (advantages and a value, Q = V + log_softmax(advantages)), on-policy rollouts
+(exploration epsilon 0), transitions from ``gfnx.utils.split_traj_to_transitions``, target
+log P_B(s | s') + Vbar(s') with a uniform P_B (log R at the stop transition), the Huber loss with
+the stop transitions weighted 5 (``leaf_coeff``), Adam, a target network updated every step at
+Polyak rate ``--tau`` (0.25). Its policy is softmax(advantages), exported as for TB.
 """
 import os
 import sys
@@ -14,8 +22,11 @@ from common_cli import now, parser, write  # noqa: E402
 args = parser(__doc__.split("\n")[0]).parse_args()
 if args.device == "cpu":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if args.loss != "tb":
-    raise SystemExit("the gfnx worker implements its TB baseline only (--loss tb)")
+if args.loss not in ("tb", "soft_q"):
+    raise SystemExit("the gfnx worker implements its TB and soft DQN baselines only (--loss tb, "
+                     "--loss soft_q)")
+SOFT_DQN = args.loss == "soft_q"
+LEAF_COEFF = 5.0  # gfnx's soft_dqn_hypergrid.yaml
 
 import equinox as eqx  # noqa: E402
 import gfnx  # noqa: E402
@@ -31,7 +42,8 @@ env_params = env.init(jax.random.PRNGKey(1))
 A, Ab = env.action_space.n, env.backward_action_space.n
 key = jax.random.PRNGKey(args.seed)
 key, k_net = jax.random.split(key)
-net = eqx.nn.MLP(env.observation_space.shape[0], A + Ab, args.hidden, args.n_hidden, key=k_net)
+n_out = A + 1 if SOFT_DQN else A + Ab  # soft DQN: dueling advantages and a value
+net = eqx.nn.MLP(env.observation_space.shape[0], n_out, args.hidden, args.n_hidden, key=k_net)
 params = {"net": eqx.filter(net, eqx.is_array), "log_z": jnp.zeros(())}
 static = eqx.filter(net, eqx.is_array, inverse=True)
 labels = {"net": jax.tree.map(lambda _: "net", params["net"]), "log_z": "log_z"}
@@ -67,13 +79,35 @@ def tb_loss(p, traj):
     return jnp.mean(delta ** 2)
 
 
+def soft_dqn_loss(p, target, traj):
+    tr = gfnx.utils.split_traj_to_transitions(traj)  # [B*T]
+    out = policy(p["net"], tr.obs)
+    inv = env.get_invalid_mask(tr.state, env_params)
+    q = out[:, A:] + jax.nn.log_softmax(gfnx.utils.mask_logits(out[:, :A], inv), axis=-1)
+    q = jnp.take_along_axis(q, tr.action[:, None], -1)[:, 0]
+    v_next = policy(target["net"], tr.next_obs)[:, A]
+    inv_b = env.get_invalid_backward_mask(tr.next_state, env_params)
+    log_pb = -jnp.log(jnp.maximum(jnp.sum(~inv_b, axis=-1), 1).astype(jnp.float32))
+    y = jax.lax.stop_gradient(jnp.where(tr.done, tr.log_gfn_reward, log_pb + v_next))
+    valid = ~tr.pad
+    loss = optax.losses.huber_loss(q, y) * jnp.where(tr.done, LEAF_COEFF, 1.0)
+    return jnp.sum(jnp.where(valid, loss, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
 def one_step(carry):
     p, o, k = carry
     k, k_roll = jax.random.split(k)
     traj, _ = gfnx.utils.forward_rollout(k_roll, args.batch, policy_fn, p["net"], env, env_params)
-    grads = jax.grad(tb_loss)(p, traj)
+    if SOFT_DQN:  # the target network rides in the carry beside the optimizer state
+        o, target = o
+        grads = jax.grad(soft_dqn_loss)(p, target, traj)
+    else:
+        grads = jax.grad(tb_loss)(p, traj)
     upd, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, upd), o, k
+    p = optax.apply_updates(p, upd)
+    if SOFT_DQN:
+        o = (o, optax.incremental_update(p, target, args.tau))
+    return p, o, k
 
 
 @jax.jit
@@ -92,7 +126,7 @@ def pf_table(p):
     return jax.nn.softmax(logits, axis=-1)
 
 
-carry = (params, opt_state, key)
+carry = (params, (opt_state, params) if SOFT_DQN else opt_state, key)
 carry = jax.block_until_ready(run(carry, 1))
 t_first = now()
 pf_table(carry[0]).block_until_ready()

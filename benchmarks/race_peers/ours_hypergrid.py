@@ -37,6 +37,8 @@ cfg = dict(task="hypergrid", env=dict(ndim=args.ndim, height=args.height, r0=arg
            loss=args.loss, steps=args.steps, batch_size=args.batch, lr=args.lr,
            lr_logz=args.lr_logz, hidden=args.hidden, n_layers=args.n_hidden,
            shared_torso=args.shared, seed=args.seed, log_every=args.eval_every)
+if args.loss == "soft_q":  # the RL view against gfnx's soft DQN: a uniform P_B, its tau
+    cfg.update(uniform_pb=True, tau=args.tau)
 if args.pack is not None:
     cfg["pack"] = args.pack
 if args.one_pass:
@@ -47,8 +49,8 @@ eval_s = []
 _make_evaluator = runner.make_evaluator
 
 
-def timed_evaluator(env, gfn):
-    exact, table, target = _make_evaluator(env, gfn)
+def timed_evaluator(env, gfn, extra=None):
+    exact, table, target = _make_evaluator(env, gfn, extra)
 
     def timed(params):
         t = now()
