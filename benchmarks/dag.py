@@ -15,6 +15,8 @@ Methods (the published numbers are the paper's, at its own budget and data, besi
   tb_on            trajectory balance, on-policy (published .022 / .123 / .277)
   reverse_kl       reverse KL, on-policy, REINFORCE with the learned log Z as baseline
                    (``baseline global``; published .022 / .125 / .306)
+  mdb              DAG-GFlowNet's modified detailed balance: loss db with flow stop
+                   (log F(s) = log R(s) - log P_F(stop | s)), off-policy (epsilon 0.1)
   reverse_kl_loo   reverse KL with the leave-one-out baseline (added by this project)
   renyi, tsallis   alpha = 0.5 divergences with LOO control variates (added by this project)
 
@@ -45,6 +47,7 @@ METHODS = {  # name -> settings of gfnem train dag
     "tb_off": {"loss": "tb", "epsilon": 0.1},
     "tb_on": {"loss": "tb", "epsilon": 0.0},
     "reverse_kl": {"loss": "reverse_kl", "baseline": "global", "epsilon": 0.0},
+    "mdb": {"loss": "db", "flow": "stop", "epsilon": 0.1},
     "reverse_kl_loo": {"loss": "reverse_kl", "baseline": "loo", "epsilon": 0.0},
     "renyi": {"loss": "renyi", "alpha": 0.5, "control_variate": "loo", "epsilon": 0.0},
     "tsallis": {"loss": "tsallis", "alpha": 0.5, "control_variate": "loo", "epsilon": 0.0},

@@ -413,3 +413,46 @@ def test_cli_graphs_beyond_enumeration_log_sampled_metrics(tmp_path, capsys):
     cli.main(["sample", "--run", str(out), "--n", "50", "--out", str(tmp_path / "g.npy")])
     g = np.load(tmp_path / "g.npy")
     assert g.shape == (50, 6, 6) and _acyclic(g).all()
+
+
+def test_modified_db_flow_is_reward_over_stop_probability():
+    """flow stop: log F(s) = log R(s) - log P_F(stop | s) at every non-terminal state (checked
+    against the exact P_F table and the environment's reward), so detailed balance becomes
+    DAG-GFlowNet's modified condition; at a terminal state the flow is R(x) by the boundary."""
+    from gfnem_jax.dag.mdb import DeltaFlowPolicy
+    from gfnem_jax.nets.mlp import MLPPolicy
+    d = 3
+    t = scores.local_table(scores.bge(_data(d)), d)
+    t = t - t[:, :1]
+    env = DAGEnv(d, tuple(map(tuple, t)))
+    base = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=16, uniform_pb=True)
+    pol = DeltaFlowPolicy(**{f: getattr(base, f) for f in ("n_actions", "n_bwd_actions", "hidden",
+                                                            "n_layers", "uniform_pb")},
+                          d=d, local=env.local)
+    st = env.all_states()
+    params = pol.init(jax.random.PRNGKey(0), env.observe(env.init()))
+    out = jax.vmap(pol.apply, (None, 0, None))(params, jax.vmap(env.observe)(st), None)
+    table = metrics.transition_table(env)
+    pf = np.asarray(metrics.forward_probs(env, pol, params, table))
+    lr = np.asarray(jax.vmap(lambda s: env.log_reward(None, None, s))(st))
+    G = env.num_dags()
+    np.testing.assert_allclose(np.asarray(out.log_flow)[:G], lr[:G] - np.log(pf[:G, d * d]),
+                               rtol=1e-5, atol=1e-4)
+    # the MLP part is the base policy's: same logits
+    base_out = jax.vmap(base.apply, (None, 0, None))(params, jax.vmap(env.observe)(st), None)
+    np.testing.assert_array_equal(np.asarray(out.fwd_logits), np.asarray(base_out.fwd_logits))
+
+
+def test_cli_modified_db_trains_d3(tmp_path, capsys):
+    from gfnem_jax import cli
+    out = tmp_path / "run"
+    cli.main(["train", "dag", "--num-nodes", "3", "--loss", "db", "--flow", "stop", "--steps",
+              "600", "--log-every", "300", "--batch-size", "32", "--hidden", "64", "--quiet",
+              "--out", str(out)])
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl")]
+    assert rows[-1]["jsd"] < 1e-3, rows[-1]
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "dag", "--num-nodes", "3", "--loss", "tb", "--flow", "stop", "--steps",
+                  "1", "--quiet", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--flow stop" in err[0], err

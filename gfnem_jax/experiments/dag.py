@@ -67,10 +67,17 @@ class DagSettings(Settings):
                          "erdos_renyi (expected_edges)", choices=dag_scores.PRIORS)
     edge_penalty: float = setting(1.0, "prior edge: log p(G) = -edge_penalty * edges", min=0)
     expected_edges: float = setting(1.0, "prior erdos_renyi: expected number of edges", gt=0)
+    flow: str = setting("learned", "state flow of db / subtb: learned (the MLP's flow head) or "
+                        "stop (log F(s) = log R(s) - log P_F(stop | s): with db, DAG-GFlowNet's "
+                        "modified detailed balance, driven by delta scores)",
+                        choices=("learned", "stop"))
     n_eval_samples: int = setting(1000, "num_nodes > 5: graphs sampled at each logged row for "
                                   "the edge-marginal AUROC and expected SHD", min=1)
 
     def check(self):
+        if self.flow == "stop" and hasattr(self, "objective") and not self.objective().uses_flows:
+            raise ValueError(f"flow stop sets the state flows of a loss that reads them (db, "
+                             f"subtb); loss {self.loss} reads none")
         m = self.num_nodes * (self.num_nodes - 1) / 2
         if self.prior == "erdos_renyi" and not self.expected_edges < m:
             raise ValueError(f"expected_edges must be < num_nodes (num_nodes - 1) / 2 = {m:g} "
@@ -111,6 +118,15 @@ def build_env(s: DagSettings) -> DAGEnv:
     t = local_table(s)
     t = t - t[:, :1]
     return DAGEnv(s.num_nodes, tuple(tuple(float(v) for v in row) for row in t))
+
+
+def policy(s: DagSettings, env: DAGEnv, mlp):
+    """The run's policy: the MLP, or with flow stop ``dag.mdb.DeltaFlowPolicy`` around it."""
+    if s.flow == "learned":
+        return mlp
+    from gfnem_jax.dag.mdb import DeltaFlowPolicy
+    fields = {f.name: getattr(mlp, f.name) for f in dataclasses.fields(mlp)}
+    return DeltaFlowPolicy(**fields, d=env.d, local=env.local)
 
 
 def mode_indices(env: DAGEnv):

@@ -149,6 +149,8 @@ def build(cfg: Dict[str, Any]):
     env = mod.build_env(env_s)
     policy = MLPPolicy(env.n_actions, env.n_bwd_actions, hidden=s.hidden, n_layers=s.n_layers,
                        uniform_pb=s.uniform_pb, shared_torso=s.shared_torso)
+    if hasattr(mod, "policy"):  # a task's own policy around the MLP (e.g. dag's fixed flows)
+        policy = mod.policy(env_s, env, policy)
     buckets = tuple((i + 1) / s.pack for i in range(s.pack)) if s.pack > 1 else None
     gfn = GFlowNet(env, policy, s.objective(), s.explore(), eval_buckets=buckets,
                    one_pass=s.one_pass)
