@@ -210,8 +210,8 @@ def sampled_experiment(settings) -> driver.Experiment:
     cfg = settings.to_config()
     s = settings.train()
     env, gfn, optim = runner.build(cfg)
-    state, tx = runner.init_state(gfn, optim, s.seed)
-    step = runner.make_step(gfn, tx, s.batch_size, s.devices, state_index=False)
+    state, tx = runner.init_state(gfn, optim, s.seed, s.replay)
+    step = runner.make_step(gfn, tx, s.batch_size, s.devices, state_index=False, replay=s.replay)
     mesh = loop.make_mesh(s.devices)
     _, true = observations(settings.env())
     n = settings.n_eval_samples
