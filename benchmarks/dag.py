@@ -22,7 +22,9 @@ Methods (the published numbers are the paper's, at its own budget and data, besi
   reverse_kl_loo   reverse KL with the leave-one-out baseline (added by this project)
   renyi, tsallis   alpha = 0.5 divergences with LOO control variates (added by this project)
 
-    python benchmarks/dag.py --steps 1000 --seeds 3                 # the table (minutes on 2 cores)
+    python benchmarks/dag.py --steps 4000 --d 3 4 --methods tb_off tb_on reverse_kl mdb \
+        reverse_kl_loo renyi tsallis --out benchmarks/results/dag_cpu_d34.json      # ~6 min, 2 cores
+    python benchmarks/dag.py --steps 4000 --d 5 --out benchmarks/results/dag_cpu_d5.json  # ~3 min
     python benchmarks/dag.py --d 3 --steps 300 --seeds 1 --methods tb_off tb_on   # a smoke run
 
 Writes ``--out`` (default benchmarks/results/dag_cpu.json): every run's JSD / edge error at each
@@ -123,10 +125,10 @@ def table(records, methods, ds) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, nargs="+", default=[3, 4, 5])
-    ap.add_argument("--methods", nargs="+", default=["tb_off", "tb_on", "reverse_kl"],
+    ap.add_argument("--methods", nargs="+", default=["tb_off", "tb_on", "reverse_kl", "mdb"],
                     choices=sorted(METHODS))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--evals", type=int, default=5, help="evaluations per run")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
