@@ -65,6 +65,10 @@ def _files(d):
     p["run_cfg"] = str(d / "cfgrun")
     os.makedirs(p["run_cfg"])
     open(os.path.join(p["run_cfg"], "config.json"), "w").write('{"task": "hypergrid", "env": {"ndim": 2, "height": 8}}')
+    p["csv_text"] = str(d / "obs.csv")
+    open(p["csv_text"], "w").write("a,b,c\n1,2,3\n4,x,6\n")
+    p["npy_cols"] = str(d / "obs4.npy")
+    np.save(p["npy_cols"], np.ones((10, 4)))
     p["file"] = str(d / "plainfile")
     open(p["file"], "w").write("x")
     return p
@@ -94,6 +98,8 @@ CASES = [
     ("ebm: unknown density", lambda f, o: ["train", "ebm", "--data", "3spirals", "--steps", "2", "--out", o], "--data"),
     ("dvae: .npz images that are not square", lambda f, o: ["train", "dvae", "--data", f["npz_images"], "--steps", "2", "--out", o], "square"),
     ("dvae: truncated MNIST IDX file", lambda f, o: ["train", "dvae", "--data", f["idx_dir"], "--steps", "2", "--out", o], "IDX"),
+    ("dag: --data CSV with a word among the numbers", lambda f, o: ["train", "dag", "--num-nodes", "3", "--data", f["csv_text"], "--out", o], "line 3"),
+    ("dag: --data with another number of variables", lambda f, o: ["train", "dag", "--data", f["npy_cols"], "--out", o], "--num-nodes"),
     ("hypergrid: --seed beyond 2^32", lambda f, o: ["train", "hypergrid", "--seed", "99999999999999999999", "--out", o], "--seed"),
     ("hypergrid: --r0 inf", lambda f, o: ["train", "hypergrid", "--r0", "inf", "--out", o], "--r0"),
     ("hypergrid: --devices beyond the visible devices", lambda f, o: ["train", "hypergrid", "--devices", "64", "--out", o], "--devices"),

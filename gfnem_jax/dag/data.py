@@ -122,7 +122,7 @@ def load(path: str, d: int = None) -> np.ndarray:
         raise ValueError(f"data file {path!r}: need at least 2 observations of at least 2 "
                          f"variables, got shape {x.shape}")
     if d is not None and x.shape[1] != d:
-        raise ValueError(f"data file {path!r}: has {x.shape[1]} variables, expected {d}")
+        raise ValueError(f"data file {path!r}: has {x.shape[1]} variables, but num_nodes is {d}")
     if not np.all(np.isfinite(x)):
         r, c = np.argwhere(~np.isfinite(x))[0]
         raise ValueError(f"data file {path!r}: non-finite value at row {r}, column {c}")
@@ -131,19 +131,19 @@ def load(path: str, d: int = None) -> np.ndarray:
 
 def _read_csv(path: str) -> np.ndarray:
     with open(path) as f:
-        lines = [ln.strip() for ln in f if ln.strip()]
+        lines = [(k + 1, ln.strip()) for k, ln in enumerate(f) if ln.strip()]
     if not lines:
         raise ValueError("the file is empty")
     try:
-        [float(v) for v in lines[0].split(",")]
+        [float(v) for v in lines[0][1].split(",")]
     except ValueError:
         lines = lines[1:]  # a header of names
     rows = []
-    for k, ln in enumerate(lines):
+    for k, ln in lines:
         try:
             rows.append([float(v) for v in ln.split(",")])
         except ValueError:
-            raise ValueError(f"data row {k + 1}: not comma-separated numbers: {ln[:40]!r}") from None
+            raise ValueError(f"line {k}: not comma-separated numbers: {ln[:40]!r}") from None
     if len({len(r) for r in rows}) > 1:
         raise ValueError("rows have different numbers of columns")
     return np.asarray(rows, np.float64)
