@@ -14,7 +14,7 @@ and on an edge-adding transition s -> s' it becomes DAG-GFlowNet's modified cond
 which depends on the reward only through the delta score log R(s') - log R(s) (one local score
 of the child of the added edge). ``DeltaFlowPolicy`` is an ``MLPPolicy`` whose ``log_flow`` is
 that expression, computed from the observation (``DAGEnv.features``: adjacency, legal-edge mask,
-done) and the environment's local-score table; trained with loss ``db`` it is modified DB, with
+done) and the environment's reward; trained with loss ``db`` it is modified DB, with
 ``subtb`` a modified SubTB. The gradient flows through log P_F(stop | s) as in DAG-GFlowNet.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Optional
 import jax.numpy as jnp
 
 from gfnem_jax.envs.base import masked_log_softmax
-from gfnem_jax.envs.dag import parent_codes
+from gfnem_jax.envs.dag import DAGEnv
 from gfnem_jax.nets.mlp import MLPPolicy
 
 
@@ -33,20 +33,18 @@ from gfnem_jax.nets.mlp import MLPPolicy
 class DeltaFlowPolicy(MLPPolicy):
     """MLPPolicy with log_flow(s) = log R(s) - log P_F(stop | s) (see the module).
 
-    Extra attributes: d (nodes), local (the environment's local-score table as a tuple of d
-    tuples of 2^(d-1) floats, ``DAGEnv.local``).
+    Extra attribute: env (the ``DAGEnv`` whose reward, with its default parameters, the flow
+    uses).
     """
 
-    d: int = 3
-    local: Optional[tuple] = None
+    env: Optional[DAGEnv] = None
 
     def flow_of(self, fwd_logits, obs):
         """log R(s) - log P_F(stop | s) for one observation float[2 d^2 + 1] and its logits."""
-        d = self.d
+        d = self.env.d
         adj = obs[: d * d].reshape(d, d) > 0.5
         mask = jnp.concatenate([obs[d * d: 2 * d * d] > 0.5, (obs[-1] < 0.5)[None]])
-        table = jnp.asarray(self.local, jnp.float32)
-        log_r = jnp.sum(table[jnp.arange(d), parent_codes(adj)])
+        log_r = jnp.sum(self.env.local_scores(None, adj))
         return log_r - masked_log_softmax(fwd_logits, mask)[d * d]
 
     def apply(self, params, obs, ctx):

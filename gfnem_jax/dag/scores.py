@@ -64,6 +64,25 @@ def bge(x: np.ndarray, alpha_mu: float = 1.0, alpha_w: float = None,
     """The BGe local score ``local(j, parents)`` of data x float[N, d] (formula: module doc).
 
     alpha_w defaults to d + 2 and must exceed d - 1; mean_obs (nu) defaults to zeros."""
+    R, a, const = bge_statistics(x, alpha_mu, alpha_w, mean_obs)
+
+    def local(j: int, parents) -> float:
+        pa = list(parents)
+        fam = pa + [j]
+        l = len(pa)
+        term = -0.5 * (a + l + 1) * _logdet(R[np.ix_(fam, fam)])
+        if l:
+            term += 0.5 * (a + l) * _logdet(R[np.ix_(pa, pa)])
+        return float(const[l] + term)
+
+    return local
+
+
+def bge_statistics(x: np.ndarray, alpha_mu: float = 1.0, alpha_w: float = None,
+                   mean_obs: np.ndarray = None):
+    """(R float64[d, d], a = N + alpha_w - d, const float64[d]): what the BGe score of data x
+    needs (module doc): score(j, pa) = const[l] + (a + l)/2 log det R[pa, pa]
+    - (a + l + 1)/2 log det R[pa+j, pa+j], l = len(pa)."""
     x = np.asarray(x, np.float64)
     N, d = x.shape
     alpha_w = d + 2.0 if alpha_w is None else float(alpha_w)
@@ -85,17 +104,7 @@ def bge(x: np.ndarray, alpha_mu: float = 1.0, alpha_w: float = None,
     const = (0.5 * (math.log(alpha_mu) - math.log(N + alpha_mu)) - 0.5 * N * math.log(math.pi)
              + gammaln(0.5 * (a + ls + 1)) - gammaln(0.5 * (alpha_w - d + ls + 1))
              + 0.5 * (alpha_w - d + 2 * ls + 1) * math.log(t))
-
-    def local(j: int, parents) -> float:
-        pa = list(parents)
-        fam = pa + [j]
-        l = len(pa)
-        term = -0.5 * (a + l + 1) * _logdet(R[np.ix_(fam, fam)])
-        if l:
-            term += 0.5 * (a + l) * _logdet(R[np.ix_(pa, pa)])
-        return float(const[l] + term)
-
-    return local
+    return R, float(a), const
 
 
 def lingauss(x: np.ndarray, prior_mean: float = 0.0, prior_scale: float = 1.0,

@@ -23,7 +23,10 @@ A complete trajectory has at most ``d(d-1)/2 + 1`` steps (the most edges of a DA
 Reward: modular, ``log R(G) = sum_j local[j, code_j(G)]`` where ``local`` float32[d, 2^(d-1)] is
 a table of local scores (``gfnem_jax.dag.scores``: log p(D_j | D_pa) + log prior) and
 ``code_j(G) = sum_{i in pa_j} 2^(i - [i > j])`` numbers node j's parent set among the d-1 other
-nodes. The table is the environment's reward parameter (``default_params``).
+nodes. The table is the environment's reward parameter (``default_params``). For d too large for
+a table, ``bge`` holds the BGe statistics (R, a, const, offset; ``dag.scores.bge_statistics``) and
+each local score is computed per graph from two masked log-determinants (``bge_local_scores``):
+log det R[pa, pa] = log det of R with the rows and columns outside pa replaced by the identity.
 
 Enumeration (d <= 5: 25, 543, 29281 DAGs for d = 3, 4, 5): every DAG's adjacency bitmask
 ``sum_{i,j} adj[i, j] 2^(i d + j)`` sorted once; a state's index is its bitmask's position in that
@@ -114,6 +117,31 @@ def enumerate_dags(d: int) -> np.ndarray:
     return adj
 
 
+def bge_local_scores(p: dict, adj: jax.Array) -> jax.Array:
+    """float[d]: BGe local score of every node of one adjacency bool[d, d], minus ``offset``:
+
+        const[l_j] + (a + l_j)/2 log det R[pa_j, pa_j] - (a + l_j + 1)/2 log det R[fam_j, fam_j]
+        - offset[j],   l_j = |pa_j|, fam_j = pa_j + {j},
+
+    with p = {"R": [d, d], "a": [], "const": [d], "offset": [d]}; each log-determinant by a
+    Cholesky factor of R with the rows and columns outside the set replaced by the identity."""
+    d = adj.shape[-1]
+    eye = jnp.eye(d, dtype=bool)
+    pa = adj.T  # pa[j, i]: i -> j
+    R = p["R"]
+
+    def logdet(m):
+        A = jnp.where(m[:, None] & m[None, :], R, jnp.eye(d, dtype=R.dtype))
+        return 2.0 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(A))))
+
+    l = jnp.sum(pa, axis=1)
+    lf = l.astype(R.dtype)
+    ld_pa = jax.vmap(logdet)(pa)
+    ld_fam = jax.vmap(logdet)(pa | eye)
+    return (p["const"][l] + 0.5 * (p["a"] + lf) * ld_pa - 0.5 * (p["a"] + lf + 1) * ld_fam
+            - p["offset"])
+
+
 @dataclasses.dataclass(frozen=True)
 class DAGEnv(Environment):
     """DAGEnv(d, local): DAGs over d nodes, log R(G) = sum_j local[j][code_j(G)].
@@ -125,8 +153,11 @@ class DAGEnv(Environment):
 
     d: int = 3
     local: Optional[tuple] = None
+    bge: Optional[tuple] = None  # (R [d][d], a, const [d], offset [d]) instead of a table
 
     def __post_init__(self):
+        if self.local is not None and self.bge is not None:
+            raise ValueError("DAGEnv: give a local-score table or BGe statistics, not both")
         if int(self.d) < 2:
             raise ValueError(f"DAGEnv: d must be >= 2, got {self.d}")
         if self.local is not None:
@@ -222,21 +253,32 @@ class DAGEnv(Environment):
         return np.asarray(self.local, np.float64)
 
     def default_params(self) -> dict:
-        """{"local": float32[d, 2^(d-1)]}: the local-score table."""
+        """{"local": float32[d, 2^(d-1)]}: the local-score table; with ``bge``, {"R": [d, d],
+        "a": [], "const": [d], "offset": [d]} (float32)."""
+        if self.bge is not None:
+            R, a, const, offset = self.bge
+            return {"R": jnp.asarray(R, jnp.float32), "a": jnp.asarray(a, jnp.float32),
+                    "const": jnp.asarray(const, jnp.float32),
+                    "offset": jnp.asarray(offset, jnp.float32)}
         return {"local": jnp.asarray(self.local_table(), jnp.float32)}
+
+    def local_scores(self, params, adj: jax.Array) -> jax.Array:
+        """float[d]: each node's local score in graph ``adj`` (table lookup, or BGe per graph)."""
+        p = self.default_params() if params is None else params
+        if "local" in p:
+            return p["local"][jnp.arange(self.d), parent_codes(adj)]
+        return bge_local_scores(p, adj)
 
     def log_reward(self, params, cond, s: DAGState) -> jax.Array:
         """log R(G) = sum_j local[j, code_j(G)] (``params`` None: the environment's table)."""
-        p = self.default_params() if params is None else params
-        return jnp.sum(p["local"][jnp.arange(self.d), parent_codes(s.adj)])
+        return jnp.sum(self.local_scores(params, s.adj))
 
     def delta_log_reward(self, params, s: DAGState, i, j) -> jax.Array:
         """log R(G + i->j) - log R(G) = local[j, code_j + 2^(i - [i > j])] - local[j, code_j]:
-        the delta score of DAG-GFlowNet's modified detailed balance (edge assumed absent)."""
-        p = self.default_params() if params is None else params
-        c = parent_codes(s.adj)[j]
-        w = jnp.asarray(parent_code_weights(self.d))[i, j]
-        return p["local"][j, c + w] - p["local"][j, c]
+        the delta score of DAG-GFlowNet's modified detailed balance (edge assumed absent): only
+        node j's term changes."""
+        hit = (jnp.arange(self.d)[:, None] == i) & (jnp.arange(self.d)[None, :] == j)
+        return (self.local_scores(params, s.adj | hit)[j] - self.local_scores(params, s.adj)[j])
 
     # enumeration (d <= 5)
     def dag_table(self) -> np.ndarray:

@@ -10,8 +10,8 @@ of ``runner`` (any objective, eps-uniform exploration, by default off-policy: ``
 each logged row adds the exact edge-marginal error (``edge_error``) to the exact ``l1`` / ``jsd``,
 and the run writes ``OUT/posterior.npz`` (``dag.posterior.write_npz``) and ``OUT/data.npy``.
 
-Graphs too large to enumerate (5 < d <= 14, the local-score table's limit: d 2^(d-1) entries)
-train the same way without the exact metrics: each logged row then samples ``n_eval_samples``
+Graphs too large to enumerate (5 < d <= 30; above 14, the local-score table's limit of d 2^(d-1)
+entries, the BGe score is computed per graph) train the same way without the exact metrics: each logged row then samples ``n_eval_samples``
 graphs from the sampler and logs ``samples_per_s`` and, for simulated data, the edge-marginal
 ``auroc`` and the ``expected_shd`` against the true graph (``dag.graph_metrics``).
 """
@@ -39,13 +39,14 @@ NAME = "dag"
 HELP = ("Bayesian structure learning: DAGs over d nodes, reward = BGe / linear-Gaussian score of "
         "data, exact posterior for d <= 5 (DAG-GFlowNet)")
 N_MODES = 10
+MAX_D = 30  # above MAX_TABLE_D the BGe score is computed per graph (d masked Cholesky factors)
 
 
 @dataclasses.dataclass(frozen=True)
 class DagSettings(Settings):
     num_nodes: int = setting(5, "number of variables d (exact posterior: d <= 5; larger: "
-                             "sample-based AUROC / expected SHD)", min=2,
-                             max=dag_scores.MAX_TABLE_D)
+                             "sample-based AUROC / expected SHD; above 14 score bge only, "
+                             "computed per graph)", min=2, max=MAX_D)
     data: str = setting("", "observations [N, d] in a .csv (optional header) or .npy file; "
                         "empty: simulate a seeded Erdos-Renyi linear-Gaussian DAG")
     n_obs: int = setting(100, "simulated data: number of observations", min=2)
@@ -75,6 +76,10 @@ class DagSettings(Settings):
                                   "the edge-marginal AUROC and expected SHD", min=1)
 
     def check(self):
+        if self.num_nodes > dag_scores.MAX_TABLE_D and self.score != "bge":
+            raise ValueError(f"num_nodes {self.num_nodes} needs score bge (computed per graph); "
+                             f"score {self.score} is tabulated, for num_nodes <= "
+                             f"{dag_scores.MAX_TABLE_D}")
         if self.flow == "stop" and hasattr(self, "objective") and not self.objective().uses_flows:
             raise ValueError(f"flow stop sets the state flows of a loss that reads them (db, "
                              f"subtb); loss {self.loss} reads none")
@@ -105,9 +110,7 @@ def local_table(s: DagSettings) -> np.ndarray:
                                   ess=s.ess)
     except ValueError as e:
         raise ValueError(f"data file {s.data!r}: {e}" if s.data else str(e)) from None
-    return dag_scores.local_table(local, s.num_nodes, s.prior, **(
-        {"edge_penalty": s.edge_penalty} if s.prior == "edge" else
-        {"expected_edges": s.expected_edges} if s.prior == "erdos_renyi" else {}))
+    return dag_scores.local_table(local, s.num_nodes, s.prior, **_prior_options(s))
 
 
 def build_env(s: DagSettings) -> DAGEnv:
@@ -115,9 +118,29 @@ def build_env(s: DagSettings) -> DAGEnv:
     same, and log Z starts near 0 instead of hundreds of nats away (the table's node-wise
     offsets table[j, 0] are subtracted). (Shifting by sum_j max_pa table[j, pa], an upper bound of
     every score, was tried for d = 8: plain TB then collapsed onto complete graphs.)"""
+    if s.num_nodes > dag_scores.MAX_TABLE_D:
+        return DAGEnv(s.num_nodes, bge=bge_statistics(s))
     t = local_table(s)
     t = t - t[:, :1]
     return DAGEnv(s.num_nodes, tuple(tuple(float(v) for v in row) for row in t))
+
+
+def bge_statistics(s: DagSettings) -> tuple:
+    """(R, a, const, offset) of ``DAGEnv.bge`` as nested tuples: the BGe statistics of the data
+    (``dag.scores.bge_statistics``), the structure prior's share added to const[l], and each
+    node's empty-parent score as its offset (the same shift as the table's)."""
+    x, _ = observations(s)
+    R, a, const = dag_scores.bge_statistics(x)
+    d = s.num_nodes
+    const = const + dag_scores.prior_term(d, np.arange(d), s.prior, **_prior_options(s))
+    offset = const[0] - 0.5 * (a + 1) * np.log(np.diag(R))
+    return (tuple(tuple(float(v) for v in row) for row in R), float(a),
+            tuple(float(v) for v in const), tuple(float(v) for v in offset))
+
+
+def _prior_options(s: DagSettings) -> dict:
+    return ({"edge_penalty": s.edge_penalty} if s.prior == "edge" else
+            {"expected_edges": s.expected_edges} if s.prior == "erdos_renyi" else {})
 
 
 def policy(s: DagSettings, env: DAGEnv, mlp):
@@ -126,7 +149,7 @@ def policy(s: DagSettings, env: DAGEnv, mlp):
         return mlp
     from gfnem_jax.dag.mdb import DeltaFlowPolicy
     fields = {f.name: getattr(mlp, f.name) for f in dataclasses.fields(mlp)}
-    return DeltaFlowPolicy(**fields, d=env.d, local=env.local)
+    return DeltaFlowPolicy(**fields, env=env)
 
 
 def mode_indices(env: DAGEnv):
