@@ -43,21 +43,42 @@ def add_settings(parser, cls: type, group: Optional[str] = None,
         if m.get("choices"):
             helptext += f" (one of: {', '.join(map(str, m['choices']))})"
         names = [flag_name(f, flags)] + ["--" + old.replace("_", "-") for old in m.get("was", ())]
+        # a flag not given leaves no attribute (default SUPPRESS): settings_from_args then knows
+        # what the user set, for the presets (Settings.PRESETS) and the declared defaults
+        preset = _preset_help(cls, f.name, flags)
         if isinstance(default, bool):  # the help describes the setting; a flag of one on by
             # default turns it off
+            helptext += f" ({preset})" if preset else ""
             g.add_argument(*names, dest=f.name, action="store_false" if default else "store_true",
+                           default=argparse.SUPPRESS,
                            help=("turn off (on by default): " if default else "") + helptext)
             continue
         typ = type(default) if default is not None else str
-        g.add_argument(*names, dest=f.name, type=typ, default=default,
-                       help=f"{helptext} (default {default})")
+        shown = f"default {default}" + (f"; {preset}" if preset else "")
+        g.add_argument(*names, dest=f.name, type=typ, default=argparse.SUPPRESS,
+                       help=f"{helptext} ({shown})")
+
+
+def _preset_help(cls: type, name: str, flags: Optional[Dict[str, str]]) -> str:
+    """"VALUE with --FLAG [V]; ..." for the presets of setting ``name`` (``Settings.PRESETS``)."""
+    if not hasattr(cls, "presets_of"):
+        return ""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = []
+    for k, w, d in cls.presets_of(name):
+        flag = flag_name(fields[k], flags)
+        given = flag if isinstance(w, bool) else f"{flag} {w}"
+        shown = ("on" if d else "off") if isinstance(d, bool) else d
+        out.append(f"{shown} with {given}")
+    return "; ".join(out)
 
 
 def settings_from_args(cls: type, args, **overrides):
-    """Build ``cls`` from parsed CLI args (fields missing from args keep their defaults)."""
+    """Build ``cls`` from parsed CLI args: the flags given, then the presets they imply
+    (``Settings.make``), then the declared defaults."""
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     kw.update(overrides)
-    return cls(**kw)
+    return cls.make(**kw) if hasattr(cls, "make") else cls(**kw)
 
 
 def flag_message(msg: str, classes: Sequence[type] = (),

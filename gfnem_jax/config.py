@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Sequence, Type, TypeVar
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 T = TypeVar("T", bound="Settings")
 
@@ -84,7 +84,36 @@ def check_value(name: str, value: Any, meta: Dict[str, Any]) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Base of every declared settings dataclass (see the module docstring)."""
+    """Base of every declared settings dataclass (see the module docstring).
+
+    PRESETS: defaults that follow from another setting's value, declared with the class:
+    ``{("posterior_only", True): {"policy_dim": 64, ...}}``. ``make(**given)`` applies the presets
+    of the settings in ``given`` (what a user set) to the settings not in ``given``; the plain
+    constructor applies none. The CLI builds settings with ``make``, so a flag's preset shows in
+    ``--help`` and a flag given explicitly always wins.
+    """
+
+    PRESETS: ClassVar[Dict[Tuple[str, Any], Dict[str, Any]]] = {}
+
+    @classmethod
+    def presets(cls, given: Dict[str, Any]) -> Dict[str, Any]:
+        """The preset defaults implied by the settings ``given`` (later presets win on a tie)."""
+        out: Dict[str, Any] = {}
+        for (name, value), defaults in cls.PRESETS.items():
+            if name in given and given[name] == value:
+                out.update(defaults)
+        return out
+
+    @classmethod
+    def make(cls: Type[T], **given) -> T:
+        """``cls(**given)`` with the presets of ``given`` for the settings it does not name."""
+        return cls(**{**cls.presets(given), **given})
+
+    @classmethod
+    def presets_of(cls, name: str):
+        """[(setting, value, default)]: setting ``name`` defaults to ``default`` when ``setting``
+        is given as ``value`` (from PRESETS; for help texts)."""
+        return [(k, w, d[name]) for (k, w), d in cls.PRESETS.items() if name in d]
 
     def validate(self) -> None:
         """Check every field's declared bounds, then ``check`` (cross-field rules)."""

@@ -16,6 +16,7 @@ EVAL = 0x7FFFFFFD  # grammar: evaluation keys (sampled parses, F1 of samples)
 POLICY = 0x7FFFFFFC  # grammar GFlowNet-EM: the parse-tree policy's parameters
 BATCH = 0x62617463  # "batc": a step's batch, fold_in(step_key, BATCH)
 MIXTURE_DATA = 0x6D6978  # "mix": the mixture's data, fold_in(PRNGKey(seed), MIXTURE_DATA)
+CHECKS = 0x63686b73  # "chks": grammar: the posterior checks' samples, tagged(eval key, CHECKS)
 DVAE_EVAL = 0x65766131  # "eva1": the dVAE's held-out bound, fold_in(PRNGKey(seed), DVAE_EVAL)
 
 

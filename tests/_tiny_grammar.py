@@ -7,6 +7,7 @@ import numpy as np
 
 from gfnem_jax import em, loop
 from gfnem_jax.grammar import gfn_em as GF
+from gfnem_jax.grammar import posterior as POST
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.neural import TableGrammar
 from gfnem_jax.grammar.settings import GrammarSettings
@@ -40,3 +41,9 @@ def train_posterior(settings):
         chunk = loop.make_chunk(GF.make_step(b, t, None, False), n, em.batch_fn(b.cfg, 1))
         st, m = chunk(st, data)
     return b, st0, st, m
+
+
+def exact(b, st):
+    """Exact TV / KLs over labelled trees of the sampler in state ``st`` on the sentence."""
+    return POST.labelled_metrics(b.env, b.gfn.policy, st.sampler, MODEL.rule_log_probs(THETA),
+                                 WORDS, LENGTHS, L, 10 ** 6, 16)

@@ -17,7 +17,7 @@ from gfnem_jax.grammar.settings import GrammarSettings
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar import tree as T
 
-from _tiny_grammar import L, LENGTHS, MODEL, NT, THETA, V, WORDS, grammar_settings, train_posterior
+from _tiny_grammar import L, LENGTHS, MODEL, NT, THETA, V, WORDS, exact, grammar_settings, train_posterior
 
 
 def settings(**kw):
@@ -38,8 +38,8 @@ def test_gflownet_learns_the_exact_posterior_of_one_sentence(trained):
     """The exact terminal distribution of the trained P_F (dynamic programming over the DAG of
     all 40 labelled trees, no sampling) is within TV 0.05 of p(z | x)."""
     b, st0, st, m = trained
-    before = GF.exact_posterior_metrics(b, MODEL.rule_log_probs, st0.sampler, THETA, WORDS, LENGTHS, L)
-    after = GF.exact_posterior_metrics(b, MODEL.rule_log_probs, st.sampler, THETA, WORDS, LENGTHS, L)
+    before = exact(b, st0)
+    after = exact(b, st)
     assert np.isfinite(np.asarray(m["loss"])).all()
     assert before["exact_tv"] > 0.1  # the untrained sampler is far from the posterior
     assert after["exact_tv"] < 0.05, after

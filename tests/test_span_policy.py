@@ -12,7 +12,7 @@ from gfnem_jax.grammar.policy import shrink
 from gfnem_jax.grammar.settings import GrammarSettings
 from gfnem_jax.grammar.span_policy import SpanPolicy
 
-from _tiny_grammar import L, LENGTHS, MODEL, THETA, V, WORDS, grammar_settings, train_posterior
+from _tiny_grammar import L, LENGTHS, MODEL, THETA, V, WORDS, exact, grammar_settings, train_posterior
 
 
 def settings(**kw):
@@ -31,8 +31,8 @@ def test_span_policy_learns_the_exact_posterior_of_one_sentence():
     1000 steps at lr 1e-3 then 250 at 1e-4; the exact terminal distribution of P_F (dynamic
     programming over all 40 labelled trees) is within TV 0.05 of p(z | x)."""
     b, st0, st, m = train_posterior(settings)
-    before = GF.exact_posterior_metrics(b, MODEL.rule_log_probs, st0.sampler, THETA, WORDS, LENGTHS, L)
-    after = GF.exact_posterior_metrics(b, MODEL.rule_log_probs, st.sampler, THETA, WORDS, LENGTHS, L)
+    before = exact(b, st0)
+    after = exact(b, st)
     assert np.isfinite(np.asarray(m["loss"])).all()
     assert before["exact_tv"] > 0.1, before  # the untrained sampler is far from the posterior
     assert after["exact_tv"] < 0.05, after

@@ -24,27 +24,26 @@ Evaluation (``grammar.decode.make_gfn_decoder``), on the evaluation corpus:
   is_nll_per_token  -sum_i log p_hat(x_i) / tokens, p_hat(x) = (1/K) sum_k p(x, z_k) P_B(tau_k | z_k)
                   / P_F(tau_k | x) over K forward trajectories: an upper bound in expectation
                   (Jensen) on the NLL, the only one for an NCFG; reported with its K;
-  posterior-only runs add the exact tv / kl of the GFlowNet's terminal distribution (by dynamic
-  programming over all states, no sampling) to the grammar's posterior, on the sentences of at
-  most ``enum_len`` words.
+  exact_tv / exact_kl / exact_kl_reverse  the GFlowNet's terminal distribution against p(z | x)
+                  over labelled trees, by dynamic programming over every state (no sampling), on
+                  the short sentences that fit a state budget; bracket_tv over unlabelled
+                  bracketings on sentences up to ``bracket_len`` words (``grammar.posterior``).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Dict, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gfnem_jax import em, keys, loop, metrics
+from gfnem_jax import em, keys, loop
 from gfnem_jax.gflownet import GFlowNet
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.env import ParseTree
 from gfnem_jax.grammar.policy import ParsePolicy
 from gfnem_jax.grammar.rollout import Buckets
 from gfnem_jax.grammar.span_policy import SpanPolicy
-from gfnem_jax.nets.policy import PolicyOutput
 from gfnem_jax.optim import OptimConfig, policy_optimizer
 
 
@@ -101,7 +100,9 @@ def init_state(s, b: Built, theta, m_tx):
     key = jax.random.PRNGKey(s.seed)
     cond = {"tokens": jnp.zeros((s.max_len,), jnp.int32), "length": jnp.asarray(s.max_len, jnp.int32)}
     params = b.gfn.init(keys.tagged(key, keys.POLICY), cond)
-    tx = policy_optimizer(b.gfn, OptimConfig(s.gfn_lr, s.gfn_lr_logz, s.grad_clip), params)
+    drop_at = int(s.lr_drop_at * s.steps)  # one E-step update per step
+    tx = policy_optimizer(b.gfn, OptimConfig(s.gfn_lr, s.gfn_lr_logz, s.grad_clip, s.gfn_lr_drop,
+                                             drop_at), params)
     return loop.init_state(params, tx, theta, m_tx, key), tx
 
 
@@ -136,63 +137,3 @@ def summarize(m) -> Dict[str, Any]:
 
 def corpus_data(c) -> Dict[str, jax.Array]:
     return {"tokens": jnp.asarray(c.words), "length": jnp.asarray(c.lengths)}
-
-
-def _cut_policy(policy: ParsePolicy, small: ParseTree):
-    """(params, obs, ctx) -> PolicyOutput of ``policy`` on the action spaces of ``small`` (a
-    ParseTree with fewer slots: its actions are a prefix of the full ones)."""
-    A, Ab = small.n_actions, small.n_bwd_actions
-
-    def apply(params, obs, ctx):
-        out = policy.apply(params, obs, ctx)
-        return PolicyOutput(out.fwd_logits[:A], out.bwd_logits[:Ab], out.log_flow)
-
-    return apply
-
-
-def exact_posterior_metrics(b: Built, rules, params, theta, words, lengths, enum_len: int,
-                            max_sentences: int = 16) -> Dict[str, Any]:
-    """Exact tv and kl (both directions) between the GFlowNet's terminal distribution and the
-    posterior p_theta(z | x), by dynamic programming over every state (no sampling), averaged over
-    the first ``max_sentences`` sentences of 2..``enum_len`` words. None if there is none."""
-    pick = [i for i, n in enumerate(lengths) if 2 <= n <= enum_len][:max_sentences]
-    if not pick:
-        return {"exact_tv": None, "exact_kl": None, "exact_kl_reverse": None, "exact_sentences": 0}
-    small = ParseTree(enum_len, b.env.n_nt)
-    pair = _exact_pair(small, b.gfn.policy)
-    g = rules(theta)
-    tv, kl, rkl = [], [], []
-    for i in pick:
-        cond = {"tokens": jnp.asarray(words[i]), "length": jnp.asarray(lengths[i], jnp.int32)}
-        p, q = pair(params, g, _table(small, int(lengths[i])), cond)
-        p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
-        tv.append(0.5 * np.abs(p - q).sum())
-        m = p > 0
-        kl.append(float(np.sum(p[m] * (np.log(p[m]) - np.log(np.maximum(q[m], 1e-300))))))
-        m = q > 0
-        rkl.append(float(np.sum(q[m] * (np.log(q[m]) - np.log(np.maximum(p[m], 1e-300))))))
-    return {"exact_tv": float(np.mean(tv)), "exact_kl": float(np.mean(kl)),
-            "exact_kl_reverse": float(np.mean(rkl)), "exact_sentences": len(pick)}
-
-
-@functools.lru_cache(maxsize=32)
-def _table(small: ParseTree, n: int):
-    return metrics.transition_table(small, {"tokens": jnp.zeros((small.max_len,), jnp.int32),
-                                            "length": jnp.asarray(n, jnp.int32)})
-
-
-@functools.lru_cache(maxsize=8)
-def _exact_pair(small: ParseTree, policy: ParsePolicy):
-    """Jitted (params, grammar, table, cond) -> (GFlowNet terminal distribution, exact posterior)
-    over the states of ``table`` (float[S] each, 0 at non-terminal states). ``cond`` is the
-    sentence padded to the policy's full ``max_len`` (the encoder's shape), not to ``small``'s."""
-    apply = _cut_policy(policy, small)
-    lr = lambda gg, c, st: G.log_joint(gg, c["tokens"], small.tree(st))
-
-    @jax.jit
-    def pair(params, g, table, cond):
-        ctx = policy.encode_cond(params, cond)
-        p = metrics.terminal_distribution(small, apply, params, table, ctx)
-        return p, metrics.target_distribution(small, lr, g, table, cond)
-
-    return pair

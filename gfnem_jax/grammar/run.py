@@ -16,6 +16,7 @@ for every method, the evaluation's from fold_in(key, keys.EVAL).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable, Dict, NamedTuple, Optional
@@ -31,6 +32,7 @@ from gfnem_jax.grammar import baselines as GB
 from gfnem_jax.grammar import corpus as C
 from gfnem_jax.grammar import decode as DEC
 from gfnem_jax.grammar import gfn_em
+from gfnem_jax.grammar import posterior as POST
 from gfnem_jax.grammar import rules as G
 from gfnem_jax.grammar.neural import NeuralGrammar, TableGrammar
 from gfnem_jax.grammar.settings import GrammarSettings
@@ -152,6 +154,15 @@ def _gflownet_plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, k
     # an NCFG too large for exact inference by parent annotation has no exact NLL or exact trees
     no_exact = getattr(model, "ncfg", False) and not G.annotatable(model.nt)
 
+    def log_reward(theta, c, state):
+        return G.log_joint(rules(theta), c["tokens"], b.env.tree(state))
+
+    @functools.partial(jax.jit, static_argnums=(5,))
+    def sample_trees(params, theta, kk, w, n, k):
+        cond = {"tokens": jnp.repeat(w[None], k, 0), "length": jnp.repeat(n[None], k, 0)}
+        tr = b.gfn.sample(params, kk, k, log_reward, theta, cond)
+        return jax.vmap(b.env.tree)(tr.terminal)
+
     def make_chunk(n):
         if train_grammar:
             b.cfg.validate(len(tr), b.env.max_steps, n_devices=s.devices)
@@ -172,9 +183,16 @@ def _gflownet_plan(s, model, params0, fixed: bool, tr, ev, m_tx, grammar_eval, k
         if no_exact:
             row["nll_per_token"] = None
         row.update(DEC.evaluate_gfn(decode, st.sampler, st.model, ev, s.eval_batch, key, k))
-        if s.posterior_only:
-            row.update(gfn_em.exact_posterior_metrics(b, rules, st.sampler, st.model, ev.words,
-                                                      ev.lengths, min(s.enum_len, s.max_len)))
+        g = rules(st.model)
+        n_check = s.check_sentences
+        if s.enum_states:
+            row.update(POST.labelled_metrics(b.env, b.gfn.policy, st.sampler, g, ev.words,
+                                             ev.lengths, s.enum_len, s.enum_states, n_check))
+        if s.bracket_len >= 3:
+            row.update(POST.bracket_metrics(
+                lambda kk, w, n, k: sample_trees(st.sampler, st.model, kk, w, n, k), g, ev.words,
+                ev.lengths, keys.tagged(key, keys.CHECKS), s.bracket_samples, s.bracket_len,
+                n_check))
         return row
 
     return Plan(state, make_chunk, evaluate, gfn_em.summarize, lambda st: st.model)

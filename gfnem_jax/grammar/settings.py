@@ -38,7 +38,8 @@ class GrammarSettings(EMScheduleSettings, ExplorationSettings, ObjectiveSettings
     grad_clip: float = setting(3.0, "gradient clipping by global norm (0 = off)", min=0)
     lr_drop: float = setting(1.0, "multiply the grammar's learning rate by this after lr_drop_at of "
                              "its updates (1 = constant)", gt=0, max=1)
-    lr_drop_at: float = setting(0.75, "fraction of the grammar's updates after which lr_drop applies",
+    lr_drop_at: float = setting(0.75, "fraction of the grammar's updates (of the steps, for "
+                                "gfn_lr_drop) after which lr_drop applies",
                                 min=0, max=1)
     samples: int = setting(1, "exact-sampling: trees per sentence", min=1)
     mcmc_steps: int = setting(20, "mc-em: MH steps per training step and sentence", min=1)
@@ -74,6 +75,9 @@ class GrammarSettings(EMScheduleSettings, ExplorationSettings, ObjectiveSettings
                                 help="gflownet: exploration temperature of the E-step's sampler")
     gfn_lr: float = setting(3e-4, "gflownet: Adam learning rate of the policy", gt=0)
     gfn_lr_logz: float = setting(3e-3, "gflownet: Adam learning rate of log Z(x)", gt=0)
+    gfn_lr_drop: float = setting(1.0, "gflownet: multiply the policy's and log Z(x)'s learning "
+                                 "rates by this after lr_drop_at of the steps (1 = constant)",
+                                 gt=0, max=1)
     schedule: str = retune(EMScheduleSettings, "schedule", "adaptive",
                            help="gflownet: M-step schedule: adaptive (loss threshold) or fixed "
                                 "(e_steps then m_steps)")
@@ -109,8 +113,27 @@ class GrammarSettings(EMScheduleSettings, ExplorationSettings, ObjectiveSettings
                                 "the importance-sampling NLL bound", min=1)
     devices: int = setting(1, "gflownet: split each batch over this many devices (of all processes)",
                            min=1)
-    enum_len: int = setting(4, "gflownet posterior-only: exact TV / KL on sentences up to this many "
-                            "words (enumerated)", min=2)
+    enum_len: int = setting(8, "gflownet: exact TV / KL over labelled trees on the evaluation "
+                            "sentences of at most this many words whose states number at most "
+                            "enum_states (every state enumerated)", min=2)
+    enum_states: int = setting(20000, "gflownet: the largest state count (forests of one sentence, "
+                               "Catalan(n-1) NT^(n-1) trees alone) enumerated for the exact TV / KL "
+                               "(0 = off)", min=0)
+    bracket_len: int = setting(10, "gflownet: TV of bracket_samples GFlowNet trees to the exact "
+                               "posterior over unlabelled bracketings on the evaluation sentences of "
+                               "3..bracket_len words (2 = off; CFG, or NCFG with exact inference)",
+                               min=2)
+    bracket_samples: int = setting(100, "gflownet: GFlowNet trees per sentence for the bracketing TV",
+                                   min=1)
+    check_sentences: int = setting(8, "gflownet: evaluation sentences given the exact TV checks "
+                                   "(labelled and bracketing; the first that qualify)", min=1)
+
+    # posterior_only (amortised parsing of a fixed grammar) is a GFlowNet run sized for a CPU, with
+    # the exploration that finds peaked posteriors (docs/experiments/grammar.rst, "Posteriors that
+    # are right"); any of these given explicitly wins
+    PRESETS = {("posterior_only", True): dict(
+        method="gflownet", policy_layers=2, policy_dim=64, policy_heads=4, policy_enc_layers=1,
+        temperature=3.0, steps=4000, log_every=500, gfn_lr_drop=0.1)}
 
     def check_processes(self, count: int) -> None:
         if count > 1 and self.method != "gflownet":
