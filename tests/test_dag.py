@@ -509,3 +509,36 @@ def test_cli_d16_scores_per_graph(tmp_path):
               "50", "--quiet", "--out", str(out)])
     row = json.loads(open(out / "metrics.jsonl").readline())
     assert np.isfinite(row["loss"]) and 0 <= row["auroc"] <= 1 and row["samples_per_s"] > 0
+
+
+def test_max_edges_limits_the_graphs():
+    """max_edges K: no edge is legal once a graph has K, trajectories have K + 1 steps, every
+    sampled graph has at most K edges; refused at d <= 5 (exact posterior over every DAG) and
+    above d(d-1)/2."""
+    from gfnem_jax.experiments import dag
+    env = DAGEnv(8, max_edges=3)
+    assert env.max_steps == 4 and DAGEnv(8).max_steps == 29
+    s = env.init()
+    for a in (0 * 8 + 1, 1 * 8 + 2, 2 * 8 + 3):
+        assert bool(env.forward_mask(s)[a])
+        s = env.step(s, a)
+    m = np.asarray(env.forward_mask(s))
+    assert not m[:64].any() and m[64]  # only stop
+    assert int(np.asarray(env.backward_mask(s))[:64].sum()) == 3
+    with pytest.raises(ValueError, match="max_edges"):
+        dag.Settings(num_nodes=5, max_edges=3).validate()
+    with pytest.raises(ValueError, match="max_edges"):
+        dag.Settings(num_nodes=6, max_edges=16).validate()
+
+
+def test_cli_d50_with_an_edge_limit(tmp_path):
+    """d = 50 (the issue's largest; BGe per graph, edges limited to 60): a few steps run, log the
+    sampled metrics, and no sampled graph has more than 60 edges."""
+    from gfnem_jax import cli
+    out = tmp_path / "run"
+    cli.main(["train", "dag", "--num-nodes", "50", "--edge-prob", "0.04", "--max-edges", "60",
+              "--steps", "4", "--log-every", "4", "--batch-size", "4", "--hidden", "16",
+              "--n-eval-samples", "20", "--quiet", "--out", str(out)])
+    row = json.loads(open(out / "metrics.jsonl").readline())
+    assert np.isfinite(row["loss"]) and 0 <= row["auroc"] <= 1 and row["samples_per_s"] > 0
+    assert row["mean_edges"] <= 60

@@ -19,6 +19,9 @@ not terminal; the closure is recomputed by ceil(log2 d) boolean squarings, O(d^3
 d*d`` undoes the stop (the only legal backward action at a terminal state). With a uniform P_B a
 non-terminal graph with k edges has P_B = 1/k for each edge, and a terminal one P_B(undo stop) = 1.
 A complete trajectory has at most ``d(d-1)/2 + 1`` steps (the most edges of a DAG, then stop).
+With ``max_edges`` K the edges are illegal once a graph has K (the support is the DAGs of at most K
+edges, the posterior restricted to them) and trajectories have at most K + 1 steps: at d = 50 the
+rollout's ``lax.scan`` is then K + 1 steps long instead of 1,226.
 
 Reward: modular, ``log R(G) = sum_j local[j, code_j(G)]`` where ``local`` float32[d, 2^(d-1)] is
 a table of local scores (``gfnem_jax.dag.scores``: log p(D_j | D_pa) + log prior) and
@@ -117,6 +120,35 @@ def enumerate_dags(d: int) -> np.ndarray:
     return adj
 
 
+def _bge_logdet(R: jax.Array, m: jax.Array) -> jax.Array:
+    """log det R[m, m] of a bool[d] set m: R with the rows and columns outside m replaced by the
+    identity, as the sum of the log pivots of its symmetric Gaussian elimination (the squared
+    Cholesky diagonal), in plain jnp: ``jnp.linalg.cholesky``'s LAPACK call inside the vmapped
+    rollout hung the XLA:CPU runtime here (idle process, nondeterministically, d = 16-20)."""
+    d = R.shape[-1]
+    A = jnp.where(m[:, None] & m[None, :], R, jnp.eye(d, dtype=R.dtype))
+    idx = jnp.arange(d)
+
+    def body(k, carry):
+        A, acc = carry
+        piv = A[k, k]
+        col = jnp.where(idx > k, A[:, k], 0.0)
+        return A - jnp.outer(col, col) / piv, acc + jnp.log(piv)
+
+    return jax.lax.fori_loop(0, d, body, (A, jnp.zeros((), R.dtype)))[1]
+
+
+def bge_node_score(p: dict, pa: jax.Array, j) -> jax.Array:
+    """float[]: the BGe local score of node j with parent set pa bool[d] (pa[j] False), minus
+    ``offset[j]``: two masked log-determinants (the per-node term of ``bge_local_scores``)."""
+    d = pa.shape[-1]
+    R = p["R"]
+    lf = jnp.sum(pa).astype(R.dtype)
+    fam = pa | (jnp.arange(d) == j)
+    return (p["const"][jnp.sum(pa)] + 0.5 * (p["a"] + lf) * _bge_logdet(R, pa)
+            - 0.5 * (p["a"] + lf + 1) * _bge_logdet(R, fam) - p["offset"][j])
+
+
 def bge_local_scores(p: dict, adj: jax.Array) -> jax.Array:
     """float[d]: BGe local score of every node of one adjacency bool[d, d], minus ``offset``:
 
@@ -130,14 +162,10 @@ def bge_local_scores(p: dict, adj: jax.Array) -> jax.Array:
     pa = adj.T  # pa[j, i]: i -> j
     R = p["R"]
 
-    def logdet(m):
-        A = jnp.where(m[:, None] & m[None, :], R, jnp.eye(d, dtype=R.dtype))
-        return 2.0 * jnp.sum(jnp.log(jnp.diag(jnp.linalg.cholesky(A))))
-
     l = jnp.sum(pa, axis=1)
     lf = l.astype(R.dtype)
-    ld_pa = jax.vmap(logdet)(pa)
-    ld_fam = jax.vmap(logdet)(pa | eye)
+    ld_pa = jax.vmap(lambda m: _bge_logdet(R, m))(pa)
+    ld_fam = jax.vmap(lambda m: _bge_logdet(R, m))(pa | eye)
     return (p["const"][l] + 0.5 * (p["a"] + lf) * ld_pa - 0.5 * (p["a"] + lf + 1) * ld_fam
             - p["offset"])
 
@@ -154,12 +182,16 @@ class DAGEnv(Environment):
     d: int = 3
     local: Optional[tuple] = None
     bge: Optional[tuple] = None  # (R [d][d], a, const [d], offset [d]) instead of a table
+    max_edges: Optional[int] = None  # at most this many edges (None: d(d-1)/2, every DAG)
 
     def __post_init__(self):
         if self.local is not None and self.bge is not None:
             raise ValueError("DAGEnv: give a local-score table or BGe statistics, not both")
         if int(self.d) < 2:
             raise ValueError(f"DAGEnv: d must be >= 2, got {self.d}")
+        if self.max_edges is not None and not 1 <= int(self.max_edges) <= self.d * (self.d - 1) // 2:
+            raise ValueError(f"DAGEnv: max_edges must be in [1, d(d-1)/2 = "
+                             f"{self.d * (self.d - 1) // 2}], got {self.max_edges}")
         if self.local is not None:
             t = np.asarray(self.local, np.float64)
             if t.shape != (self.d, 1 << (self.d - 1)):
@@ -179,7 +211,8 @@ class DAGEnv(Environment):
 
     @property
     def max_steps(self) -> int:
-        return self.d * (self.d - 1) // 2 + 1
+        m = self.d * (self.d - 1) // 2
+        return (m if self.max_edges is None else min(m, int(self.max_edges))) + 1
 
     @property
     def feature_dim(self) -> int:
@@ -191,8 +224,12 @@ class DAGEnv(Environment):
         return DAGState(jnp.zeros((d, d), bool), jnp.eye(d, dtype=bool), jnp.asarray(False))
 
     def edge_mask(self, s: DAGState) -> jax.Array:
-        """bool[d, d]: the edges that may be added (absent, no cycle), all False when done."""
-        return ~(s.adj | s.closure.T) & ~s.done
+        """bool[d, d]: the edges that may be added (absent, no cycle), all False when done (and,
+        with ``max_edges``, once the graph has that many edges)."""
+        ok = ~(s.adj | s.closure.T) & ~s.done
+        if self.max_edges is not None:
+            ok = ok & (jnp.sum(s.adj) < int(self.max_edges))
+        return ok
 
     def forward_mask(self, s: DAGState) -> jax.Array:
         return jnp.concatenate([self.edge_mask(s).reshape(-1), (~s.done)[None]])
@@ -278,6 +315,10 @@ class DAGEnv(Environment):
         the delta score of DAG-GFlowNet's modified detailed balance (edge assumed absent): only
         node j's term changes."""
         hit = (jnp.arange(self.d)[:, None] == i) & (jnp.arange(self.d)[None, :] == j)
+        p = self.default_params() if params is None else params
+        if "local" not in p:  # BGe per graph: node j's two terms only (4 Cholesky factors)
+            pa = s.adj[:, j]
+            return bge_node_score(p, pa | hit[:, j], j) - bge_node_score(p, pa, j)
         return (self.local_scores(params, s.adj | hit)[j] - self.local_scores(params, s.adj)[j])
 
     # enumeration (d <= 5)

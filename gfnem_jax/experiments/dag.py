@@ -10,7 +10,7 @@ of ``runner`` (any objective, eps-uniform exploration, by default off-policy: ``
 each logged row adds the exact edge-marginal error (``edge_error``) to the exact ``l1`` / ``jsd``,
 and the run writes ``OUT/posterior.npz`` (``dag.posterior.write_npz``) and ``OUT/data.npy``.
 
-Graphs too large to enumerate (5 < d <= 30; above 14, the local-score table's limit of d 2^(d-1)
+Graphs too large to enumerate (5 < d <= 50; above 14, the local-score table's limit of d 2^(d-1)
 entries, the BGe score is computed per graph) train the same way without the exact metrics: each logged row then samples ``n_eval_samples``
 graphs from the sampler and logs ``samples_per_s`` and, for simulated data, the edge-marginal
 ``auroc`` and the ``expected_shd`` against the true graph (``dag.graph_metrics``).
@@ -39,7 +39,7 @@ NAME = "dag"
 HELP = ("Bayesian structure learning: DAGs over d nodes, reward = BGe / linear-Gaussian score of "
         "data, exact posterior for d <= 5 (DAG-GFlowNet)")
 N_MODES = 10
-MAX_D = 30  # above MAX_TABLE_D the BGe score is computed per graph (d masked Cholesky factors)
+MAX_D = 50  # above MAX_TABLE_D the BGe score is computed per graph (d masked Cholesky factors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +72,20 @@ class DagSettings(Settings):
                         "stop (log F(s) = log R(s) - log P_F(stop | s): with db, DAG-GFlowNet's "
                         "modified detailed balance, driven by delta scores)",
                         choices=("learned", "stop"))
+    max_edges: int = setting(0, "num_nodes > 5: at most this many edges per graph (the posterior "
+                             "restricted to them; trajectories of max_edges + 1 steps instead of "
+                             "d(d-1)/2 + 1); 0: no limit", min=0)
     n_eval_samples: int = setting(1000, "num_nodes > 5: graphs sampled at each logged row for "
                                   "the edge-marginal AUROC and expected SHD", min=1)
 
     def check(self):
+        if self.max_edges and self.num_nodes <= MAX_ENUM_D:
+            raise ValueError(f"max_edges is for graphs beyond enumeration (num_nodes > "
+                             f"{MAX_ENUM_D}); num_nodes {self.num_nodes} is scored against the "
+                             f"exact posterior over every DAG")
+        if self.max_edges > self.num_nodes * (self.num_nodes - 1) // 2:
+            raise ValueError(f"max_edges must be <= num_nodes (num_nodes - 1) / 2 = "
+                             f"{self.num_nodes * (self.num_nodes - 1) // 2}, got {self.max_edges}")
         if self.num_nodes > dag_scores.MAX_TABLE_D and self.score != "bge":
             raise ValueError(f"num_nodes {self.num_nodes} needs score bge (computed per graph); "
                              f"score {self.score} is tabulated, for num_nodes <= "
@@ -119,10 +129,11 @@ def build_env(s: DagSettings) -> DAGEnv:
     offsets table[j, 0] are subtracted). (Shifting by sum_j max_pa table[j, pa], an upper bound of
     every score, was tried for d = 8: plain TB then collapsed onto complete graphs.)"""
     if s.num_nodes > dag_scores.MAX_TABLE_D:
-        return DAGEnv(s.num_nodes, bge=bge_statistics(s))
+        return DAGEnv(s.num_nodes, bge=bge_statistics(s), max_edges=s.max_edges or None)
     t = local_table(s)
     t = t - t[:, :1]
-    return DAGEnv(s.num_nodes, tuple(tuple(float(v) for v in row) for row in t))
+    return DAGEnv(s.num_nodes, tuple(tuple(float(v) for v in row) for row in t),
+                  max_edges=s.max_edges or None)
 
 
 def bge_statistics(s: DagSettings) -> tuple:
