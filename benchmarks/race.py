@@ -270,7 +270,8 @@ DAG_PEER_BLOCKED = (
     "gfnx 0.0.1 (pip) ships the DAG environment and BGe reward (gfnx.DAGEnvironment, "
     "gfnx.DAGRewardModule, gfnx.BGeScore) but not its modified-DB baseline: baselines/mdb_dag.py "
     "is a script of the gfnx repository, not of the package, and its policy is a jraph graph "
-    "network (jraph is not among gfnx's installed dependencies here); a worker on gfnx's public "
+    "network (jraph is in gfnx's 'baselines' pip extra, not in the race's gfnx environment, "
+    "GFNX_DEPS; pip-installable, not tried); a worker on gfnx's public "
     "API (its GNN policy, Huber MDB loss with a target network every 1000 updates, eps 1.0 -> 0.1 "
     "over 50,000 updates, lr 1e-4, 128 environments) that exports its P_F on all 29,281 DAGs for "
     "our exact scoring is not written yet")
