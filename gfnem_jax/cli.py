@@ -425,7 +425,8 @@ def _join_processes(args, argv):
     if not joined:
         return
     import jax
-    if getattr(args, "devices", None) == 1 and "--devices" not in argv:
+    if not hasattr(args, "devices") and "--devices" not in argv:  # not given (flags not given
+        # leave no attribute); settings_from_args ignores it for a kind without the setting
         args.devices = jax.device_count()
 
 
