@@ -121,8 +121,8 @@ def read_conllu(path: str) -> Tuple[Sentences, Spans]:
         if n >= 1:
             sents.append([words[k][0].replace("(", "-lrb-").replace(")", "-rrb-") for k in keep])
             spans.append([0, n - 1])
-            gold.append(sorted({(i, j) for i, j in spans}, key=lambda s: (s[0], -s[1])))
-            gold[-1] = [list(s) for s in gold[-1]]
+            gold.append([list(s) for s in sorted({(i, j) for i, j in spans},
+                                                 key=lambda s: (s[0], -s[1]))])
         rows.clear()
 
     no = 0
