@@ -1,4 +1,4 @@
-"""Binary image data sets for the discrete VAE: embedded 8x8 digits, MNIST (IDX or .npz).
+"""Binary image data sets for the discrete VAE: embedded 8x8 digits, generated 28x28 shapes, MNIST.
 
 Every loader returns an ``ImageData``: ``train`` and ``test`` float32[N, H, W] with values in
 {0, 1} (a held-out split always exists) and a ``name``.
@@ -11,7 +11,12 @@ Every loader returns an ``ImageData``: ``train`` and ``test`` float32[N, H, W] w
   ``t10k-images-idx3-ubyte[.gz]`` (the standard IDX files), or an ``.npz`` with ``x_train`` and
   ``x_test`` ([N, H, W] or [N, H*W] with a square H*W). Static binarisation: a pixel is 1 when
   it is at least half the maximum intensity (255 for uint8 data, else the training set's max).
-* ``load(data)``: "digits" or a path (directory or .npz).
+* ``load_npy(path)``: one .npy of images [N, H, W] (or [N, H*W] with a square H*W) that the user
+  brings, e.g. MNIST saved with ``np.save``; binarised as above; the last ``round(0.1 N)`` images
+  (at least 1) are held out.
+* ``shapes()``: ``gfnem_jax.data.shapes``' generated 28x28 images (4000 training, 500 held out,
+  seed 0), made on the fly: long-range structure, no file.
+* ``load(data)``: "digits", "shapes" or a path (directory, .npz or .npy).
 
 Bad files raise one-line ValueErrors naming the file and the problem (wrong magic number,
 truncated data, wrong shapes, missing keys).
@@ -133,15 +138,46 @@ def load_mnist(path: str) -> ImageData:
                     raise
                 raise ValueError(f"{path}: corrupt array data ({e})") from None
     else:
-        raise ValueError(f"data {path!r} is neither 'digits' nor an existing directory or .npz file")
+        raise ValueError(f"data {path!r} is neither {' nor '.join(map(repr, NAMES))} nor an existing directory, .npz or .npy file")
     if train.shape[1:] != test.shape[1:]:
         raise ValueError(f"{path}: train images are {train.shape[1:]} but test images are {test.shape[1:]}")
     mx = _max_value(train)
     return ImageData(binarize(train, mx), binarize(test, mx), os.path.basename(os.path.normpath(path)))
 
 
+NAMES = ("digits", "shapes")  # the data sets made in the package, no file needed
+NPY_TEST_FRACTION = 0.1
+
+
+def shapes() -> ImageData:
+    """``gfnem_jax.data.shapes.shapes()``: 4000 + 500 generated 28x28 images (seed 0)."""
+    from gfnem_jax.data.shapes import shapes as make
+    train, test = make()
+    return ImageData(train, test, "shapes")
+
+
+def load_npy(path: str) -> ImageData:
+    """Images from one .npy (see the module doc): the last 10% (at least one image) held out."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except Exception as e:  # pickled objects, truncated or foreign files
+        raise ValueError(f"{path}: not a readable .npy array ({type(e).__name__})") from None
+    a = _as_images(a, path)
+    if len(a) < 2:
+        raise ValueError(f"{path}: needs at least 2 images (one held out), got {len(a)}")
+    n_test = max(1, int(round(NPY_TEST_FRACTION * len(a))))
+    mx = _max_value(a[:-n_test])
+    return ImageData(binarize(a[:-n_test], mx), binarize(a[-n_test:], mx),
+                     os.path.basename(path))
+
+
 def load(data: str = "digits") -> ImageData:
-    """``data``: "digits" (embedded) or a path to MNIST IDX files / an .npz."""
+    """``data``: "digits" (embedded), "shapes" (generated) or a path to MNIST IDX files, an .npz
+    or an .npy."""
     if data == "digits":
         return digits()
+    if data == "shapes":
+        return shapes()
+    if data.endswith(".npy") and os.path.isfile(data):
+        return load_npy(data)
     return load_mnist(data)
