@@ -28,7 +28,7 @@ programme on the grid: peers export P_F(a | x) at every grid point at each evalu
     python benchmarks/race.py --out bench_out/race            # longer runs, two repeats
     python benchmarks/race.py --losses --out bench_out/losses # TB / DB / SubTB / log-variance vs torchgfn
     python benchmarks/race.py --soft-dqn --quick --out bench_out/race_sdqn  # soft_q vs gfnx's soft DQN
-    python benchmarks/race.py --dag --quick --out bench_out/race_dag  # modified DB, gfnx's mdb_dag config (ours only)
+    python benchmarks/race.py --dag --quick --out bench_out/race_dag  # modified DB vs gfnx's mdb_dag baseline (~12 min)
     python benchmarks/race.py --device gpu ...                # CUDA torch and jax[cuda12] for the peers
 
 Writes OUT/race.json (a list of rows: peer, config, ours_its, peer_its, ratio, ours_l1, peer_l1,
@@ -265,64 +265,17 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
     return row
 
 
-JSD_TARGET = 1e-3
-DAG_PEER_BLOCKED = (
-    "gfnx 0.0.1 (pip) ships the DAG environment and BGe reward (gfnx.DAGEnvironment, "
-    "gfnx.DAGRewardModule, gfnx.BGeScore) but not its modified-DB baseline: baselines/mdb_dag.py "
-    "is a script of the gfnx repository, not of the package, and its policy is a jraph graph "
-    "network (jraph is in gfnx's 'baselines' pip extra, not in the race's gfnx environment, "
-    "GFNX_DEPS; pip-installable, not tried); a worker on gfnx's public "
-    "API (its GNN policy, Huber MDB loss with a target network every 1000 updates, eps 1.0 -> 0.1 "
-    "over 50,000 updates, lr 1e-4, 128 environments) that exports its P_F on all 29,281 DAGs for "
-    "our exact scoring is not written yet")
-
-
 def race_dag(args, cache_root, repeats):
-    """Our modified DB at gfnx's mdb_dag configuration (d = 5, 128 environments, ER1 data of noise
-    0.316, BGe): iterations/s and time to exact JSD < JSD_TARGET by our enumeration. The gfnx
-    side is not run (DAG_PEER_BLOCKED)."""
-    steps, every, max_s = (3000, 100, 240.0) if args.quick else (20000, 500, 150.0)
-    cache_dir = tempfile.mkdtemp(prefix="jaxcache_", dir=cache_root)
-    fl = ["--d", "5", "--batch", "128", "--steps", str(steps), "--eval-every", str(every),
-          "--max-seconds", str(max_s), "--device", args.device, "--compile-cache", cache_dir]
-    runs = []
-    for rep in range(repeats):
-        o = launch(sys.executable, "ours_dag.py", fl, pythonpath=args.pythonpath)
-        t = next((e["t_s"] for e, j in zip(o["evals"], o["jsd"]) if j < JSD_TARGET), None)
-        o["t_jsd"] = t
-        runs.append(o)
-        print(f"  ours     dag-d5-b128-mdb rep {rep}: {o['its']:8.1f} it/s  jsd {o['jsd'][-1]:.2e}  "
-              f"t(jsd<{JSD_TARGET:g}) {fmt(t)} s  first step {o['t_first_step_s']:.1f} s  "
-              f"rss {o['peak_rss_mib']:.0f} MiB", flush=True)
-    o = runs[0]
-    return dict(peer="gfnx (not run)", config="dag-d5-b128-mdb", ours_its=o["its"],
-                peer_its=None, ours_jsd=o["jsd"][-1], ours_steps=o["steps"],
-                ours_t_jsd_cold=o["t_jsd"], ours_t_jsd_warm=runs[1]["t_jsd"] if repeats > 1 else None,
-                ours_t_jsd_train=(None if o["t_jsd"] is None
-                                  else round(o["t_jsd"] - o["t_first_step_s"], 2)),
-                ours_ttfs_cold=o["t_first_step_s"], ours_rss_mib=o["peak_rss_mib"],
-                peer_t_jsd=None, peer_blocked=DAG_PEER_BLOCKED, repeats=repeats,
-                ours_settings="gfnem train dag --loss db --flow stop: MLP 2 x 128, uniform P_B, "
-                              "eps 0.1, Adam 1e-3, batch 128, no target network",
-                ours_jsd_curve=[[e["step"], e["t_s"], j] for e, j in zip(o["evals"], o["jsd"])])
+    """The DAG row: our modified DB against gfnx's mdb_dag baseline, alternating, both scored by
+    our exact enumeration of the 29,281 DAGs of d = 5 (benchmarks/race_dag.py; its own plan of
+    repeats: one and a warm rerun of ours with --quick, two otherwise)."""
+    import race_dag as rd
+    return rd.race(args, cache_root, launch, ensure_env)
 
 
 def dag_markdown(rows, meta) -> str:
-    lines = [f"DAG race on {meta['machine']} ({meta['device']}); {meta['when']}; 1-min load "
-             f"average at start / end {meta['load_avg_at_start'][0]:.1f} / "
-             f"{meta['load_avg_at_end'][0]:.1f} (shared). JSD: exact, ours scored by our "
-             f"enumeration of the 29,281 DAGs of d = 5; t(JSD < {JSD_TARGET:g}) from launch "
-             f"(cold: empty compilation cache), training: from the first update.", "",
-             "| peer | config | ours it/s | peer it/s | ours final JSD (steps) | ours t(JSD<1e-3) s "
-             "cold / warm | ours training t s | ours 1st step s | ours RSS MiB | peer t s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['peer']} | {r['config']} | {r['ours_its']:.1f} | — | "
-                     f"{r['ours_jsd']:.2e} ({r['ours_steps']}) | {fmt(r['ours_t_jsd_cold'])} / "
-                     f"{fmt(r['ours_t_jsd_warm'])} | {fmt(r['ours_t_jsd_train'])} | "
-                     f"{r['ours_ttfs_cold']:.1f} | {r['ours_rss_mib']:.0f} | — |")
-    lines += ["", "Peer not run: " + DAG_PEER_BLOCKED + "."]
-    return "\n".join(lines) + "\n"
+    import race_dag as rd
+    return rd.markdown(rows, meta)
 
 
 def fmt(x, nd=1):
@@ -367,9 +320,9 @@ def main(argv=None):
                    help="our soft_q against gfnx's soft DQN baseline (2D H=8 batch 16, on-policy, "
                         "uniform P_B, target network at Polyak rate 0.25 every step)")
     p.add_argument("--dag", action="store_true",
-                   help="our modified DB at gfnx's mdb_dag configuration (d = 5, 128 environments, "
-                        "BGe): it/s and time to exact JSD < 1e-3 (the gfnx side is not run: "
-                        "DAG_PEER_BLOCKED)")
+                   help="our modified DB against gfnx's mdb_dag baseline (d = 5, 128 environments, "
+                        "the same data and BGe score): it/s and time to exact JSD < 1e-3, both "
+                        "scored by our enumeration of every DAG (benchmarks/race_dag.py)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--peers", nargs="+", default=["torchgfn", "gfnx"])
     p.add_argument("--ndims", type=int, nargs="+", default=[2, 4])
@@ -401,6 +354,7 @@ def main(argv=None):
         meta = dict(machine=f"{cpu_name()}, {os.cpu_count()} CPUs ({platform.machine()})",
                     device=f"{dev.platform} ({dev.device_kind})", jax=jax.__version__,
                     ours=args.pythonpath or "installed gfnem_jax", gfnx=GFNX, dag=True,
+                    jraph=__import__("race_dag").JRAPH,
                     quick=args.quick, when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     load_avg_at_start=load_start, load_avg_at_end=os.getloadavg(),
                     total_s=round(time.time() - t_start, 1))

@@ -8,7 +8,10 @@ eps-uniform exploration ``--epsilon``), in chunks of ``--eval-every`` updates, a
 chunk scores the sampler by OUR exact enumeration: the sampler's probability of every one of the
 29,281 DAGs (dynamic programme, no sampling) against the exact posterior, JSD in float64. As the
 race protocol asks (common_cli), evaluation time is excluded from train_s, its and the evals' t_s.
-Writes JSON: lib, t_import_s, t_first_step_s, steps, train_s, its, evals [{step, t_s}], jsd [...].
+Writes JSON: lib, t_import_s, t_first_step_s, steps, train_s, its, evals [{step, t_s}], jsd [...],
+and, after training, OUT.npz with what the peer must be given and scored against: the observations
+``data`` float64[N, d], every DAG ``adjacency`` uint8[G, d, d] (our enumeration's order), their
+``log_score`` and the exact ``posterior`` (float64[G]).
 """
 import argparse
 import os
@@ -55,7 +58,7 @@ s.validate()
 env, gfn, optim = runner.build(s.to_config())
 exact, _, _ = runner.make_evaluator(env, gfn, None)
 G = env.num_dags()
-_, _, post = dag_posterior.exact_posterior(env.local_table())
+adj_all, log_score, post = dag_posterior.exact_posterior(env.local_table())
 state, tx = runner.init_state(gfn, optim, args.seed)
 chunk = loop.make_chunk(runner.make_step(gfn, tx, s.batch_size), args.eval_every)
 one = loop.make_chunk(runner.make_step(gfn, tx, s.batch_size), 1)
@@ -77,6 +80,8 @@ while done < args.steps and train_s < args.max_seconds:
 # the chunk's compilation is inside the first chunk's time: its rate from the later chunks
 its = ((done - 1 - args.eval_every) / max(train_s - (evals[0]["t_s"] - t_first), 1e-9)
        if len(evals) > 1 else args.eval_every / train_s)
+np.savez(args.out + ".npz", data=dag.observations(s.env())[0],
+         adjacency=np.asarray(adj_all, np.uint8), log_score=log_score, posterior=post)
 write(args.out, {"lib": "gfnem_jax", "jax": jax.__version__, "device": str(jax.devices()[0]),
                  "t_import_s": round(t_import, 3), "t_first_step_s": round(t_first, 3),
                  "steps": done, "train_s": round(train_s, 4), "its": round(its, 3),
