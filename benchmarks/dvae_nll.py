@@ -66,7 +66,11 @@ def main(argv=None):
     ap.add_argument("--cycle", type=int, default=None, help="E-steps (= M-steps) per cycle")
     ap.add_argument("--is-samples", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--data", default="digits")
+    ap.add_argument("--data", default="digits", help="digits, shapes (generated 28x28) or a path")
+    ap.add_argument("--grid", type=int, default=4)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--hidden", type=int, default=256, help="encoder state-MLP width")
+    ap.add_argument("--n-test", type=int, default=0, help="held-out images evaluated (0 = all)")
     ap.add_argument("--speed-steps", type=int, default=20, help="0 = skip the speed table")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "dvae_cpu.json"))
     a = ap.parse_args(argv)
@@ -78,7 +82,8 @@ def main(argv=None):
     rows, results = [], []
     spd = {}
     for m in (a.methods if a.speed_steps > 0 else []):
-        s = dvae.DVAESettings(method=m, codes=codes[0], batch_size=a.batch_size, data=a.data)
+        s = dvae.DVAESettings(method=m, codes=codes[0], batch_size=a.batch_size, data=a.data,
+                              grid=a.grid, channels=a.channels, hidden=a.hidden)
         spd[m] = speed(s, a.speed_steps)
         print(f"speed {m}: {json.dumps({k: round(v, 3) for k, v in spd[m].items()})}", flush=True)
     tmp = tempfile.mkdtemp(prefix="dvae_bench_")
@@ -89,7 +94,10 @@ def main(argv=None):
                 for seed in seeds:
                     s = dvae.DVAESettings(method=m, codes=K, seed=seed, steps=steps, e_steps=cycle,
                                           m_steps=cycle, batch_size=a.batch_size, data=a.data,
-                                          log_every=max(1, steps // 4), plot=False)
+                                          grid=a.grid, channels=a.channels, hidden=a.hidden,
+                                          n_test=a.n_test, log_every=_log_every(steps, cycle),
+                                          plot=False)
+                    print(f"  K={K} {m} seed {seed}: training {steps} steps", flush=True)
                     out = os.path.join(tmp, f"{m}_{K}_{seed}")
                     t0 = time.perf_counter()
                     dvae.run(s, out, progress=False)
@@ -105,18 +113,28 @@ def main(argv=None):
                 rows.append((K, m, float(np.mean(nll)), float(np.std(nll)), float(np.mean(wall))))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n| K | method | test NLL (nats) | train s/run |\n|---|---|---|---|")
+    print(f"\n| K | method | test NLL (nats) | IS s.e. | train s/run |\n|---|---|---|---|---|")
     for K, m, mu, sd, w in rows:
-        print(f"| {K} | {m} | {mu:.2f} +- {sd:.2f} | {w:.0f} |")
+        se = np.mean([r["nll_sem"] for r in results if r["codes"] == K and r["method"] == m])
+        print(f"| {K} | {m} | {mu:.2f} +- {sd:.2f} | {se:.2f} | {w:.0f} |")
     write(a, codes, seeds, steps, cycle, S, spd, rows, results)
     print(f"wrote {a.out}")
+
+
+def _log_every(steps: int, cycle: int) -> int:
+    """The largest divisor of the cycle that is at most steps / 4 (a chunk never straddles a phase)."""
+    for n in range(max(1, min(cycle, steps // 4)), 0, -1):
+        if cycle % n == 0:
+            return n
+    return 1
 
 
 def write(a, codes, seeds, steps, cycle, S, spd, rows, results):
     """Write everything measured so far to a.out (called after every run, so an interrupted
     benchmark keeps its finished runs)."""
     meta = {"quick": a.quick, "codes": codes, "seeds": seeds, "steps": steps, "cycle": cycle,
-            "is_samples": S, "batch_size": a.batch_size, "data": a.data,
+            "is_samples": S, "batch_size": a.batch_size, "data": a.data, "grid": a.grid,
+            "channels": a.channels, "hidden": a.hidden, "n_test": a.n_test,
             "device": jax.devices()[0].device_kind, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     table = [{"codes": K, "method": m, "nll_mean": mu, "nll_std": sd, "train_s_mean": w}

@@ -12,7 +12,11 @@ all densities and seeds), then measure
 Writes benchmarks/results/ebm_cpu.json (or --out) and prints a table.
 
     python benchmarks/ebm.py --quick          # 2 densities, 1 seed, 5 s budget: a smoke run
-    python benchmarks/ebm.py                  # 7 densities x 4 methods x 3 seeds
+    python benchmarks/ebm.py                  # 7 densities x 4 methods x 3 seeds, 30 s each
+    python benchmarks/ebm.py --steps 20000 --eval-every 1000 --out benchmarks/results/ebm_conv.json
+        # a step budget instead: every run trains 20,000 steps and records its held-out NLL curve
+        # ("curve": [step, test_nll, train_s]), printed as it goes; after every finished run the
+        # output is rewritten, and --resume skips the (density, method, seed) runs already in it
 """
 from __future__ import annotations
 
@@ -34,21 +38,32 @@ from gfnem_jax.models import energy as em
 METHODS = ebm.METHODS
 
 
-def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True):
+def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True, steps=0, eval_every=0,
+            tag=""):
+    """Train one run: ``steps`` steps if > 0 (else for ``budget`` seconds), the exact held-out
+    NLL every ``eval_every`` steps (steps mode; a multiple of ``chunk``) into "curve" rows
+    [step, test_nll, train_s] (evaluation time excluded), printed as progress."""
     st = ebgfn.init_state(e, seed)
     t0 = time.perf_counter()
-    steps, curve = 0, []
-    while time.perf_counter() - t0 < budget:
+    n, curve, train_s = 0, [], 0.0
+    while (n < steps) if steps > 0 else (time.perf_counter() - t0 < budget):
+        t1 = time.perf_counter()
         st, m = run_chunk(st, train)
         jax.block_until_ready(st.model)
-        steps += chunk
+        train_s += time.perf_counter() - t1
+        n += chunk
         if not np.isfinite(float(m["m_loss"][-1])):
             break
-        curve.append((round(time.perf_counter() - t0, 2), steps))
-    wall = time.perf_counter() - t0
+        if steps > 0 and eval_every and n % eval_every == 0:
+            nll = float(em.exact_nll(e.model, st.model, test))
+            curve.append([n, round(nll, 4), round(train_s, 1)])
+            print(f"    {tag} step {n}/{steps}: test NLL {nll:.3f} ({train_s:.0f} s)", flush=True)
+        elif steps <= 0:
+            curve.append([n, None, round(train_s, 2)])
+    wall = train_s if steps > 0 else time.perf_counter() - t0
     nll = float(em.exact_nll(e.model, st.model, test))
-    out = {"steps": steps, "train_s": round(wall, 2), "test_nll": nll, "final_gfn_loss": float(m["loss"][-1]),
-           "final_accept": float(m["accept"][-1]) if "accept" in m else 0.0}
+    out = {"steps": n, "train_s": round(wall, 2), "test_nll": nll, "final_gfn_loss": float(m["loss"][-1]),
+           "final_accept": float(m["accept"][-1]) if "accept" in m else 0.0, "curve": curve}
     if with_tv and e.settings.method in ("gfn", "gfn-cd"):
         t1 = time.perf_counter()
         tv, how = ebm_eval.sampler_tv(e, st.sampler, st.model, jax.random.PRNGKey(seed + 1000))
@@ -108,7 +123,11 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=256, help="width of the energy MLP and of the GFlowNet MLP")
     ap.add_argument("--mcmc-steps", type=int, default=20)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--gfn-updates", type=int, default=1, help="sampler updates per energy update")
+    ap.add_argument("--gfn-updates", type=int, default=0,
+                    help="sampler updates per energy update (0: the run kind's default per method)")
+    ap.add_argument("--steps", type=int, default=0, help="train every run this many steps (0: --budget seconds)")
+    ap.add_argument("--eval-every", type=int, default=1000, help="with --steps: steps between held-out NLL points")
+    ap.add_argument("--resume", action="store_true", help="keep the finished runs already in --out")
     ap.add_argument("--energy-lr", type=float, default=1e-3)
     ap.add_argument("--energy-l2", type=float, default=0.01)
     ap.add_argument("--lr-logz", type=float, default=0.1)
@@ -135,7 +154,7 @@ def main(argv=None):
         return
     d = 2 * a.bits
     print(f"EB-GFN benchmark: d={d}, densities={dens}, methods={methods}, seeds={seeds}, "
-          f"budget {a.budget:.0f} s/run, hidden {a.hidden}, devices {jax.devices()}", flush=True)
+          f"budget {f'{a.steps} steps' if a.steps > 0 else f'{a.budget:.0f} s'}/run, hidden {a.hidden}, devices {jax.devices()}", flush=True)
 
     runners = {}
     for m in methods:  # compile every method once, before any timing
@@ -149,7 +168,14 @@ def main(argv=None):
         print(f"  compiled {m} in {time.perf_counter() - t0:.1f} s", flush=True)
         runners[m] = (e, rc)
 
+    if a.steps > 0 and (a.eval_every % a.chunk or a.steps % a.chunk):
+        raise SystemExit(f"--steps and --eval-every must be multiples of --chunk {a.chunk}")
     results, floors = [], {}
+    if a.resume and os.path.isfile(a.out):
+        with open(a.out) as f:
+            results = json.load(f)["runs"]
+        print(f"  resuming: {len(results)} finished runs in {a.out}", flush=True)
+    done = {(r["density"], r["method"], r["seed"]) for r in results}
     for name in dens:
         floors[name] = toy2d.entropy_floor(name, a.bits, np.random.default_rng([99, 0]), n=2_000_000)
         for seed in range(seeds):
@@ -157,16 +183,21 @@ def main(argv=None):
             train = jnp.asarray(toy2d.make_data(name, a.bits, a.n_train, rng), jnp.float32)
             test = toy2d.make_data(name, a.bits, a.n_test, rng)
             for m in methods:
+                if (name, m, seed) in done:
+                    continue
                 e, rc = runners[m]
-                r = run_one(e, rc, train, test, seed, a.budget, a.chunk, seed < a.tv_seeds)
+                r = run_one(e, rc, train, test, seed, a.budget, a.chunk, seed < a.tv_seeds,
+                            a.steps, a.eval_every, f"{name} {m} seed {seed}")
                 r.update(density=name, method=m, seed=seed, floor=floors[name])
                 results.append(r)
+                _write(a, d, {}, results)
                 tv = f" tv={r['sampler_tv']:.3f}({r['sampler_tv_method']})" if "sampler_tv" in r else ""
                 print(f"  {name:12s} {m:7s} seed {seed}: {r['steps']:5d} steps, test NLL {r['test_nll']:.3f} "
                       f"(floor {floors[name]:.3f}){tv}", flush=True)
 
     # table: mean +- std over seeds
-    print(f"\nexact held-out NLL (nats) after {a.budget:.0f} s of training, mean ± std over {seeds} seed(s); "
+    how = f"{a.steps} steps" if a.steps > 0 else f"{a.budget:.0f} s"
+    print(f"\nexact held-out NLL (nats) after {how} of training, mean ± std over {seeds} seed(s); "
           f"uniform model = {d * np.log(2):.3f}")
     head = f"{'density':12s} {'floor':>7s} " + " ".join(f"{m:>15s}" for m in methods) + "   TV gfn / gfn-cd"
     print(head)
@@ -186,12 +217,19 @@ def main(argv=None):
                 table[name][m]["tv_mean"] = float(np.mean(t))
                 tvs.append(f"{np.mean(t):.3f}")
         print(row + "   " + " / ".join(tvs))
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as f:
+    _write(a, d, table, results)
+    print(f"wrote {a.out}")
+
+
+def _write(a, d, table, results):
+    """Everything so far to a.out (atomically): after every run, so an interrupted benchmark
+    keeps its finished runs (``--resume`` continues from them)."""
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out + ".tmp", "w") as f:
         json.dump({"settings": vars(a), "d": d, "machine": platform.processor() or platform.machine(),
                    "jax": jax.__version__, "devices": str(jax.devices()), "table": table, "runs": results},
                   f, indent=2)
-    print(f"wrote {a.out}")
+    os.replace(a.out + ".tmp", a.out)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
     n_test: int = setting(10000, "held-out points drawn from a 2-D density", min=1)
     test_fraction: float = setting(0.1, "held-out fraction of a .npy data set", gt=0, lt=1)
     method: str = setting("gfn-cd", "how negatives are drawn: gfn-cd (one back-and-forth MH step "
-                          "from each data point, EB-GFN's method), gfn (the sampler's own samples; "
-                          "unstable here, worse than a uniform model on some seeds), pcd or gwg",
+                          "from each data point, EB-GFN's method), gfn (the sampler's own samples, "
+                          "taken after gfn_updates sampler updates), pcd or gwg",
                           choices=METHODS)
     loss: str = retune(ObjectiveSettings, "loss", "tb",
                        help="gfn / gfn-cd: the GFlowNet objective (balance objectives take the "
@@ -63,7 +63,10 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
     k_warmup: int = setting(0, "gfn-cd: if > 0, k grows linearly from 1 to d over this many steps", min=0)
     temperature: float = setting(1.0, "reward temperature T: R = exp(-E / T)", gt=0)
     energy_l2: float = setting(0.01, "weight alpha of the energy penalty alpha (mean E(data)^2 + mean E(neg)^2)", min=0)
-    gfn_updates: int = setting(1, "gfn / gfn-cd: sampler updates (fresh batches) per energy update", min=1)
+    gfn_updates: int = setting(0, "gfn / gfn-cd: sampler updates (fresh batches) per energy update; "
+                               f"0: {ebgfn.AUTO_UPDATES['gfn']} for gfn (with 1 its sampler lags "
+                               "the energy and the model can end worse than uniform), 1 for gfn-cd",
+                               min=0)
     mcmc_steps: int = setting(20, "pcd / gwg: sampler steps per update on the persistent chains", min=1)
     energy_hidden: int = setting(256, "width of the energy MLP", min=1)
     energy_layers: int = setting(3, "hidden layers of the energy MLP", min=1)
@@ -92,6 +95,10 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
                              f"from P_F only; the balance objectives {allowed} also take "
                              f"backward trajectories from the training set), got {self.back_ratio}")
         obj.check_sampling(Exploration(), batch_size=self.batch_size)
+
+    def sampler_updates(self) -> int:
+        """Sampler updates per energy update: gfn_updates, or for 0 ``ebgfn.AUTO_UPDATES``."""
+        return ebgfn.sampler_updates(self)
 
     def sampler_sizes(self):
         """(B_f forward, B_b backward) trajectories per sampler update (gfn, gfn-cd)."""
