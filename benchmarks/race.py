@@ -28,7 +28,7 @@ programme on the grid: peers export P_F(a | x) at every grid point at each evalu
     python benchmarks/race.py --out bench_out/race            # longer runs, two repeats
     python benchmarks/race.py --losses --out bench_out/losses # TB / DB / SubTB / log-variance vs torchgfn
     python benchmarks/race.py --soft-dqn --quick --out bench_out/race_sdqn  # soft_q vs gfnx's soft DQN
-    python benchmarks/race.py --dag --quick --out bench_out/race_dag  # modified DB vs gfnx's mdb_dag baseline (~12 min)
+    python benchmarks/race.py --dag --quick --out bench_out/race_dag  # modified DB vs gfnx's mdb_dag baseline (~16 min)
     python benchmarks/race.py --device gpu ...                # CUDA torch and jax[cuda12] for the peers
 
 Writes OUT/race.json (a list of rows: peer, config, ours_its, peer_its, ratio, ours_l1, peer_l1,

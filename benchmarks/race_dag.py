@@ -30,7 +30,7 @@ import numpy as np
 JSD_TARGET = 1e-3
 JRAPH = "0.0.6.dev0"
 PLANS = {  # (steps, eval_every, max training seconds) of ours / of gfnx, repeats
-    "quick": dict(ours=(20000, 500, 120.0), gfnx=(100_000, 100, 240.0), repeats=1),
+    "quick": dict(ours=(20000, 500, 240.0), gfnx=(100_000, 100, 240.0), repeats=1),
     "full": dict(ours=(20000, 500, 150.0), gfnx=(100_000, 250, 600.0), repeats=2),
 }
 OURS_SETTINGS = ("gfnem train dag --loss db --flow stop: MLP 2 x 128, uniform P_B, eps 0.1, "
