@@ -15,6 +15,8 @@ is trusted as far as it reads.)
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -149,10 +151,47 @@ def latest(root: str) -> Optional[str]:
 
 def restore(path: str, like: Any = None) -> Any:
     """Restore the pytree saved at ``path`` with the structure (and dtypes) of ``like``
-    (None: orbax's own nested dicts / lists of arrays)."""
+    (None: orbax's own nested dicts / lists of arrays). A read that fails leaves no read
+    running behind it (``_drained_loops``)."""
     import orbax.checkpoint as ocp
     ck = ocp.StandardCheckpointer()
-    return ck.restore(path) if like is None else ck.restore(path, like)
+    with _drained_loops():
+        return ck.restore(path) if like is None else ck.restore(path, like)
+
+
+@contextlib.contextmanager
+def _drained_loops():
+    """While open, orbax's synchronous calls run their coroutine in a fresh event loop that, when
+    the coroutine fails, first lets every other task of the loop finish (their exceptions
+    retrieved) before closing it. Orbax's own closes the loop at once: the array reads still in
+    flight then complete into a closed loop, and each prints a "RuntimeError: Event loop is
+    closed" or "Exception ignored in <coroutine ...>" traceback (at once or at exit)."""
+    from orbax.checkpoint._src import asyncio_utils as au
+    own = getattr(au, "_run_sync_via_new_loop", None)
+    if own is None:  # another orbax: its own loop handling
+        yield
+        return
+
+    def run(coro):
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(coro)
+        finally:
+            try:
+                pending = asyncio.all_tasks(loop)
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    au._run_sync_via_new_loop = run
+    try:
+        yield
+    finally:
+        au._run_sync_via_new_loop = own
 
 
 def load_extra(path: str, name: str) -> Optional[np.ndarray]:
@@ -230,22 +269,38 @@ def verify(path: str) -> Optional[str]:
 def restore_newest(root: str, like: Any,
                    skipped: Optional[Callable[[str, str], None]] = None) -> Tuple[Any, Optional[str]]:
     """(state, path) of the newest checkpoint of ROOT that verifies and restores into the
-    structure of ``like``; ``skipped(path, why)`` is called for each newer one passed over.
-    (``like``, None) when ROOT holds no checkpoint; ValueError naming ROOT when it holds some and
-    none is sound."""
+    structure of ``like``; ``skipped(path, why)`` is then called for each newer one passed over.
+    (``like``, None) when ROOT holds no checkpoint; ValueError naming ROOT and its newest
+    checkpoint when it holds some and none is sound (``skipped`` not called)."""
     bad = []
     for n in reversed(steps(root)):
         path = os.path.join(_dir(root), f"step_{n}")
         why = verify(path)
         if why is None:
             try:
-                return restore(path, like), path
+                state = restore(path, like)
             except Exception as e:  # noqa: BLE001 -- any failure to read is a damaged checkpoint
-                why = f"it cannot be read ({type(e).__name__})"
+                why = f"it cannot be read ({_read_error(e)})"
+            else:
+                for p, w in bad if skipped is not None else ():
+                    skipped(p, w)
+                return state, path
         bad.append((path, why))
-        if skipped is not None:
-            skipped(path, why)
     if bad:
         raise ValueError(f"run {os.path.abspath(root)!r}: no checkpoint is sound (newest: "
                          f"{bad[0][0]}: {bad[0][1]})")
     return like, None
+
+
+def _read_error(e: BaseException) -> str:
+    """One short phrase for a failed restore: the innermost cause's type and the first words of
+    its message (tensorstore's name the array and the failure, then the file and a long spec)."""
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    msg = str(e).splitlines()[0] if str(e) else ""
+    msg = msg.split(" in OCDBT database")[0].split(" See full TensorStore")[0]
+    if len(msg) > 120:
+        msg = msg[:117] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__

@@ -73,6 +73,10 @@ def process_count() -> int:
     return jax.process_count()
 
 
+def process_index() -> int:
+    return jax.process_index()
+
+
 def is_primary() -> bool:
     """True in the process that writes metrics and run files (index 0)."""
     return jax.process_index() == 0

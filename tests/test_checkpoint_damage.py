@@ -151,3 +151,49 @@ def test_damaged_rows_stop_a_resume_in_one_line_with_nothing_changed(finished, t
         assert (open(path, "rb").read() if os.path.exists(path) else None) == rows_before
         assert all(open(os.path.join(run, p), "rb").read() == b for p, b in before.items())
         assert checkpoint.steps(run) == [20, 40]
+
+
+def _legacy(out: str) -> None:
+    """Make every checkpoint of ``out`` look written before manifests existed (COMMIT holds only
+    the step, no MANIFEST.json): nothing verifies its bytes but reading them."""
+    for n in checkpoint.steps(out):
+        path = os.path.join(out, "checkpoint", f"step_{n}")
+        os.remove(os.path.join(path, checkpoint.MANIFEST))
+        with open(os.path.join(path, checkpoint.MARKER), "w") as f:
+            f.write(f"{n}\n")
+
+
+def _array_files(path: str):
+    """The data files of an orbax (OCDBT) checkpoint: its d/ folders."""
+    return sorted(os.path.join(dp, x) for dp, _, names in os.walk(path) for x in names
+                  if os.path.basename(dp) == "d")
+
+
+def test_legacy_checkpoint_that_cannot_be_read_is_one_line_and_no_traceback_at_exit(tmp_path):
+    """A checkpoint without a manifest whose array files are damaged fails inside orbax while
+    other reads are in flight: ``gfnem sample`` (its own process, so that what is printed at exit
+    is seen) falls back past it in one line, and with every checkpoint damaged ends in one line,
+    exit 2 -- no "Event loop is closed" or coroutine traceback, then or at exit."""
+    import subprocess
+    import sys
+    out = str(tmp_path / "run")
+    cli.main(HG + ["--out", out])
+    _legacy(out)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", GFNEM_NO_COMPILE_CACHE="1")
+    sample = lambda name: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "gfnem_jax.cli", "sample", "--run", out, "--n", "16", "--out",
+         str(tmp_path / name)], capture_output=True, text=True, env=env, timeout=300)
+    for f in _array_files(checkpoint.latest(out)):  # truncated: random bytes may read as numbers
+        _damage(f, "truncate", 0)
+    r = sample("a.npy")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "step_60 is damaged" in r.stderr
+    assert os.path.isfile(tmp_path / "a.npy")
+    for n in (20, 40):
+        for f in _array_files(os.path.join(out, "checkpoint", f"step_{n}")):
+            _damage(f, "truncate", 0)
+    r = sample("b.npy")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no checkpoint is sound" in lines[0], r.stderr[-3000:]
+    assert "step_60" in lines[0] and not os.path.exists(tmp_path / "b.npy")
