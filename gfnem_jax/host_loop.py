@@ -111,8 +111,9 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     row's for keys only rows hold); with progress on, a line on stderr says the first chunk is
     compiling. No host sync inside a chunk. With several processes (``gfnem_jax.distributed``)
     the state stays a global array between chunks; metrics, ``evaluate`` and ``summarize`` see
-    this process's replica, only the primary process draws progress, and the checkpoint, stop
-    and chunk-size decisions are the primary's (every process takes part in a checkpoint).
+    this process's replica, only the primary process draws progress, the checkpoint and
+    chunk-size decisions are the primary's (every process takes part in a checkpoint), and
+    Ctrl-C sent to any process stops all of them at the end of the same chunk.
     Checkpoints (``on_checkpoint(state)``) after an interval ending at a multiple of
     ``checkpoint_every`` steps, and after the first interval ending more than
     ``checkpoint_minutes`` minutes after the last checkpoint (or the loop's start); 0 turns
@@ -121,6 +122,8 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     """
     from tqdm.auto import tqdm
     from gfnem_jax import distributed as D
+    from gfnem_jax.startup import release_memory
+    release_memory()  # what compiling the evaluation (a step-0 row) left mapped
     multi = D.process_count() > 1
     primary = D.is_primary()
     interval = interval or chunk
@@ -144,8 +147,9 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     done = 0
     show: Dict[str, Any] = {}
     where = {"end": step, "last_ck": last_ck, "ck": on_checkpoint is not None}
-    ctrl_c = _CtrlC(lambda: _stopping_line(where), say if primary else None)
+    ctrl_c = _CtrlC(lambda: _stopping_line(where, None if primary else D.process_index()), say)
     c = 0
+    evaluated = False
     try:
         while done < steps:
             n = chunk if pos % chunk == 0 else math.gcd(chunk, pos)
@@ -161,6 +165,8 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
             m = jax.device_get(D.to_local(m))
             seconds = time.perf_counter() - t_chunk
             c += 1
+            if n not in timed:  # its first run: compiled just now
+                release_memory()
             step = int(D.to_local(state.step))
             done += n
             pos += n
@@ -178,6 +184,8 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
                 row = _row(mi, step, summarize)
                 if evaluate is not None:
                     ev = evaluate(D.to_local(state))
+                    if not evaluated:  # its programs compiled (the first evaluation here)
+                        evaluated = release_memory() or True
                     bad = [k for k, v in ev.items() if isinstance(v, float) and np.isnan(v)]
                     if bad:
                         raise NonFiniteLoss(f"NaN {bad[0]} in the evaluation after step {step}; "
@@ -199,14 +207,15 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
                 new = smaller_chunk(n, seconds, target_s)
             timed.add(n)
             if multi:  # one decision for all processes: checkpoints and programs are collective
-                from jax.experimental import multihost_utils
-                due, stop, new = (int(v) for v in multihost_utils.broadcast_one_to_all(
-                    np.asarray([due, stop, new], np.int64)))
+                due, stop, new = _agree(due, stop, new)
             if new != chunk:
                 if progress and primary:
                     say(f"{desc}: a chunk of {chunk} steps took {seconds:.1f} s; going on in "
                         f"chunks of {new}")
+                compiled.pop(chunk, None)  # never run again: its program can be freed
                 chunk = new
+            if n != chunk:  # a partial chunk (the rest of an interval): not run again
+                compiled.pop(n, None)
             if on_checkpoint is not None and (due or (stop and step != last_ck)):
                 if not bool(_finite_state(D.to_local(state))):
                     raise NonFiniteLoss(f"non-finite parameters after step {step}; "
@@ -270,15 +279,27 @@ def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
 
-def _stopping_line(where: Dict[str, Any]) -> str:
+def _agree(due: bool, stop: bool, new: int):
+    """(due, stop, new) as every process will act on them: the primary's checkpoint and
+    chunk-size decisions, and a stop when any process was sent Ctrl-C (one collective)."""
+    from jax.experimental import multihost_utils
+    got = np.asarray(multihost_utils.process_allgather(
+        np.asarray([due, stop, new], np.int64))).reshape(-1, 3)
+    return bool(got[0, 0]), bool(got[:, 1].any()), int(got[0, 2])
+
+
+def _stopping_line(where: Dict[str, Any], process: Optional[int] = None) -> str:
+    """The answer to the first Ctrl-C (``process``: the index of a process other than the
+    primary that was sent it)."""
     end, last = where["end"], where["last_ck"]
+    who = "gfnem" if process is None else f"gfnem (process {process})"
     if where["ck"]:
         then = f"a checkpoint there; --resume continues from step {end}"
     else:
         then = "no checkpoint is written"
     again = (f" (the last checkpoint, step {last}, is kept)" if last is not None and where["ck"]
              else "")
-    return (f"gfnem: Ctrl-C: stopping at the end of the current chunk (step {end}), {then}; "
+    return (f"{who}: Ctrl-C: stopping at the end of the current chunk (step {end}), {then}; "
             f"press Ctrl-C again to stop at once{again}")
 
 
