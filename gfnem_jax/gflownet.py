@@ -37,7 +37,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from gfnem_jax import losses, objectives
+from gfnem_jax import losses, objectives, packing
 from gfnem_jax.envs.base import Environment
 from gfnem_jax.nets.policy import Policy, encode_batch
 from gfnem_jax.sampling import (Evaluation, Exploration, Trajectories, backward_rollout, evaluate,
@@ -74,6 +74,10 @@ class GFlowNet:
     # training differentiates through the rollout (``rollout_terms``): one policy pass per state
     # instead of a sampling pass and then ``evaluate``'s; the same loss and gradient
     one_pass: bool = False
+    # the core rollouts run the policy only on the trajectories that need a pass, packed into the
+    # smallest of halving capacities (``packing.geometric``); the same draws and values to float
+    # rounding. The parse-tree engine has its own schedule.
+    compact: bool = False
 
     def __post_init__(self):
         if not isinstance(self.objective, objectives.Objective):
@@ -138,12 +142,18 @@ class GFlowNet:
         """Trajectories from the target policy (or ``explore``), full policy pass per state."""
         return forward_rollout(self.env, self.policy, params, key, batch_size, log_reward_fn,
                                reward_params, cond, explore or Exploration(), index_offset,
-                               init_states)
+                               init_states, capacities=self.capacities(batch_size))
 
     def sample_backward(self, params, key, terminal, log_reward_fn=None, reward_params=None,
                         cond=None, index_offset=0) -> Trajectories:
+        B = jax.tree.leaves(terminal)[0].shape[0]
         return backward_rollout(self.env, self.policy, params, key, terminal, log_reward_fn,
-                                reward_params, cond, index_offset)
+                                reward_params, cond, index_offset, self.capacities(B),
+                                self.eval_buckets if self.compact else None)
+
+    def capacities(self, batch_size: int):
+        """The rollouts' capacities for a batch of ``batch_size`` (None: no compaction)."""
+        return packing.geometric(batch_size) if self.compact else None
 
     def rollout(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
                 index_offset=0, explore: Optional[Exploration] = None) -> Trajectories:
@@ -154,7 +164,8 @@ class GFlowNet:
             return self.engine.rollout(self.env, self.policy, params, key, batch_size,
                                        log_reward_fn, reward_params, cond, explore, index_offset)
         return forward_rollout(self.env, self.policy, params, key, batch_size, log_reward_fn,
-                               reward_params, cond, explore, index_offset, sampling_pass=True)
+                               reward_params, cond, explore, index_offset, sampling_pass=True,
+                               capacities=self.capacities(batch_size))
 
     # -- objective ----------------------------------------------------------------------------
     def terms(self, params, traj: Trajectories, reward_params=None) -> Terms:
@@ -189,7 +200,8 @@ class GFlowNet:
         else:
             traj = forward_rollout(self.env, self.policy, params, key, B, log_reward_fn,
                                    reward_params, cond, self.explore, index_offset,
-                                   differentiable=True, ctx=ctx)
+                                   differentiable=True, ctx=ctx,
+                                   capacities=self.capacities(B))
         lz = self._log_z_per_traj(params, ctx, B)
         ev = Evaluation(traj.log_pf, traj.log_pb, traj.log_flow)
         ev = self.with_flow_offset(ev, traj, reward_params)

@@ -37,6 +37,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from gfnem_jax import packing
 from gfnem_jax.envs.base import NEG_INF, Environment, masked_log_softmax
 from gfnem_jax.nets.policy import Policy, encode_batch
 
@@ -142,11 +143,55 @@ def _forward_one(env: Environment, apply_fn, params, explore, key, s0, ctx):
     return states, y.action, y.bwd_action, y.valid, y.log_pf, lpb, y.log_pi, log_flow
 
 
+def _batch_pass(apply_fn):
+    """(params, (obs, ctx) rows [k, ...]) -> the policy's outputs on the k rows."""
+    def run(params, rows):
+        obs, ctx = rows
+        return jax.vmap(apply_fn, (None, 0, None if ctx is None else 0))(params, obs, ctx)
+    return run
+
+
+def _forward_packed(env: Environment, apply_fn, params, explore, keys, s0, ctx, capacities,
+                    sampling_pass):
+    """All trajectories at once (leaves [B, ...]), the policy run only on the states that need a
+    pass (``packing.live_apply``): after step t, the trajectories still running (and, for the
+    full pass, those that just ended: their terminal state's P_B and flow). The same draws and
+    values as ``_forward_one`` under ``vmap`` (to float rounding); returns its outputs [B, ...]."""
+    T = env.max_steps
+    vobs = jax.vmap(env.observe)
+    run = _batch_pass(apply_fn)
+    out0 = run(params, (vobs(s0), ctx))
+
+    def body(carry, t):
+        s, out = carry
+        step = lambda k, s_, l: forward_step(env, explore, k, t, s_, l)
+        s_next, b, y = jax.vmap(step)(keys, s, out.fwd_logits)
+        live = y.valid
+        if sampling_pass:  # only forward logits are used: none needed at a terminal state
+            live = live & ~jax.vmap(env.is_terminal)(s_next)
+        out_next = packing.live_apply(run, params, (vobs(s_next), ctx), live, capacities)
+        bmask = jax.vmap(env.backward_mask)(s_next)
+        logpb = jnp.take_along_axis(masked_log_softmax(out_next.bwd_logits, bmask), b[:, None],
+                                    axis=-1)[:, 0]
+        keep = lambda n, o: jnp.where(y.valid.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+        out_next = jax.tree.map(keep, out_next, out)
+        zero = jnp.zeros((), y.log_pf.dtype)
+        return (y.state, out_next), (y, jnp.where(y.valid, logpb, zero),
+                                     jnp.where(y.valid, out_next.log_flow, zero))
+
+    (_, _), (y, lpb, lflow) = jax.lax.scan(body, (s0, out0), jnp.arange(T))
+    tb = lambda a: jnp.swapaxes(a, 0, 1)  # [T, B, ...] -> [B, T, ...]
+    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[:, None], tb(a)], axis=1), s0, y.state)
+    log_flow = jnp.concatenate([out0.log_flow[:, None], tb(lflow)], axis=1)
+    return (states, tb(y.action), tb(y.bwd_action), tb(y.valid), tb(y.log_pf), tb(lpb),
+            tb(y.log_pi), log_flow)
+
+
 def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: int,
                     log_reward_fn: LogRewardFn, reward_params=None, cond=None,
                     explore: Exploration = Exploration(), index_offset=0,
                     init_states=None, sampling_pass: bool = False,
-                    differentiable: bool = False, ctx=None) -> Trajectories:
+                    differentiable: bool = False, ctx=None, capacities=None) -> Trajectories:
     """Sample ``batch_size`` complete trajectories from s_0 with the behaviour policy.
 
     Args:
@@ -166,6 +211,11 @@ def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: i
         the draws and log_pi do not): the values ``evaluate`` would give, without its second pass
         over the states (``GFlowNet.rollout_terms``).
       ctx: the encoded conditions, if the caller already has them (else encoded here).
+      capacities: None (every trajectory is stepped through the policy at every step), or
+        ascending row counts ending at ``batch_size`` (``packing.geometric(batch_size)``): after
+        each step the policy runs only on the trajectories that need it, packed into the
+        smallest capacity that holds them (compute on real states; same draws and values to
+        float rounding).
     """
     if differentiable and (sampling_pass or init_states is not None):
         raise ValueError("a differentiable rollout is a full pass from s_0 (sampling_pass=False, "
@@ -182,8 +232,12 @@ def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: i
         s0 = jax.vmap(lambda _: env.init(None))(jnp.arange(batch_size))
     else:
         s0 = jax.vmap(env.init)(cond)
-    f = lambda k, s, c: _forward_one(env, apply_fn, params, explore, k, s, c)
-    parts = jax.vmap(f)(keys, s0, ctx)
+    if capacities is None:
+        f = lambda k, s, c: _forward_one(env, apply_fn, params, explore, k, s, c)
+        parts = jax.vmap(f)(keys, s0, ctx)
+    else:
+        parts = _forward_packed(env, apply_fn, params, explore, keys, s0, ctx, capacities,
+                                sampling_pass)
     states, acts, bacts, mask, lpf, lpb, lpi, log_flow = parts
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     terminal = jax.tree.map(lambda a: a[:, -1], states)
@@ -213,6 +267,41 @@ def _backward_one(env: Environment, apply_fn, params, key, x, ctx):
                       jnp.where(valid, logpb[b], 0.0))
 
     final, (bstates, acts, bacts, valid, lpb) = jax.lax.scan(body, x, jnp.arange(T))
+    return _to_forward_order(bstates, final, acts, bacts, valid, lpb)
+
+
+def _backward_packed(env: Environment, apply_fn, params, keys, x, ctx, capacities):
+    """``_backward_one`` for all trajectories at once (leaves [B, ...]), the policy run only on
+    the states not yet back at s_0 (``packing.live_apply``); the same outputs, to float rounding.
+    """
+    T = env.max_steps
+    vobs = jax.vmap(env.observe)
+    run = _batch_pass(apply_fn)
+
+    def body(s, t):
+        valid = ~jax.vmap(env.is_initial)(s)
+        out = packing.live_apply(run, params, (vobs(s), ctx), valid, capacities)
+        logpb = masked_log_softmax(out.bwd_logits, jax.vmap(env.backward_mask)(s))
+        draw = lambda k, l: jax.random.categorical(jax.random.fold_in(k, t), l).astype(jnp.int32)
+        b = jax.vmap(draw)(keys, logpb)
+        prev = jax.vmap(env.backward_step)(s, b)
+        a = jax.vmap(env.forward_action)(s, b)
+        keep = lambda n, o: jnp.where(valid.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
+        prev = jax.tree.map(keep, prev, s)
+        lpb = jnp.take_along_axis(logpb, b[:, None], axis=-1)[:, 0]
+        return prev, (s, jnp.where(valid, a, 0), jnp.where(valid, b, 0), valid,
+                      jnp.where(valid, lpb, 0.0))
+
+    final, parts = jax.lax.scan(body, x, jnp.arange(T))
+    tb = lambda a: jnp.swapaxes(a, 0, 1)  # [T, B, ...] -> [B, T, ...]
+    bstates, acts, bacts, valid, lpb = jax.tree.map(tb, parts)
+    return jax.vmap(_to_forward_order)(bstates, final, acts, bacts, valid, lpb)
+
+
+def _to_forward_order(bstates, final, acts, bacts, valid, lpb):
+    """One trajectory drawn backwards (leaves [T, ...] in backward order, ``final`` the state after
+    T backward steps) in forward order: (states [T+1], actions, bwd_actions, mask, log_pb, L)."""
+    T = acts.shape[0]
     # bstates[k] = state after k backward steps (k < T); append the one after T steps.
     all_b = jax.tree.map(lambda a, last: jnp.concatenate([a, last[None]]), bstates, final)
     L = jnp.sum(valid).astype(jnp.int32)
@@ -230,12 +319,14 @@ def _backward_one(env: Environment, apply_fn, params, key, x, ctx):
 
 def backward_rollout(env: Environment, policy: Policy, params, key, terminal,
                      log_reward_fn: Optional[LogRewardFn] = None, reward_params=None, cond=None,
-                     index_offset=0) -> Trajectories:
+                     index_offset=0, capacities=None, buckets=None) -> Trajectories:
     """Sample trajectories backwards from given terminal states with P_B, returned in forward order.
 
     Args:
       terminal: pytree of terminal states with leading axis B (data, replay, sleep phase).
       log_reward_fn: if given, fills ``log_reward``; otherwise it is zeros.
+      capacities: as ``forward_rollout``'s (the policy runs only on states not yet at s_0);
+      buckets: as ``evaluate``'s, for the pass that fills log_pf and log_flow.
     Returns Trajectories with log_pb from the sampling pass, log_pi = log_pb (the behaviour is
     P_B(tau | x)), and log_pf / log_flow filled by ``evaluate`` (no gradient).
     """
@@ -243,7 +334,11 @@ def backward_rollout(env: Environment, policy: Policy, params, key, terminal,
     B = jax.tree.leaves(terminal)[0].shape[0]
     keys = sample_keys(key, B, index_offset)
     ctx = encode_batch(policy, params, cond)
-    parts = jax.vmap(lambda k, x, c: _backward_one(env, policy.apply, params, k, x, c))(keys, terminal, ctx)
+    if capacities is None:
+        one = lambda k, x, c: _backward_one(env, policy.apply, params, k, x, c)
+        parts = jax.vmap(one)(keys, terminal, ctx)
+    else:
+        parts = _backward_packed(env, policy.apply, params, keys, terminal, ctx, capacities)
     states, acts, bacts, mask, lpb, L = parts
     if log_reward_fn is None:
         log_reward = jnp.zeros((B,), jnp.float32)
@@ -252,7 +347,7 @@ def backward_rollout(env: Environment, policy: Policy, params, key, terminal,
     traj = Trajectories(states, acts, bacts, mask, jnp.zeros_like(lpb), lpb, lpb,
                         jnp.zeros(mask.shape[:1] + (mask.shape[1] + 1,), lpb.dtype), L,
                         terminal, log_reward, cond)
-    ev = evaluate(env, policy, params, traj)
+    ev = evaluate(env, policy, params, traj, buckets, ctx)
     return traj._replace(log_pf=ev.log_pf, log_flow=ev.log_flow)
 
 
@@ -304,47 +399,20 @@ def evaluation_of(env: Environment, out, traj: Trajectories,
 def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
     """The policy on the B*(T+1) states (obs leaves [B, T+1, ...]; ctx leaves [B, ...]).
 
-    Without ``buckets``: one vmapped pass over the B*(T+1) states flattened, the context of
-    trajectory b gathered for its T+1 rows. With ``buckets`` (increasing fractions of B*(T+1), the last 1.0) the real
-    states (t <= L_b; the rest is padding after termination) are packed, in order, into the
-    smallest bucket that holds them (``lax.switch``: every bucket is compiled, one runs), the
-    network runs on that many rows with their trajectory's context gathered, and the outputs are
-    scattered back (zeros at padding). Outputs have leaves [B, T+1, ...] either way.
+    One flat pass over the rows (a 2-D matmul for vector observations), the context of trajectory
+    b shared by its T+1 rows (gathered, not re-encoded). With ``buckets`` (increasing fractions of
+    B*(T+1), the last 1.0) only the real states (t <= L_b; the rest is padding after termination)
+    are computed, packed into the smallest bucket that holds them (``packing.live_apply``; zeros
+    at padding). Outputs have leaves [B, T+1, ...] either way.
     """
     B = lengths.shape[0]
     N = B * (T + 1)
     flat = jax.tree.map(lambda a: a.reshape((N,) + a.shape[2:]), obs)
-    unflat = lambda out: jax.tree.map(lambda o: o.reshape((B, T + 1) + o.shape[1:]), out)
-
-    def per_traj(o_, c_):
-        # one flat pass over the N rows (a 2-D matmul for vector observations); the context of
-        # trajectory b is shared by its T+1 rows (gathered, not re-encoded)
-        if c_ is None:
-            return unflat(jax.vmap(policy.apply, (None, 0, None))(params, flat, None))
-        crow = jax.tree.map(lambda c: jnp.repeat(c, T + 1, axis=0), c_)
-        return unflat(jax.vmap(policy.apply, (None, 0, 0))(params, flat, crow))
-
-    if not buckets or len(buckets) == 1:
-        return per_traj(obs, ctx)
+    crow = None if ctx is None else jax.tree.map(lambda c: jnp.repeat(c, T + 1, axis=0), ctx)
     valid = (jnp.arange(T + 1)[None, :] <= lengths[:, None]).reshape(N)
-    count = jnp.sum(valid)
-    order = jnp.argsort(~valid, stable=True)  # real states first, in order
-    sizes = [min(N, max(1, int(-(-f * N // 1)))) for f in buckets]
-
-    def branch(k):
-        def run(_):
-            if k >= N:
-                return per_traj(obs, ctx)
-            idx = order[:k]
-            rows = jax.tree.map(lambda a: a[idx], flat)
-            crow = jax.tree.map(lambda c: c[idx // (T + 1)], ctx)
-            out = jax.vmap(policy.apply, (None, 0, 0))(params, rows, crow)
-            return unflat(jax.tree.map(
-                lambda o: jnp.zeros((N,) + o.shape[1:], o.dtype).at[idx].set(o), out))
-        return run
-
-    which = jnp.searchsorted(jnp.asarray(sizes), count)
-    return jax.lax.switch(jnp.minimum(which, len(sizes) - 1), [branch(k) for k in sizes], None)
+    caps = packing.fractions(N, buckets) if buckets else (N,)
+    out = packing.live_apply(_batch_pass(policy.apply), params, (flat, crow), valid, caps)
+    return jax.tree.map(lambda o: o.reshape((B, T + 1) + o.shape[1:]), out)
 
 
 def evaluate(env: Environment, policy: Policy, params, traj: Trajectories,

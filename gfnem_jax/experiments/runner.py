@@ -64,6 +64,10 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
     pack: int = setting(4, "before the loss pass, pack the real (not yet terminated) states into "
                         "the smallest of PACK equal size buckets (1 = one pass over every padded "
                         "state); a pure speed setting, the loss is the same", min=1, max=64)
+    compact: bool = setting(True, "the rollouts run the policy only on the trajectories still "
+                            "running, packed into the smallest of halving capacities (off: every "
+                            "trajectory at every step); a speed setting: the same draws and "
+                            "loss to float rounding")
     one_pass: bool = setting(False, "differentiate through the sampling rollout instead of "
                              "evaluating its states again in a second pass (one policy pass per "
                              "state): the same loss and gradient. On a 2-core CPU about 10% "
@@ -153,7 +157,7 @@ def build(cfg: Dict[str, Any]):
         policy = mod.policy(env_s, env, policy)
     buckets = tuple((i + 1) / s.pack for i in range(s.pack)) if s.pack > 1 else None
     gfn = GFlowNet(env, policy, s.objective(), s.explore(), eval_buckets=buckets,
-                   one_pass=s.one_pass)
+                   one_pass=s.one_pass, compact=s.compact)
     return env, gfn, s.optim()
 
 
@@ -208,7 +212,7 @@ def make_train(cfg: Dict[str, Any]):
     """
     env, gfn, optim = build(cfg)
     # no packing: under vmap (several seeds) its lax.switch would run every bucket
-    gfn = dataclasses.replace(gfn, eval_buckets=None)
+    gfn = dataclasses.replace(gfn, eval_buckets=None, compact=False)
     s = TrainSettings.from_dict({k: v for k, v in cfg.items() if k not in ("task", "env")})
     _, tx = init_state(gfn, optim, jax.random.PRNGKey(0), s.replay)
     step = make_step(gfn, tx, s.batch_size, state_index=False, replay=s.replay)
