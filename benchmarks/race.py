@@ -3,7 +3,8 @@
 Creates once (cached in --cache, default ~/.cache/gfnem_jax/race) a virtual environment per peer
 from the package registry: torchgfn 2.4.1 with torch 2.13.0, and gfnx 0.0.1 on the same JAX as
 ours (gfnx pins numpy 1.26.4, which JAX 0.10 cannot use, so gfnx goes in with --no-deps and its
-dependencies are listed here). Then, for 2D and 4D HyperGrid of height 8 at batch 16 and 1024:
+dependencies are listed here). Then, for HyperGrids 2x8 and 4x8 (and 4x16 without --quick, where
+padding dominates; --grids NDIMxHEIGHT ...) at batch 16, 256 and 1024:
 
   * torchgfn: the equivalent of its hypergrid tutorial on its public API (separate P_F / P_B
     MLPs, a replay buffer of 1000 whose samples are trained on, Adam lr 1e-3, log Z lr 0.1, TB);
@@ -47,7 +48,7 @@ import time
 
 import numpy as np
 
-from _machine import cpu_name  # noqa: E402 (benchmarks/ is on sys.path)
+from _machine import cpu_name, matmul_peak  # noqa: E402 (benchmarks/ is on sys.path)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEERS_DIR = os.path.join(HERE, "race_peers")
@@ -124,11 +125,37 @@ def terminal_distribution(pf: np.ndarray, ndim: int, height: int) -> np.ndarray:
     return P * pf[..., ndim]
 
 
-def score_tables(npz_path, ndim, height, r0) -> list:
+def score_tables(npz_path, ndim, height, r0) -> tuple:
+    """(exact L1 per evaluation, exact mean number of states per trajectory per evaluation) of
+    the P_F tables a peer exported: a trajectory to x visits sum(x) + 2 states (s_0, one per
+    increment, and x again after the stop)."""
     target = hypergrid_target(ndim, height, r0)
+    visits = np.indices((height,) * ndim).sum(0) + 2.0
+    l1s, states = [], []
     with np.load(npz_path) as z:
-        return [float(np.abs(terminal_distribution(z[k], ndim, height) - target).sum())
-                for k in sorted(z.files, key=lambda s: int(s.split("_")[1]))]
+        for k in sorted(z.files, key=lambda s: int(s.split("_")[1])):
+            P = terminal_distribution(z[k], ndim, height)
+            l1s.append(float(np.abs(P - target).sum()))
+            states.append(float((P * visits).sum() / P.sum()))
+    return l1s, states
+
+
+def mlp_flops(sizes) -> int:
+    """FLOPs of one forward pass of one input through dense layers of these widths
+    (2 per multiply-add)."""
+    return sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def state_flops(lib, ndim, height, hidden=256, n_hidden=2, shared=False) -> int:
+    """FLOPs of one forward pass of one HyperGrid state through LIB's network at the race's
+    settings (K-hot input of ndim * height, ``n_hidden`` hidden layers of ``hidden``): ours (a
+    P_F torso and head; P_B and flow heads on the same torso when ``shared``, else on a second
+    one: ``MLPPolicy.flops``), torchgfn (separate P_F and P_B MLPs), gfnx (one MLP, P_F and P_B
+    heads)."""
+    torso = mlp_flops([ndim * height] + [hidden] * n_hidden)
+    heads = [ndim + 1, ndim] + ([1] if lib == "ours" else [])
+    n_torsos = 1 if (lib == "gfnx" or (lib == "ours" and shared)) else 2
+    return n_torsos * torso + sum(2 * hidden * h for h in heads)
 
 
 # ----------------------------------------------------------------------------- running
@@ -174,9 +201,10 @@ def train_time_to_l1(res):
     return None if t is None else round(t - res["t_first_step_s"], 3)
 
 
-def worker_flags(ndim, batch, steps, eval_every, max_s, peer, device, loss="tb", replay=None):
+def worker_flags(ndim, batch, steps, eval_every, max_s, peer, device, loss="tb", replay=None,
+                 height=8):
     shared = peer == "gfnx"
-    fl = ["--ndim", str(ndim), "--height", "8", "--batch", str(batch), "--steps", str(steps),
+    fl = ["--ndim", str(ndim), "--height", str(height), "--batch", str(batch), "--steps", str(steps),
           "--eval-every", str(eval_every), "--max-seconds", str(max_s), "--r0", "0.1",
           "--lr", "1e-3", "--lr-logz", "0.1", "--hidden", "256", "--n-hidden", "2",
           "--loss", loss, "--device", device]
@@ -186,16 +214,32 @@ def worker_flags(ndim, batch, steps, eval_every, max_s, peer, device, loss="tb",
 
 
 PLANS = {  # (steps, eval_every, peer max seconds) by batch size
-    "quick": {16: (2000, 100, 30.0), 1024: (30, 10, 10.0)},
-    "full": {16: (5000, 100, 120.0), 1024: (300, 20, 120.0)},
+    "quick": {16: (2000, 100, 30.0), 256: (200, 25, 15.0), 1024: (30, 10, 10.0)},
+    "full": {16: (5000, 100, 120.0), 256: (1000, 50, 120.0), 1024: (300, 20, 120.0)},
 }
 
 
-def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, loss="tb"):
+def flops_columns(res, lib, ndim, height, batch, shared, peak):
+    """The honest floor of one run: the FLOPs its real states need per iteration (one forward
+    and one backward pass, 3x a forward, over the mean number of states its trajectories visit,
+    exact from its policy at each evaluation), the GFLOP/s that makes at its iterations/s, and
+    that rate's fraction of the machine's measured matmul peak."""
+    states = [s for s in res.get("states") or [] if s is not None]
+    if not states:
+        return {}
+    per_it = 3 * batch * float(np.mean(states)) * state_flops(lib, ndim, height, shared=shared)
+    gflops = per_it * res["its"] / 1e9
+    return {"states_per_traj": round(float(np.mean(states)), 2),
+            "gflop_per_it": round(per_it / 1e9, 4), "gflops": round(gflops, 2),
+            "peak_frac": round(gflops / peak, 4) if peak else None}
+
+
+def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, loss="tb",
+                height=8):
     """Alternate ours / peer `repeats` times at PEER's settings; one summary row."""
     steps, every, max_s = plan[batch]
-    fl = worker_flags(ndim, batch, steps, every, max_s, peer, args.device, loss)
-    cfg = f"{ndim}d-h8-b{batch}-{loss}"
+    fl = worker_flags(ndim, batch, steps, every, max_s, peer, args.device, loss, height=height)
+    cfg = f"{ndim}d-h{height}-b{batch}-{loss}"
     cache_dir = tempfile.mkdtemp(prefix="jaxcache_", dir=cache_root)  # cold for this config
     peer_extra = ["--replay", "1000"] if (peer == "torchgfn" and not args.losses) else []
     if peer == "torchgfn":
@@ -212,7 +256,7 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         print(f"  ours     {cfg:16s} rep {rep}: {o['its']:8.1f} it/s  l1 {o['l1'][-1]:.4f}  "
               f"first step {o['t_first_step_s']:.1f} s  rss {o['peak_rss_mib']:.0f} MiB", flush=True)
         p = launch(peer_py, f"{peer}_hypergrid.py", fl + peer_extra)
-        p["l1"] = score_tables(p.pop("npz"), ndim, 8, 0.1)
+        p["l1"], p["states"] = score_tables(p.pop("npz"), ndim, height, 0.1)
         peer_runs.append(p)
         print(f"  {peer:8s} {cfg:16s} rep {rep}: {p['its']:8.1f} it/s  l1 {p['l1'][-1]:.4f}  "
               f"first step {p['t_first_step_s']:.1f} s  rss {p['peak_rss_mib']:.0f} MiB "
@@ -259,6 +303,10 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
                        "target tau 0.25, on-policy" if loss == "soft_q" else
                        "one shared MLP, on-policy"),
         repeats=repeats,
+        ours_flops=flops_columns(dict(ours_runs[-1], its=o_its), "ours", ndim, height, batch,
+                                 peer == "gfnx", getattr(args, "peak", None)),
+        peer_flops=flops_columns(dict(peer_runs[-1], its=p_its), peer, ndim, height, batch,
+                                 False, getattr(args, "peak", None)),
         ours_l1_curve=[[e["step"], e["t_s"], l] for e, l in zip(ours_runs[-1]["evals"], ours_runs[-1]["l1"])],
         peer_l1_curve=[[e["step"], e["t_s"], round(l, 5)] for e, l in zip(peer_runs[-1]["evals"], peer_runs[-1]["l1"])],
     )
@@ -290,11 +338,25 @@ def markdown(rows, meta) -> str:
              f"an empty compilation cache, warm: the same run again with the cache filled (the "
              f"default of `gfnem train`); '—': not reached "
              f"within the run (the peer's run length is in the steps / s column); training t(L1): from each run's "
-             f"first update, start-up (imports, compilation) excluded.", "",
+             f"first update, start-up (imports, compilation) excluded. The floor: states/traj is "
+             f"the exact mean number of states a trajectory of the run's policy visits (averaged "
+             f"over its evaluations); GFLOP/it what those real states need (one forward and one "
+             f"backward pass through the library's own network, 3x a forward); GFLOP/s that "
+             f"at the run's iterations/s, and its share of the measured matmul peak "
+             f"({meta.get('matmul_peak_gflops', '?')} GFLOP/s, JAX on every core).", "",
              "| peer | config | ours it/s | peer it/s | ratio | ours L1 | peer L1 | ours t(L1<0.05) s cold / warm "
              "| peer t(L1<0.05) s | t ratio cold / warm | ours RSS MiB | peer RSS MiB | ours 1st step cold / warm s "
-             "| peer 1st step s | peer steps / s run | training t(L1<0.05) s ours / peer (ratio) |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peer 1st step s | peer steps / s run | training t(L1<0.05) s ours / peer (ratio) "
+             "| states/traj ours / peer | GFLOP/it ours / peer | GFLOP/s (% peak) ours / peer |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def floor(r, key):
+        f = r.get(key) or {}
+        return f
+
+    def pct(f):
+        return "—" if not f else f"{f['gflops']:.1f} ({100 * (f['peak_frac'] or 0):.1f}%)"
+
     for r in rows:
         lines.append(
             f"| {r['peer']} | {r['config']} | {r['ours_its']:.1f} | {r['peer_its']:.1f} | "
@@ -304,7 +366,12 @@ def markdown(rows, meta) -> str:
             f"{r['peer_rss_mib']:.0f} | {fmt(r['ours_ttfs_cold'])} / {fmt(r['ours_ttfs_warm'])} | "
             f"{fmt(r['peer_ttfs'])} | {r['peer_steps']} / {r['peer_t_total']:.0f} | "
             f"{fmt(r.get('ours_t_l1_train'), 2)} / {fmt(r.get('peer_t_l1_train'), 2)} "
-            f"({fmt(r.get('t_l1_train_ratio'), 2)}) |")
+            f"({fmt(r.get('t_l1_train_ratio'), 2)}) | "
+            f"{fmt(floor(r, 'ours_flops').get('states_per_traj'))} / "
+            f"{fmt(floor(r, 'peer_flops').get('states_per_traj'))} | "
+            f"{fmt(floor(r, 'ours_flops').get('gflop_per_it'), 3)} / "
+            f"{fmt(floor(r, 'peer_flops').get('gflop_per_it'), 3)} | "
+            f"{pct(floor(r, 'ours_flops'))} / {pct(floor(r, 'peer_flops'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -325,8 +392,13 @@ def main(argv=None):
                         "scored by our enumeration of every DAG (benchmarks/race_dag.py)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--peers", nargs="+", default=["torchgfn", "gfnx"])
-    p.add_argument("--ndims", type=int, nargs="+", default=[2, 4])
-    p.add_argument("--batches", type=int, nargs="+", default=[16, 1024])
+    p.add_argument("--ndims", type=int, nargs="+", default=None,
+                   help="HyperGrids of height 8 in these dimensions (instead of --grids)")
+    p.add_argument("--grids", nargs="+", default=None,
+                   help="HyperGrids as NDIMxHEIGHT (default 2x8 4x8 4x16 without --quick, 2x8 "
+                        "4x8 with it; 4x16 is where padding dominates: 46 steps, a trajectory "
+                        "of the target about 31)")
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 256, 1024])
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch intra-op threads for torchgfn (0 = torch's default, all cores). 1 is "
                         "fastest for these small layers, and torch's default spin-waits badly when "
@@ -366,6 +438,8 @@ def main(argv=None):
             f.write(md)
         print("\n" + md)
         return rows
+    args.peak = matmul_peak()
+    print(f"# measured float32 matmul peak (JAX, every core): {args.peak:.0f} GFLOP/s", flush=True)
     peers = ["torchgfn"] if args.losses else ["gfnx"] if args.soft_dqn else args.peers
     pys = {peer: ensure_env(args.cache, peer, args.device) for peer in peers}
     t_install = time.time() - t_start
@@ -378,11 +452,16 @@ def main(argv=None):
             rows.append(race_config("torchgfn", pys["torchgfn"], 2, 16, plan, repeats, args,
                                     args.cache, loss))
     else:
-        for ndim in args.ndims:
+        if args.ndims:
+            grids = [(n, 8) for n in args.ndims]
+        else:
+            grids = [tuple(int(v) for v in g.split("x")) for g in
+                     (args.grids or (["2x8", "4x8"] if args.quick else ["2x8", "4x8", "4x16"]))]
+        for ndim, height in grids:
             for batch in args.batches:
                 for peer in peers:
                     rows.append(race_config(peer, pys[peer], ndim, batch, plan, repeats, args,
-                                            args.cache))
+                                            args.cache, height=height))
     dev = jax.devices()[0]
     meta = dict(machine=f"{cpu_name()}, {os.cpu_count()} CPUs ({platform.machine()})",
                 device=f"{dev.platform} ({dev.device_kind})", jax=jax.__version__,
@@ -392,7 +471,8 @@ def main(argv=None):
                 when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 load_avg_at_start=load_start, load_avg_at_end=os.getloadavg(), install_s=round(t_install, 1),
                 total_s=round(time.time() - t_start, 1), plan={str(k): v for k, v in plan.items()},
-                settings="HyperGrid H=8, R0=0.1 R1=0.5 R2=2, MLPs of 2 hidden layers x 256, "
+                matmul_peak_gflops=round(args.peak, 1),
+                settings="HyperGrid (height in each config), R0=0.1 R1=0.5 R2=2, MLPs of 2 hidden layers x 256, "
                          "Adam lr 1e-3, log Z lr 0.1, seed 0")
     with open(os.path.join(args.out, "race.json"), "w") as f:
         json.dump(rows, f, indent=1)

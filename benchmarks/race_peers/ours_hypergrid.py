@@ -20,11 +20,14 @@ p.add_argument("--compile-cache", default=None, help="persistent compilation cac
 p.add_argument("--pack", type=int, default=None, help="runner's pack setting (default: its default)")
 p.add_argument("--one-pass", action="store_true", help="runner's one_pass setting (differentiate "
                "through the rollout, no second pass over the states)")
+p.add_argument("--no-compact", action="store_true", help="runner's compact off (every trajectory "
+               "through the policy at every rollout step)")
 args = p.parse_args()
 if args.device == "cpu":
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from gfnem_jax.experiments import runner  # noqa: E402
 
@@ -43,18 +46,26 @@ if args.pack is not None:
     cfg["pack"] = args.pack
 if args.one_pass:
     cfg["one_pass"] = True
+if args.no_compact:
+    cfg["compact"] = False
 # The protocol (common_cli) excludes evaluation from train_s, its and the evals' t_s, as the peers'
 # workers do: time each exact evaluation the runner makes after a chunk, and take it off.
 eval_s = []
+states = []  # exact mean number of states a trajectory of the policy visits, per evaluation
 _make_evaluator = runner.make_evaluator
 
 
 def timed_evaluator(env, gfn, extra=None):
     exact, table, target = _make_evaluator(env, gfn, extra)
+    # terminal state x (index H^d + row-major index of x): sum(x) + 2 states (s_0 .. x, stop)
+    n = env.height ** env.ndim
+    visits = np.indices((env.height,) * env.ndim).reshape(env.ndim, -1).sum(0) + 2.0
 
     def timed(params):
         t = now()
         out = jax.block_until_ready(exact(params))
+        p = np.asarray(out[1], np.float64)[n:]
+        states.append(float((p * visits).sum() / max(p.sum(), 1e-30)))
         eval_s.append((eval_s[-1] if eval_s else 0.0) + now() - t)
         return out
 
@@ -83,4 +94,4 @@ write(args.out, {"lib": "gfnem_jax", "jax": jax.__version__, "device": str(jax.d
                  "train_s": round(last["train_s"] - first["train_s"], 4), "its": round(its, 3),
                  "eval_s": round(eval_s[-1], 4),
                  "evals": [{"step": r["step"], "t_s": round(t_run + r["train_s"], 4)} for r in rows],
-                 "l1": [r.get("l1") for r in rows]})
+                 "l1": [r.get("l1") for r in rows], "states": states[-len(rows):]})
