@@ -162,26 +162,33 @@ def sampler_update(ebm: EBM, tx) -> loop.Update:
     """gfn / gfn-cd's sampler side: ``gflownet.sampler_update`` on the B_f forward trajectories
     (key fold_in(key, 0)), with the B_b backward trajectories from the data batch's "back" [B_b, d]
     (key fold_in(key, 1), global indices as the forward ones) appended to its batch. Metrics:
-    those of ``gflownet.sampler_update`` (log_z for objectives with one)."""
+    those of ``gflownet.sampler_update`` (log_z for objectives with one). With a target network
+    (soft_q / munchausen, tau < 1; ``tx`` from ``loop.with_target``) both parts are evaluated
+    under it as well."""
     env, gfn = ebm.env, ebm.gfn
     B_f, B_b = ebm.settings.sampler_sizes()
     fwd = gflownet.sampler_update(gfn, tx, B_f, env.log_reward)
     assert not gfn.one_pass  # its prepare would return the rollout's inputs, not trajectories
 
-    def prepare(params, phi, batch, key, shard):
+    def prepare(params, phi, batch, key, shard, target=None):
         parts = []
         if B_f:
-            parts.append(fwd.prepare(params, phi, batch, jax.random.fold_in(key, 0), shard))
+            kw = {"target": target} if fwd.uses_target else {}
+            parts.append(fwd.prepare(params, phi, batch, jax.random.fold_in(key, 0), shard, **kw))
         if B_b:
             xb = batch["back"]  # this shard's rows
-            parts.append(gfn.sample_backward(params, jax.random.fold_in(key, 1),
-                                             BitsState(xb.astype(jnp.int32)), env.log_reward,
-                                             phi, None, shard.offset(xb.shape[0])))
+            back = gfn.sample_backward(params, jax.random.fold_in(key, 1),
+                                       BitsState(xb.astype(jnp.int32)), env.log_reward, phi, None,
+                                       shard.offset(xb.shape[0]))
+            if fwd.uses_target:
+                back = back, jax.lax.stop_gradient(
+                    gfn.evaluate(jax.lax.stop_gradient(target), back))
+            parts.append(back)
         if len(parts) == 1:
             return parts[0]
         return jax.tree.map(lambda a, b: jnp.concatenate([a, b.astype(a.dtype)]), *parts)
 
-    return loop.Update(prepare, fwd.terms, fwd.reduce, tx)
+    return loop.Update(prepare, fwd.terms, fwd.reduce, tx, uses_target=fwd.uses_target)
 
 
 def chain_move(ebm: EBM) -> loop.Move:

@@ -21,6 +21,9 @@ Two optional hooks specialise the bundle without copying it:
                 network's flow at every non-terminal state, so log F(s) = offset(s) + NN(s) (the
                 forward-looking flows of GFlowNet-EM: the log-probs of the rules already fixed).
                 It must be 0 at s_0 for log Z to keep its meaning, and carries no gradient.
+                Under an objective of the RL view it is added to the soft value V(s) (a
+                state-dependent shift of the Q-values, which leaves P_F and the fixed point
+                unchanged: the network learns V - offset), for the target network's too.
 
 With ``one_pass=True`` the rollout keeps the gradient of its own full policy pass and the second
 pass is skipped: ``terms, traj = gfn.rollout_terms(params, key, B, ...)`` (the same draws, loss and
@@ -88,13 +91,14 @@ class GFlowNet:
             raise ValueError("one_pass needs an objective of the trajectories' log-probabilities "
                              f"(not flow matching's edge flows), got objective "
                              f"{self.objective.name!r}")
-        if self.objective.soft_values:
-            used = [k for k, v in (("one_pass", self.one_pass), ("engine", self.engine),
-                                   ("flow_offset", self.flow_offset)) if v]
-            if used:
-                raise ValueError(f"loss {self.objective.name} reads the soft values of the "
-                                 f"forward logits, which {', '.join(used)} does not provide; "
-                                 f"allowed: the core evaluation (no {', '.join(used)})")
+        if self.objective.soft_values and self.one_pass:
+            raise ValueError(f"loss {self.objective.name} reads the soft values of the forward "
+                             f"logits, which one_pass does not provide; allowed: one_pass False")
+        if (self.engine is not None and bool(getattr(self.engine, "soft_values", False))
+                != self.objective.soft_values):
+            raise ValueError(f"loss {self.objective.name} needs an engine with soft_values "
+                             f"{self.objective.soft_values} (log F the soft value of the forward "
+                             f"logits for the RL view, the flow head otherwise), got {self.engine}")
 
     # -- policy -------------------------------------------------------------------------------
     def init(self, key, example_cond=None) -> Any:
@@ -363,7 +367,8 @@ def sampler_update(gfn: GFlowNet, tx, batch_size: int, log_reward_fn,
                 raise ValueError(f"loss {obj.name} with tau {obj.tau} needs the target network, "
                                  f"which this run kind's update does not pass; allowed here: "
                                  f"tau 1")
-            aux = traj, jax.lax.stop_gradient(gfn.evaluate(jax.lax.stop_gradient(target), traj))
+            ev_t = gfn.evaluate(jax.lax.stop_gradient(target), traj)
+            aux = traj, jax.lax.stop_gradient(gfn.with_flow_offset(ev_t, traj, model))
         return (aux, memory) if replay else aux
 
     def terms(params, model, traj):

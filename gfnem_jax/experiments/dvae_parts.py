@@ -77,7 +77,9 @@ def gflownet_updates(s, model: DVAE, env, policy, params, select_sleep: bool):
     """(GFlowNet, E-update, M-update, sleep hook, gfn_tx, m_tx, EMConfig): ``em.em_updates``.
 
     E: the objective ``loss`` with exploration, gradients scaled by ``loss_scale``; log Z on its
-    own learning rate (both dropping after ``lr_drop_at`` of the E- and sleep updates). M: expected
+    own learning rate (both dropping after ``lr_drop_at`` of the E- and sleep updates); with a
+    target network (soft_q / munchausen, tau < 1) the optimizer keeps it (``loop.with_target``:
+    a Polyak step after every E- and sleep update). M: expected
     NLL on z ~ q (gflownet, factorized) or the argmax grid (greedy). Sleep: ``em.sleep_update``
     with probability ``sleep_prob``, chosen by ``jnp.where`` when ``select_sleep`` (XLA:CPU).
     """
@@ -89,6 +91,8 @@ def gflownet_updates(s, model: DVAE, env, policy, params, select_sleep: bool):
     labels = jax.tree.map(lambda m: "logz" if m else "policy", policy.log_z_mask(params))
     gfn_tx = optax.chain(optax.scale(s.loss_scale), optax.multi_transform(
         {"policy": adam(s.lr, s, n_e), "logz": adam(s.lr_logz, s, n_e)}, labels))
+    if gfn.objective.needs_target:  # soft_q / munchausen with tau < 1: the Polyak copy
+        gfn_tx = loop.with_target(gfn_tx, gfn.objective.tau)
     m_tx = adam(s.lr_m, s, n_m)
     cfg = em.EMConfig(e_batch=s.batch_size, m_batch=s.batch_size, schedule="fixed",
                       e_steps=s.e_steps, m_steps=s.m_steps, sleep_prob=s.sleep_prob,

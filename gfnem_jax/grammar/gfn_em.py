@@ -13,6 +13,9 @@ Nothing here is a new algorithm: it configures the library's pieces for parse tr
                 the forest has fixed (``ParseTree.partial_log_reward``), via ``GFlowNet.flow_offset``.
   E-step        ``em.em_updates``' sampler update: the objective (SubTB(1) by default) with tempered
                 exploration on log R = log p_theta(x, z); sleep and local search from ``em.py``.
+                The RL view (loss soft_q, munchausen, pcl) reads the forward logits as Q-values
+                and V(s) = logsumexp of the legal ones (the engine's ``soft_values``), the
+                forward-looking offset added to V; the target network is kept by the optimizer.
   M-step        ``em.em_updates``' expected NLL -mean log p_theta(x, z), z ~ P_F(. | x).
   schedule      ``loop.Schedule``: adaptive (an M-step when the EMA(0.9) of the E-step loss is under
                 a threshold falling linearly, paper: 6 -> 3 for CFG, 7 -> 3.5 for NCFG) or fixed.
@@ -77,7 +80,8 @@ def build(s, model, vocab_size: int) -> Built:
         return env.partial_log_reward(rules(theta), cond, state)
 
     gfn = GFlowNet(env, policy, objective, s.explore(),
-                   engine=Buckets(s.n_buckets or 1, s.pack) if (s.n_buckets or s.pack) else None,
+                   engine=(Buckets(s.n_buckets or 1, s.pack, objective.soft_values)
+                           if (s.n_buckets or s.pack) else None),
                    flow_offset=flow_offset if s.forward_looking else None)
 
     def log_joint(theta, x, z):

@@ -16,6 +16,10 @@ reuses the context for all its states.
 
 Padding waste (``padding_waste``): the fraction of processed root slots that are not live roots
 of a real state (slots beyond r, and states after termination).
+
+``soft_values`` (the objectives of the RL view, ``objectives.SoftRL``): log_flow is the soft value
+V(s) = log sum_{a legal} exp(fwd_logits(s)[a]) (``sampling.soft_value``, 0 at the terminal state)
+instead of the flow head, in every pass of the engine, as the core's ``evaluation_of`` gives it.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from gfnem_jax.grammar.env import ParseTree
 from gfnem_jax.grammar.policy import ParsePolicy, shrink
 from gfnem_jax.nets.policy import encode_batch
 from gfnem_jax.sampling import (Evaluation, Exploration, Trajectories, evaluation_of,
-                                forward_step, padded_evaluation, sample_keys, visited)
+                                forward_step, padded_evaluation, sample_keys, soft_value, visited)
 
 
 def time_buckets(max_len: int, n_buckets: int):
@@ -65,14 +69,15 @@ def packed_slot_cost(lengths, max_len: int, chunk: int, step: int = 4) -> int:
 
 
 def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, differentiable,
-                 key, s0, ctx):
+                 key, s0, ctx, soft_values=False):
     """One trajectory: at step t one policy pass on s_t's K(t) root slots, then the core's step
     (``sampling.forward_step``). The sampling pass (``apply_forward``) gives log P_F and log pi
     only; the ``differentiable`` one (``apply``) also log P_B of step t - 1 and log F(s_t) from
     the same pass, so each state s_t (t < T) gets exactly one pass. s_T has one root: P_B = 1
     there and its F is the reward's (set by the objectives), so it needs none.
     Returns states (leaves [T+1, ...]), actions, bwd_actions, mask, log_pf, log_pb, log_pi [T],
-    log_flow [T+1] (log_pb and log_flow 0 for the sampling pass)."""
+    log_flow [T+1] (log_pb and log_flow 0 for the sampling pass; ``soft_values``: log_flow the
+    soft value of the forward logits)."""
     T = env.max_steps
     apply = policy.apply if differentiable else policy.apply_forward
 
@@ -82,8 +87,9 @@ def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, 
             _, _, y = forward_step(env, explore, key, t, s, out.fwd_logits)
             if not differentiable:
                 return y.state, (y,)
-            return y.state, (y, masked_log_softmax(out.bwd_logits, env.backward_mask(s)),
-                             out.log_flow)
+            flow = (soft_value(out.fwd_logits, env.forward_mask(s)) if soft_values
+                    else out.log_flow)
+            return y.state, (y, masked_log_softmax(out.bwd_logits, env.backward_mask(s)), flow)
         return jax.lax.scan(body, s, jnp.arange(t0, t1))
 
     s, ys = s0, []
@@ -108,7 +114,8 @@ def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, 
 
 def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_fn=None,
             reward_params=None, explore: Exploration = Exploration(), n_buckets: int = 4,
-            index_offset=0, differentiable: bool = False, ctx=None) -> Trajectories:
+            index_offset=0, differentiable: bool = False, ctx=None,
+            soft_values: bool = False) -> Trajectories:
     """Sample one trajectory per sentence (cond leaves [B, ...]) with the behaviour policy.
 
     The sampling pass (``policy.apply_forward``) on K(t) root slots; log_pf is the target
@@ -121,6 +128,7 @@ def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_f
       and log_reward do not): the values ``evaluate`` gives without its second pass
       (``GFlowNet(..., one_pass=True).rollout_terms``). Otherwise no gradient flows.
     ctx: the encoded sentences (``encode_batch``) if the caller has them, else encoded here.
+    soft_values: (differentiable) log_flow is the soft value of the forward logits.
     """
     if not differentiable:
         params = jax.lax.stop_gradient(params)
@@ -130,7 +138,8 @@ def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_f
         ctx = encode_batch(policy, params, cond)
     s0 = jax.vmap(env.init)(cond)
     buckets = time_buckets(env.max_len, n_buckets)
-    f = lambda k, s, c: _forward_one(env, policy, params, explore, buckets, differentiable, k, s, c)
+    f = lambda k, s, c: _forward_one(env, policy, params, explore, buckets, differentiable, k, s, c,
+                                     soft_values)
     states, acts, bacts, mask, lpf, lpb, lpi, flow = jax.vmap(f)(keys, s0, ctx)
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     terminal = jax.tree.map(lambda a: a[:, -1], states)
@@ -145,11 +154,12 @@ def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_f
 
 
 def evaluate(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
-             n_buckets: int = 4, ctx=None) -> Evaluation:
+             n_buckets: int = 4, ctx=None, soft_values: bool = False) -> Evaluation:
     """Differentiable log P_F, log P_B [B, T] and log F [B, T+1] (network part) of ``traj``.
 
     One batched pass per time bucket over the B states of its times, each on K root slots;
     ``ctx`` (the encoded sentences, ``encode_batch``) is computed here when not given.
+    soft_values: log F is the soft value of the forward logits (``sampling.evaluation_of``).
     """
     if ctx is None:
         ctx = encode_batch(policy, params, traj.cond)
@@ -159,7 +169,8 @@ def evaluate(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
     for t0, t1, K in time_buckets(env.max_len, n_buckets):
         seg = jax.tree.map(lambda a: a[:, t0:t1], shrink(obs, K))
         outs.append(per_traj(seg, ctx))
-    return evaluation_of(env, jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs), traj)
+    return evaluation_of(env, jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outs), traj,
+                         soft_values)
 
 
 def pack_sizes(max_len: int, step: int = 4):
@@ -172,7 +183,8 @@ def pack_sizes(max_len: int, step: int = 4):
 
 
 def evaluate_packed(env: ParseTree, policy: ParsePolicy, params, traj: Trajectories,
-                    chunk: int = 32, step: int = 4, ctx=None) -> Evaluation:
+                    chunk: int = 32, step: int = 4, ctx=None,
+                    soft_values: bool = False) -> Evaluation:
     """``evaluate`` with the states packed across sentences: the same Evaluation, fewer FLOPs.
 
     Only states with r >= 2 roots need the network (the terminal state has P_B = 1 and its flow
@@ -183,7 +195,8 @@ def evaluate_packed(env: ParseTree, policy: ParsePolicy, params, traj: Trajector
     (``lax.switch`` inside ``lax.map``: one compiled branch per K, empty chunks skipped).
     Processed slots drop from B * sum_t K(t) to about sum over states of r, whatever the mix of
     lengths. log_flow is 0 at states that need no pass (the objectives replace the terminal
-    flow by log R). Outputs: log P_F, log P_B [B, T] and log F [B, T+1], as ``evaluate``.
+    flow by log R). Outputs: log P_F, log P_B [B, T] and log F [B, T+1], as ``evaluate``
+    (``soft_values``: log F the soft value of the forward logits, 0 at the terminal state too).
     """
     B, T = traj.actions.shape
     S, L = T + 1, env.max_len
@@ -224,7 +237,8 @@ def evaluate_packed(env: ParseTree, policy: ParsePolicy, params, traj: Trajector
                                           a[:, None], axis=1)[:, 0]
                 lpb = jnp.take_along_axis(masked_log_softmax(out.bwd_logits, bmask),
                                           b[:, None], axis=1)[:, 0]
-                return jnp.stack([lpf, lpb, out.log_flow], axis=1)
+                flow = soft_value(out.fwd_logits, fmask) if soft_values else out.log_flow
+                return jnp.stack([lpf, lpb, flow], axis=1)
             return lambda _: f(params, obs, c, a, b, fmask, bmask)
 
         skip = lambda _: jnp.zeros((idx.shape[0], 3), jnp.float32)
@@ -245,19 +259,23 @@ class Buckets:
     ``rollout`` and its differentiable pass ``evaluate`` with ``n_buckets`` time buckets, or
     ``evaluate_packed`` in chunks of ``pack`` states when pack > 0 (same values, fewer FLOPs when
     sentence lengths differ). With ``GFlowNet(..., one_pass=True)`` the rollout itself is
-    differentiated (``rollout(..., differentiable=True)``) and there is no second pass."""
+    differentiated (``rollout(..., differentiable=True)``) and there is no second pass.
+    ``soft_values``: every pass gives the soft values of the forward logits as log F (the
+    objectives of the RL view; ``GFlowNet`` checks that it agrees with its objective)."""
 
     n_buckets: int = 4
     pack: int = 0
+    soft_values: bool = False
 
     def rollout(self, env, policy, params, key, batch_size, log_reward_fn, reward_params, cond,
                 explore, index_offset, differentiable=False, ctx=None):
         if cond is None or cond["length"].shape[0] != batch_size:
             raise ValueError("Buckets.rollout needs one sentence (cond row) per trajectory")
         return rollout(env, policy, params, key, cond, log_reward_fn, reward_params, explore,
-                       self.n_buckets, index_offset, differentiable, ctx)
+                       self.n_buckets, index_offset, differentiable, ctx, self.soft_values)
 
     def evaluate(self, env, policy, params, traj, ctx):
         if self.pack:
-            return evaluate_packed(env, policy, params, traj, self.pack, ctx=ctx)
-        return evaluate(env, policy, params, traj, self.n_buckets, ctx)
+            return evaluate_packed(env, policy, params, traj, self.pack, ctx=ctx,
+                                   soft_values=self.soft_values)
+        return evaluate(env, policy, params, traj, self.n_buckets, ctx, self.soft_values)

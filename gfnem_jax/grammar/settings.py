@@ -69,7 +69,8 @@ class GrammarSettings(EMScheduleSettings, ExplorationSettings, ObjectiveSettings
     policy_enc_layers: int = setting(2, "gflownet: sentence-encoder layers", min=0)
     loss: str = retune(ObjectiveSettings, "loss", "subtb", help="gflownet: E-step objective",
                        choices=("tb", "db", "subtb", "logvar", "reverse_kl", "forward_kl", "renyi",
-                                "tsallis", "alpha_kl", "wake_sleep", "reverse_wake_sleep"))
+                                "tsallis", "alpha_kl", "wake_sleep", "reverse_wake_sleep",
+                                "soft_q", "munchausen", "pcl"))
     lam: float = retune(ObjectiveSettings, "lam", 1.0, help="gflownet: SubTB lambda")
     temperature: float = retune(ExplorationSettings, "temperature", 1.1,
                                 help="gflownet: exploration temperature of the E-step's sampler")
