@@ -8,12 +8,15 @@ Logged every ``--log-every`` steps: the exact L1 of the sampler to R/Z and to th
 fixed point of its correction (``metrics.soft_rl_fixed_point``: R/Z with pb; n_paths(x) R(x) / Z'
 with none). The bias of the uncorrected fixed point, L1(n_paths R / Z', R/Z), is exact.
 
-    python benchmarks/rl_view.py                     # ~3-4 min on 2 shared CPU cores
+    python benchmarks/rl_view.py                     # ~3-4 min a seed on 2 shared CPU cores
+    python benchmarks/rl_view.py --seeds 0 1 2       # three seeds: mean +- sd
     python benchmarks/rl_view.py --steps 300 --envs hypergrid --losses soft_q   # a subset
 
-Writes OUT/rl_view.json (rows: env, loss, rl_correction, bias of the fixed point, the L1 curve,
-final L1s, first step with L1 < 0.05, wall seconds), OUT/rl_view.md (the table) and
-OUT/rl_view.png (L1 to R/Z against steps, one panel per environment) when matplotlib is there.
+Writes OUT/rl_view.json (rows, one per run and seed: env, loss, rl_correction, seed, bias of the
+fixed point, the L1 curve, final L1s, first step with L1 < 0.05, wall seconds; summary, one per
+run: mean and sample sd (ddof 1) over the seeds of the final L1s), OUT/rl_view.md (the table,
+mean +- sd) and OUT/rl_view.png (mean L1 to R/Z over the seeds against steps, one panel per
+environment) when matplotlib is there.
 """
 from __future__ import annotations
 
@@ -51,13 +54,13 @@ def fixed_points(env, table):
     return out, metrics.target_distribution(env, env.log_reward, None, table)
 
 
-def run_one(name, loss, corr, a):
+def run_one(name, loss, corr, a, seed):
     cfg = dict(ENVS[name], loss=loss, steps=a.steps, batch_size=a.batch_size, hidden=a.hidden,
-               lr=a.lr, uniform_pb=True, seed=a.seed, tau=a.tau, epsilon=a.epsilon)
+               lr=a.lr, uniform_pb=True, seed=seed, tau=a.tau, epsilon=a.epsilon)
     if corr != "-":
         cfg["rl_correction"] = corr
     env, gfn, optim = runner.build(cfg)
-    state, tx = runner.init_state(gfn, optim, a.seed)
+    state, tx = runner.init_state(gfn, optim, seed)
     chunk = loop.make_chunk(runner.make_step(gfn, tx, a.batch_size, state_index=False),
                             a.log_every)
     table = metrics.transition_table(env)
@@ -79,24 +82,47 @@ def run_one(name, loss, corr, a):
         if first is None and l1_own < THRESHOLD:
             first = step
     bias = float(metrics.l1(fixed["none"], target))
-    return {"env": name, "loss": loss, "rl_correction": corr, "bias_none_fixed_point": bias,
+    return {"env": name, "loss": loss, "rl_correction": corr, "seed": seed,
+            "bias_none_fixed_point": bias,
             "curve": curve, "l1_rz": curve[-1][1], "l1_own": curve[-1][2],
             "first_step_l1_own_below": first, "wall_s": round(time.perf_counter() - t_all, 2),
             "train_s_after_first_chunk": round(train_s, 2), "config": cfg}
 
 
-def table_md(rows, a):
+def summarize(rows):
+    """One row per (env, loss, correction): mean and sample sd (ddof 1; 0 for one seed) over
+    the seeds of the final L1s, the first steps below the threshold, the mean L1 curve."""
+    out = []
+    for key in dict.fromkeys((r["env"], r["loss"], r["rl_correction"]) for r in rows):
+        rs = [r for r in rows if (r["env"], r["loss"], r["rl_correction"]) == key]
+        stat = lambda k: (float(np.mean([r[k] for r in rs])),
+                          float(np.std([r[k] for r in rs], ddof=1)) if len(rs) > 1 else 0.0)
+        (m_rz, s_rz), (m_own, s_own) = stat("l1_rz"), stat("l1_own")
+        out.append({"env": key[0], "loss": key[1], "rl_correction": key[2],
+                    "seeds": [r["seed"] for r in rs],
+                    "bias_none_fixed_point": rs[0]["bias_none_fixed_point"],
+                    "l1_rz_mean": m_rz, "l1_rz_sd": s_rz, "l1_own_mean": m_own,
+                    "l1_own_sd": s_own,
+                    "first_step_l1_own_below": [r["first_step_l1_own_below"] for r in rs],
+                    "curve_mean": np.mean([r["curve"] for r in rs], axis=0).tolist(),
+                    "wall_s_mean": float(np.mean([r["wall_s"] for r in rs]))})
+    return out
+
+
+def table_md(summary, a):
     lines = [f"steps {a.steps}, batch {a.batch_size}, MLP 2x{a.hidden}, Adam lr {a.lr}, tau "
-             f"{a.tau}, epsilon {a.epsilon}, uniform P_B, seed {a.seed}; L1 is exact "
-             f"(dynamic programming); 'own' = the closed-form fixed point of the run's correction "
-             f"(R/Z for tb and pb, n_paths R / Z' for none)", "",
-             "| env | loss | correction | L1(fixed none, R/Z) | L1 to R/Z | L1 to own fixed "
-             f"point | first step L1(own) < {THRESHOLD} | wall s |",
+             f"{a.tau}, epsilon {a.epsilon}, uniform P_B, seeds {' '.join(map(str, a.seeds))} "
+             f"(mean +- sample sd); L1 is exact (dynamic programming); 'own' = the closed-form "
+             f"fixed point of the run's correction (R/Z for tb and pb, n_paths R / Z' for none)",
+             "", "| env | loss | correction | L1(fixed none, R/Z) | L1 to R/Z | L1 to own fixed "
+             f"point | first step L1(own) < {THRESHOLD}, per seed | wall s (mean) |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
+    for r in summary:
+        first = " ".join(str(f) if f else "-" for f in r["first_step_l1_own_below"])
         lines.append(f"| {r['env']} | {r['loss']} | {r['rl_correction']} | "
-                     f"{r['bias_none_fixed_point']:.3f} | {r['l1_rz']:.4f} | {r['l1_own']:.4f} | "
-                     f"{r['first_step_l1_own_below'] or '-'} | {r['wall_s']:.1f} |")
+                     f"{r['bias_none_fixed_point']:.3f} | {r['l1_rz_mean']:.4f} +- "
+                     f"{r['l1_rz_sd']:.4f} | {r['l1_own_mean']:.4f} +- {r['l1_own_sd']:.4f} | "
+                     f"{first} | {r['wall_s_mean']:.1f} |")
     return "\n".join(lines)
 
 
@@ -113,7 +139,7 @@ def plot(rows, path):
         for r in rows:
             if r["env"] != e:
                 continue
-            c = np.asarray(r["curve"])
+            c = np.asarray(r["curve_mean"])
             style = "-" if r["rl_correction"] in ("pb", "-") else "--"
             color = {"tb": "C0", "soft_q": "C1", "munchausen": "C2", "pcl": "C3"}[r["loss"]]
             ax.semilogy(c[:, 0], np.maximum(c[:, 1], 1e-6), style, color=color,
@@ -123,7 +149,7 @@ def plot(rows, path):
             ax.axhline(bias, color="grey", lw=0.8, label="L1(fixed point of none, R/Z)")
         ax.set_title(e)
         ax.set_xlabel("step")
-        ax.set_ylabel("exact L1 to R/Z")
+        ax.set_ylabel("exact L1 to R/Z (mean over seeds)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -142,7 +168,7 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--tau", type=float, default=0.05)
     ap.add_argument("--epsilon", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
     rows = []
@@ -151,20 +177,22 @@ def main(argv=None):
         for loss, corr in RUNS:
             if loss not in a.losses:
                 continue
-            r = run_one(e, loss, corr, a)
-            rows.append(r)
-            print(f"{e:10s} {loss:10s} {corr:4s} L1(R/Z) {r['l1_rz']:.4f}  L1(own) "
-                  f"{r['l1_own']:.4f}  bias(none) {r['bias_none_fixed_point']:.3f}  "
-                  f"{r['wall_s']:.1f}s", flush=True)
+            for seed in a.seeds:
+                r = run_one(e, loss, corr, a, seed)
+                rows.append(r)
+                print(f"{e:10s} {loss:10s} {corr:4s} seed {seed} L1(R/Z) {r['l1_rz']:.4f}  "
+                      f"L1(own) {r['l1_own']:.4f}  bias(none) "
+                      f"{r['bias_none_fixed_point']:.3f}  {r['wall_s']:.1f}s", flush=True)
     meta = {"machine": platform.processor() or platform.machine(), "jax": jax.__version__,
             "load_avg_end": os.getloadavg(), "total_s": round(time.time() - t0, 1),
             "args": vars(a)}
+    summary = summarize(rows)
     with open(os.path.join(a.out, "rl_view.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    md = table_md(rows, a)
+        json.dump({"meta": meta, "summary": summary, "rows": rows}, f, indent=1)
+    md = table_md(summary, a)
     with open(os.path.join(a.out, "rl_view.md"), "w") as f:
         f.write(md + "\n")
-    plot(rows, os.path.join(a.out, "rl_view.png"))
+    plot(summary, os.path.join(a.out, "rl_view.png"))
     print(md)
     print(f"total {meta['total_s']} s; wrote {a.out}/rl_view.json")
 
