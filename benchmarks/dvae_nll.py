@@ -71,6 +71,8 @@ def main(argv=None):
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=256, help="encoder state-MLP width")
     ap.add_argument("--n-test", type=int, default=0, help="held-out images evaluated (0 = all)")
+    ap.add_argument("--logz", default="scalar", choices=("scalar", "conditional"))
+    ap.add_argument("--lr-logz", type=float, default=0.1)
     ap.add_argument("--speed-steps", type=int, default=20, help="0 = skip the speed table")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "dvae_cpu.json"))
     a = ap.parse_args(argv)
@@ -96,6 +98,7 @@ def main(argv=None):
                                           m_steps=cycle, batch_size=a.batch_size, data=a.data,
                                           grid=a.grid, channels=a.channels, hidden=a.hidden,
                                           n_test=a.n_test, log_every=_log_every(steps, cycle),
+                                          logz=a.logz, lr_logz=a.lr_logz,
                                           plot=False)
                     print(f"  K={K} {m} seed {seed}: training {steps} steps", flush=True)
                     out = os.path.join(tmp, f"{m}_{K}_{seed}")
@@ -134,7 +137,8 @@ def write(a, codes, seeds, steps, cycle, S, spd, rows, results):
     benchmark keeps its finished runs)."""
     meta = {"quick": a.quick, "codes": codes, "seeds": seeds, "steps": steps, "cycle": cycle,
             "is_samples": S, "batch_size": a.batch_size, "data": a.data, "grid": a.grid,
-            "channels": a.channels, "hidden": a.hidden, "n_test": a.n_test,
+            "channels": a.channels, "hidden": a.hidden, "n_test": a.n_test, "logz": a.logz,
+            "lr_logz": a.lr_logz,
             "device": jax.devices()[0].device_kind, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()}
     table = [{"codes": K, "method": m, "nll_mean": mu, "nll_std": sd, "train_s_mean": w}
