@@ -186,19 +186,22 @@ def case(tmp_path_factory):
     return d
 
 
-TRAIN_STEPS = 400
+TRAIN_STEPS = 800
 
 
-@pytest.mark.parametrize("loss", ["soft_q", "munchausen", "pcl"])
+@pytest.mark.parametrize("loss", ["soft_q", pytest.param("munchausen", marks=pytest.mark.slow),
+                                  pytest.param("pcl", marks=pytest.mark.slow)])
 def test_posterior_only_run_with_each_rl_loss_reaches_the_posterior(case, tmp_path, loss):
     """``gfnem train grammar --method gflownet --posterior-only --loss L`` (the engine with time
-    buckets, forward-looking offset, learned P_B, the target network at tau 0.1), a short run:
-    its logged exact TV over the 40 labelled trees ends below 0.1 (from > 0.3 at step 0)."""
+    buckets, forward-looking offset, learned P_B; soft_q and munchausen with the target network
+    at tau 0.25), 800 steps at policy lr 3e-3, x 0.1 after 600: its logged exact TV over the 40
+    labelled trees ends below 0.1, from 0.65 at step 0 (measured: soft_q 0.026, munchausen 0.054,
+    pcl 0.019; ~35 s of CPU each, so munchausen and pcl run with -m slow)."""
     s = E.GrammarSettings.make(
         posterior_only=True, grammar=str(case / "G.npz"), corpus=str(case / "c.txt"),
-        max_len=L, loss=loss, tau=0.1, lam=0.9, steps=TRAIN_STEPS, log_every=TRAIN_STEPS,
+        max_len=L, loss=loss, tau=0.25, lam=0.9, steps=TRAIN_STEPS, log_every=TRAIN_STEPS,
         policy_layers=1, policy_dim=32, policy_heads=2, policy_enc_layers=1, batch_size=16,
-        temperature=1.0, gfn_lr=3e-3, gfn_lr_drop=1.0, n_buckets=2, bracket_len=2,
+        temperature=1.0, gfn_lr=3e-3, gfn_lr_drop=0.1, n_buckets=2, bracket_len=2,
         eval_samples=2)
     s.validate()
     out = tmp_path / loss
