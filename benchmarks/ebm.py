@@ -75,7 +75,8 @@ PAPER_D32 = {"2spirals": 20.05, "8gaussians": 19.98, "circles": 20.55, "pinwheel
 
 
 def run_d32(a, methods, dens):
-    """d = 32 (16 bits per coordinate): AIS NLL and MMD to held-out data after the budget."""
+    """d = 32 (16 bits per coordinate): AIS NLL and MMD to held-out data after the budget
+    (--steps steps if > 0, else --budget seconds)."""
     from gfnem_jax import mcmc
 
     rows = []
@@ -92,10 +93,13 @@ def run_d32(a, methods, dens):
             test = toy2d.make_data(name, 16, a.n_test, rng)
             st = ebgfn.init_state(e, 0)
             t0, steps = time.perf_counter(), 0
-            while time.perf_counter() - t0 < a.budget:
+            while (steps < a.steps) if a.steps > 0 else (time.perf_counter() - t0 < a.budget):
                 st, _ = rc(st, train)
                 jax.block_until_ready(st.model)
                 steps += a.chunk
+                if a.steps > 0 and steps % a.eval_every == 0:
+                    print(f"    d=32 {name} {m} step {steps}/{a.steps} "
+                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
             key = jax.random.PRNGKey(5)
             nll, se = ebm_eval.ais_nll(e.model, st.model, test, key, a.ais_chains, a.ais_temps)
             n = min(2000, test.shape[0])
