@@ -77,9 +77,9 @@ class GFlowNet:
     # training differentiates through the rollout (``rollout_terms``): one policy pass per state
     # instead of a sampling pass and then ``evaluate``'s; the same loss and gradient
     one_pass: bool = False
-    # the core rollouts run the policy only on the trajectories that need a pass, packed into the
-    # smallest of halving capacities (``packing.geometric``); the same draws and values to float
-    # rounding. The parse-tree engine has its own schedule.
+    # the core rollouts run the policy only on the trajectories that need a pass, in blocks of an
+    # eighth of the batch (``packing.live_apply``); the same draws and values to float rounding.
+    # The parse-tree engine has its own schedule.
     compact: bool = False
 
     def __post_init__(self):
@@ -146,18 +146,19 @@ class GFlowNet:
         """Trajectories from the target policy (or ``explore``), full policy pass per state."""
         return forward_rollout(self.env, self.policy, params, key, batch_size, log_reward_fn,
                                reward_params, cond, explore or Exploration(), index_offset,
-                               init_states, capacities=self.capacities(batch_size))
+                               init_states, block=self.rollout_block(batch_size))
 
     def sample_backward(self, params, key, terminal, log_reward_fn=None, reward_params=None,
                         cond=None, index_offset=0) -> Trajectories:
         B = jax.tree.leaves(terminal)[0].shape[0]
         return backward_rollout(self.env, self.policy, params, key, terminal, log_reward_fn,
-                                reward_params, cond, index_offset, self.capacities(B),
+                                reward_params, cond, index_offset, self.rollout_block(B),
                                 self.eval_buckets if self.compact else None)
 
-    def capacities(self, batch_size: int):
-        """The rollouts' capacities for a batch of ``batch_size`` (None: no compaction)."""
-        return packing.geometric(batch_size) if self.compact else None
+    def rollout_block(self, batch_size: int):
+        """Rows per block of a compacted rollout of ``batch_size`` trajectories: an eighth of
+        the batch, at least 16 (None: no compaction)."""
+        return packing.block_rows(batch_size, 8) if self.compact else None
 
     def rollout(self, params, key, batch_size, log_reward_fn, reward_params=None, cond=None,
                 index_offset=0, explore: Optional[Exploration] = None) -> Trajectories:
@@ -169,7 +170,7 @@ class GFlowNet:
                                        log_reward_fn, reward_params, cond, explore, index_offset)
         return forward_rollout(self.env, self.policy, params, key, batch_size, log_reward_fn,
                                reward_params, cond, explore, index_offset, sampling_pass=True,
-                               capacities=self.capacities(batch_size))
+                               block=self.rollout_block(batch_size))
 
     # -- objective ----------------------------------------------------------------------------
     def terms(self, params, traj: Trajectories, reward_params=None) -> Terms:
@@ -205,7 +206,7 @@ class GFlowNet:
             traj = forward_rollout(self.env, self.policy, params, key, B, log_reward_fn,
                                    reward_params, cond, self.explore, index_offset,
                                    differentiable=True, ctx=ctx,
-                                   capacities=self.capacities(B))
+                                   block=self.rollout_block(B))
         lz = self._log_z_per_traj(params, ctx, B)
         ev = Evaluation(traj.log_pf, traj.log_pb, traj.log_flow)
         ev = self.with_flow_offset(ev, traj, reward_params)

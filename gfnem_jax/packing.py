@@ -1,50 +1,39 @@
-"""Compute on real rows only, with static shapes: pack the live rows of a batch into a bucket.
+"""Compute on real rows only, with static shapes: run a per-row function on the live rows, block by
+block.
 
 A rollout steps every trajectory of a batch for ``max_steps`` and an evaluation pass sees every
 state of ``B x (T + 1)``, most of it padding once trajectories end (in 4-D HyperGrid H = 8 about
 half of it when trained, four fifths at the start). ``live_apply`` runs a function only on the
-rows that are live: it gathers them to the front (a stable ``argsort``, so in their order), runs
-the function on the smallest of a few static ``capacities`` that holds them (``lax.switch``:
-every capacity is compiled, one runs), and scatters the results back (zeros elsewhere). The
-FLOPs are those of the live rows up to the slack of the capacities (with ``geometric`` ones, less
-than 2x, and at most ``floor`` rows).
+rows that are live: it orders them first (a stable ``argsort``, so in their order) and runs the
+function on consecutive blocks of ``block`` of them, as many blocks as the live count needs (a
+``while_loop``: one compiled body, whatever the count), writing each block's results back to
+its rows (zeros elsewhere). The FLOPs are those of the live rows plus less than one block.
 
-Row i's result does not depend on which other rows are live: the function is applied row by row
-(it must be a per-row map, e.g. a vmapped policy), so packing changes which rows are computed,
-not what they are. (XLA may still round a matmul of another shape differently in the last bit;
-``tests/test_packing.py`` checks agreement to float tolerance and bitwise reruns.)
+Row i's result does not depend on which other rows are live: the function must be a per-row map
+(e.g. a vmapped policy), so packing changes which rows are computed, not what they are. (XLA may
+round a matmul of another shape differently in the last bit; ``tests/test_packing.py`` checks
+agreement to float tolerance and bitwise reruns.)
 
-Under ``jax.grad`` a ``lax.switch`` keeps the residuals of every branch (the sum of all
-capacities); ``live_apply`` instead recomputes the branch in the backward pass (a custom VJP), so
-its residuals are only its inputs: one more forward pass of the live rows, no padded activations.
+A ``while_loop`` has no reverse-mode derivative, so ``live_apply`` carries its own (a custom VJP):
+the backward pass walks the same blocks again, recomputing each block's forward pass and pulling
+the cotangents through it. Its residuals are only its inputs (no padded activations are kept):
+one more forward pass of the live rows.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-def geometric(n: int, floor: int = 16, ratio: int = 2) -> tuple:
-    """Capacities n, n/ratio, n/ratio^2, ... down to ``floor`` rows (ascending): a live count c is
-    run on fewer than ratio * max(c, floor) rows."""
-    if n < 1:
-        raise ValueError(f"capacities need at least one row, got n {n}")
-    sizes, k = [], n
-    while True:
-        sizes.append(k)
-        nxt = -(-k // ratio)
-        if k <= floor or nxt == k:
-            break
-        k = nxt
-    return tuple(sorted(set(sizes)))
-
-
-def fractions(n: int, fracs: Sequence[float]) -> tuple:
-    """Capacities ceil(f * n) for increasing fractions ``fracs`` ending in 1.0 (ascending)."""
-    return tuple(sorted({min(n, max(1, int(-(-f * n // 1)))) for f in fracs} | {n}))
+def block_rows(n: int, blocks: int, floor: int = 16) -> int:
+    """The block size that splits ``n`` rows into ``blocks`` blocks (at least ``floor`` rows, at
+    most n): live_apply then computes at most one block more than the live rows."""
+    if n < 1 or blocks < 1:
+        raise ValueError(f"need n >= 1 rows and blocks >= 1, got n {n}, blocks {blocks}")
+    return int(min(n, max(floor, -(-n // blocks))))
 
 
 def _split(rows):
@@ -61,94 +50,83 @@ def _split(rows):
     return fl, ot, rebuild
 
 
-def _gather(tree, idx):
-    return jax.tree.map(lambda a: a[idx], tree)
-
-
-def _scatter(tree, idx, n):
-    return jax.tree.map(lambda o: jnp.zeros((n,) + o.shape[1:], o.dtype).at[idx].set(o), tree)
-
-
-def live_apply(fn: Callable[[Any, Any], Any], params, rows, live, capacities: Sequence[int]):
-    """``fn(params, rows)`` on the live rows only, zeros on the others.
-
-    Args:
-      fn: (params, rows with leading axis k) -> pytree of outputs with leading axis k, a per-row
-        map (row i's output depends only on row i and params).
-      params: any pytree (differentiable).
-      rows: pytree with leading axis N (float leaves differentiable, integer leaves not).
-      live: bool[N], the rows to compute.
-      capacities: ascending static row counts, the last one N (``geometric`` / ``fractions``).
-    Returns the outputs, leaves [N, ...]: fn's values on live rows, 0 elsewhere. With a single
-    capacity (N), fn runs on all N rows and nothing is masked.
-    """
-    n = live.shape[0]
-    caps = tuple(int(c) for c in capacities)
-    if not caps or caps[-1] != n or list(caps) != sorted(set(caps)):
-        raise ValueError(f"capacities must ascend and end at the row count {n}, got {caps}")
-    if len(caps) == 1:
-        return fn(params, rows)
-    return _packed(fn, caps, params, rows, live)
-
-
-def _branches(fn, caps, n):
-    """One function per capacity: (params, rows, dest, live) -> outputs [n, ...], zeros at rows
-    not live. ``dest``: the live rows' indices first, in order, then n (nothing) for the rest."""
-    def make(k):
-        def run(params, rows, dest, live):
-            if k >= n:
-                out = fn(params, rows)
-                return jax.tree.map(lambda o: jnp.where(
-                    live.reshape((-1,) + (1,) * (o.ndim - 1)), o, jnp.zeros((), o.dtype)), out)
-            idx = dest[:k]
-            out = fn(params, _gather(rows, jnp.minimum(idx, n - 1)))
-            return jax.tree.map(lambda o: jnp.zeros((n,) + o.shape[1:], o.dtype)
-                                .at[idx].set(o, mode="drop"), out)
-        return run
-    return [make(k) for k in caps]
-
-
-def _choose(caps, live):
-    n = live.shape[0]
-    count = jnp.sum(live)
-    order = jnp.argsort(~live, stable=True)  # live rows first, in order
-    dest = jnp.where(jnp.arange(n) < count, order, n)
-    which = jnp.searchsorted(jnp.asarray(caps), count)
-    return dest, jnp.minimum(which, len(caps) - 1)
-
-
 def _float0(x):
     return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
 
-def _packed(fn, caps, params, rows, live):
+def live_apply(fn: Callable[[Any, Any], Any], params, rows, live, block: int):
+    """``fn(params, rows)`` on the live rows only, zeros on the others.
+
+    Args:
+      fn: (params, rows with leading axis k) -> pytree of float outputs with leading axis k, a
+        per-row map (row i's output depends only on row i and params).
+      params: any pytree (differentiable).
+      rows: pytree with leading axis N (float leaves differentiable, integer leaves not).
+      live: bool[N], the rows to compute.
+      block: static rows per block (``block_rows``); block >= N runs fn once on all N rows and
+        masks nothing.
+    Returns the outputs, leaves [N, ...]: fn's values on live rows, 0 elsewhere.
+    """
     n = live.shape[0]
+    block = int(block)
+    if block < 1:
+        raise ValueError(f"block must be >= 1 row, got {block}")
+    if block >= n:
+        return fn(params, rows)
     fl, ot, rebuild = _split(rows)
-    branches = _branches(fn, caps, n)
+    nb = -(-n // block)
+    count = jnp.sum(live).astype(jnp.int32)
+    order = jnp.argsort(~live, stable=True).astype(jnp.int32)  # live rows first, in order
+    dest = jnp.where(jnp.arange(n) < count, order, n)  # n: no row
+    dest = jnp.concatenate([dest, jnp.full((nb * block - n,), n, jnp.int32)])
+    todo = (count + block - 1) // block
+
+    def block_of(i, dest_, fl_, ot_):
+        idx = jax.lax.dynamic_slice(dest_, (i * block,), (block,))
+        src = jnp.minimum(idx, n - 1)  # rows past the live ones: computed, never written
+        take = lambda a: a[src]
+        return idx, [take(a) for a in fl_], [take(a) for a in ot_]
+
+    def forward(params, fl_, ot_, dest_, todo_):
+        idx0, f0, o0 = block_of(0, dest_, fl_, ot_)
+        shapes = jax.eval_shape(lambda p, f, o: fn(p, rebuild(f, o)), params, f0, o0)
+        out0 = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1:], s.dtype), shapes)
+
+        def body(i, out):
+            idx, f, o = block_of(i, dest_, fl_, ot_)
+            y = fn(params, rebuild(f, o))
+            return jax.tree.map(lambda buf, v: buf.at[idx].set(v, mode="drop"), out, y)
+
+        return jax.lax.fori_loop(0, todo_, body, out0)
 
     # every traced value is an argument (a custom VJP inside a scan must not close over tracers);
-    # the integer ones (dest, live, which, integer rows) get float0 cotangents
+    # the integer ones get float0 cotangents
     @jax.custom_vjp
-    def run(params, fl, ot, dest, live, which):
-        return jax.lax.switch(which, branches, params, rebuild(fl, ot), dest, live)
+    def run(params, fl_, ot_, dest_, todo_):
+        return forward(params, fl_, ot_, dest_, todo_)
 
-    def fwd(params, fl, ot, dest, live, which):
-        return run(params, fl, ot, dest, live, which), (params, fl, ot, dest, live, which)
+    def fwd(params, fl_, ot_, dest_, todo_):
+        return forward(params, fl_, ot_, dest_, todo_), (params, fl_, ot_, dest_, todo_)
 
     def bwd(res, ct):
-        params, fl_, ot_, dest, live, which = res
+        params, fl_, ot_, dest_, todo_ = res
 
-        def grads(k_fn):
-            def g(params, fl_, ot_, dest, live, ct):
-                _, vjp = jax.vjp(lambda p, f: k_fn(p, rebuild(f, ot_), dest, live), params, fl_)
-                return vjp(ct)
-            return g
+        def body(i, acc):
+            gp, gf = acc
+            idx, f, o = block_of(i, dest_, fl_, ot_)
+            real = idx < n
+            src = jnp.minimum(idx, n - 1)
+            ct_b = jax.tree.map(lambda c: jnp.where(
+                real.reshape((-1,) + (1,) * (c.ndim - 1)), c[src], jnp.zeros((), c.dtype)), ct)
+            _, vjp = jax.vjp(lambda p, f_: fn(p, rebuild(f_, o)), params, f)
+            dp, df = vjp(ct_b)
+            gp = jax.tree.map(jnp.add, gp, dp)
+            gf = [g.at[idx].add(d, mode="drop") for g, d in zip(gf, df)]
+            return gp, gf
 
-        gp, gf = jax.lax.switch(which, [grads(b) for b in branches], params, fl_, ot_, dest,
-                                live, ct)
-        return (gp, gf, [_float0(x) for x in ot_], _float0(dest), _float0(live),
-                _float0(which))
+        zeros = (jax.tree.map(jnp.zeros_like, params), [jnp.zeros_like(a) for a in fl_])
+        gp, gf = jax.lax.fori_loop(0, todo_, body, zeros)
+        return gp, gf, [_float0(x) for x in ot_], _float0(dest_), _float0(todo_)
 
     run.defvjp(fwd, bwd)
-    dest, which = _choose(caps, live)
-    return run(params, fl, ot, dest, live, which)
+    return run(params, fl, ot, dest, todo)

@@ -151,7 +151,7 @@ def _batch_pass(apply_fn):
     return run
 
 
-def _forward_packed(env: Environment, apply_fn, params, explore, keys, s0, ctx, capacities,
+def _forward_packed(env: Environment, apply_fn, params, explore, keys, s0, ctx, block,
                     sampling_pass):
     """All trajectories at once (leaves [B, ...]), the policy run only on the states that need a
     pass (``packing.live_apply``): after step t, the trajectories still running (and, for the
@@ -169,7 +169,7 @@ def _forward_packed(env: Environment, apply_fn, params, explore, keys, s0, ctx, 
         live = y.valid
         if sampling_pass:  # only forward logits are used: none needed at a terminal state
             live = live & ~jax.vmap(env.is_terminal)(s_next)
-        out_next = packing.live_apply(run, params, (vobs(s_next), ctx), live, capacities)
+        out_next = packing.live_apply(run, params, (vobs(s_next), ctx), live, block)
         bmask = jax.vmap(env.backward_mask)(s_next)
         logpb = jnp.take_along_axis(masked_log_softmax(out_next.bwd_logits, bmask), b[:, None],
                                     axis=-1)[:, 0]
@@ -191,7 +191,7 @@ def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: i
                     log_reward_fn: LogRewardFn, reward_params=None, cond=None,
                     explore: Exploration = Exploration(), index_offset=0,
                     init_states=None, sampling_pass: bool = False,
-                    differentiable: bool = False, ctx=None, capacities=None) -> Trajectories:
+                    differentiable: bool = False, ctx=None, block=None) -> Trajectories:
     """Sample ``batch_size`` complete trajectories from s_0 with the behaviour policy.
 
     Args:
@@ -211,11 +211,10 @@ def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: i
         the draws and log_pi do not): the values ``evaluate`` would give, without its second pass
         over the states (``GFlowNet.rollout_terms``).
       ctx: the encoded conditions, if the caller already has them (else encoded here).
-      capacities: None (every trajectory is stepped through the policy at every step), or
-        ascending row counts ending at ``batch_size`` (``packing.geometric(batch_size)``): after
-        each step the policy runs only on the trajectories that need it, packed into the
-        smallest capacity that holds them (compute on real states; same draws and values to
-        float rounding).
+      block: None (every trajectory is stepped through the policy at every step), or a number
+        of rows < batch_size (``packing.block_rows``): after each step the policy runs only on
+        the trajectories that need it, in blocks of that many (compute on real states; the same
+        draws and values to float rounding).
     """
     if differentiable and (sampling_pass or init_states is not None):
         raise ValueError("a differentiable rollout is a full pass from s_0 (sampling_pass=False, "
@@ -232,11 +231,11 @@ def forward_rollout(env: Environment, policy: Policy, params, key, batch_size: i
         s0 = jax.vmap(lambda _: env.init(None))(jnp.arange(batch_size))
     else:
         s0 = jax.vmap(env.init)(cond)
-    if capacities is None:
+    if block is None or block >= batch_size:  # nothing to compact
         f = lambda k, s, c: _forward_one(env, apply_fn, params, explore, k, s, c)
         parts = jax.vmap(f)(keys, s0, ctx)
     else:
-        parts = _forward_packed(env, apply_fn, params, explore, keys, s0, ctx, capacities,
+        parts = _forward_packed(env, apply_fn, params, explore, keys, s0, ctx, block,
                                 sampling_pass)
     states, acts, bacts, mask, lpf, lpb, lpi, log_flow = parts
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
@@ -270,7 +269,7 @@ def _backward_one(env: Environment, apply_fn, params, key, x, ctx):
     return _to_forward_order(bstates, final, acts, bacts, valid, lpb)
 
 
-def _backward_packed(env: Environment, apply_fn, params, keys, x, ctx, capacities):
+def _backward_packed(env: Environment, apply_fn, params, keys, x, ctx, block):
     """``_backward_one`` for all trajectories at once (leaves [B, ...]), the policy run only on
     the states not yet back at s_0 (``packing.live_apply``); the same outputs, to float rounding.
     """
@@ -280,7 +279,7 @@ def _backward_packed(env: Environment, apply_fn, params, keys, x, ctx, capacitie
 
     def body(s, t):
         valid = ~jax.vmap(env.is_initial)(s)
-        out = packing.live_apply(run, params, (vobs(s), ctx), valid, capacities)
+        out = packing.live_apply(run, params, (vobs(s), ctx), valid, block)
         logpb = masked_log_softmax(out.bwd_logits, jax.vmap(env.backward_mask)(s))
         draw = lambda k, l: jax.random.categorical(jax.random.fold_in(k, t), l).astype(jnp.int32)
         b = jax.vmap(draw)(keys, logpb)
@@ -319,13 +318,13 @@ def _to_forward_order(bstates, final, acts, bacts, valid, lpb):
 
 def backward_rollout(env: Environment, policy: Policy, params, key, terminal,
                      log_reward_fn: Optional[LogRewardFn] = None, reward_params=None, cond=None,
-                     index_offset=0, capacities=None, buckets=None) -> Trajectories:
+                     index_offset=0, block=None, buckets=None) -> Trajectories:
     """Sample trajectories backwards from given terminal states with P_B, returned in forward order.
 
     Args:
       terminal: pytree of terminal states with leading axis B (data, replay, sleep phase).
       log_reward_fn: if given, fills ``log_reward``; otherwise it is zeros.
-      capacities: as ``forward_rollout``'s (the policy runs only on states not yet at s_0);
+      block: as ``forward_rollout``'s (the policy runs only on states not yet at s_0);
       buckets: as ``evaluate``'s, for the pass that fills log_pf and log_flow.
     Returns Trajectories with log_pb from the sampling pass, log_pi = log_pb (the behaviour is
     P_B(tau | x)), and log_pf / log_flow filled by ``evaluate`` (no gradient).
@@ -334,11 +333,11 @@ def backward_rollout(env: Environment, policy: Policy, params, key, terminal,
     B = jax.tree.leaves(terminal)[0].shape[0]
     keys = sample_keys(key, B, index_offset)
     ctx = encode_batch(policy, params, cond)
-    if capacities is None:
+    if block is None or block >= B:  # nothing to compact
         one = lambda k, x, c: _backward_one(env, policy.apply, params, k, x, c)
         parts = jax.vmap(one)(keys, terminal, ctx)
     else:
-        parts = _backward_packed(env, policy.apply, params, keys, terminal, ctx, capacities)
+        parts = _backward_packed(env, policy.apply, params, keys, terminal, ctx, block)
     states, acts, bacts, mask, lpb, L = parts
     if log_reward_fn is None:
         log_reward = jnp.zeros((B,), jnp.float32)
@@ -401,17 +400,18 @@ def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
 
     One flat pass over the rows (a 2-D matmul for vector observations), the context of trajectory
     b shared by its T+1 rows (gathered, not re-encoded). With ``buckets`` (increasing fractions of
-    B*(T+1), the last 1.0) only the real states (t <= L_b; the rest is padding after termination)
-    are computed, packed into the smallest bucket that holds them (``packing.live_apply``; zeros
-    at padding). Outputs have leaves [B, T+1, ...] either way.
+    B*(T+1), the last 1.0; equal steps, as (1/P, 2/P, ..., 1)) only the real states (t <= L_b;
+    the rest is padding after termination) are computed, in blocks of the first fraction's rows
+    (``packing.live_apply``; zeros at padding): the work of the smallest bucket that holds them.
+    Outputs have leaves [B, T+1, ...] either way.
     """
     B = lengths.shape[0]
     N = B * (T + 1)
     flat = jax.tree.map(lambda a: a.reshape((N,) + a.shape[2:]), obs)
     crow = None if ctx is None else jax.tree.map(lambda c: jnp.repeat(c, T + 1, axis=0), ctx)
     valid = (jnp.arange(T + 1)[None, :] <= lengths[:, None]).reshape(N)
-    caps = packing.fractions(N, buckets) if buckets else (N,)
-    out = packing.live_apply(_batch_pass(policy.apply), params, (flat, crow), valid, caps)
+    block = max(1, int(-(-buckets[0] * N // 1))) if buckets else N
+    out = packing.live_apply(_batch_pass(policy.apply), params, (flat, crow), valid, block)
     return jax.tree.map(lambda o: o.reshape((B, T + 1) + o.shape[1:]), out)
 
 

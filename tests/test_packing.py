@@ -28,39 +28,56 @@ def _fn(params, rows):
     return {"y": jnp.tanh(x @ params) * (k[:, None] + 1.0), "s": jnp.sum(x, -1)}
 
 
-def test_capacities():
-    assert packing.geometric(1024) == (16, 32, 64, 128, 256, 512, 1024)
-    assert packing.geometric(100, floor=16) == (13, 25, 50, 100)
-    assert packing.geometric(8) == (8,)
-    assert packing.fractions(30, (0.25, 0.5, 0.75, 1.0)) == (8, 15, 23, 30)
-    with pytest.raises(ValueError, match="capacities"):
-        packing.live_apply(_fn, W, (jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32)),
-                           jnp.ones(4, bool), (2, 3))
+def test_block_rows():
+    assert packing.block_rows(1024, 8) == 128
+    assert packing.block_rows(100, 8) == 16
+    assert packing.block_rows(8, 8) == 8
+    with pytest.raises(ValueError, match="blocks"):
+        packing.block_rows(10, 0)
 
 
-@given(st.lists(st.booleans(), min_size=12, max_size=12), st.sampled_from([(3, 6, 12), (12,), (6, 12)]))
-def test_live_apply_is_the_function_on_live_rows(live, caps):
+@given(st.lists(st.booleans(), min_size=12, max_size=12), st.sampled_from([1, 3, 5, 12]))
+def test_live_apply_is_the_function_on_live_rows(live, block):
     n = len(live)
     x = jax.random.normal(jax.random.PRNGKey(1), (n, 3))
     k = jnp.arange(n, dtype=jnp.int32) % 3
     live = jnp.asarray(live)
-    out = packing.live_apply(_fn, W, (x, k), live, caps)
+    out = packing.live_apply(_fn, W, (x, k), live, block)
     full = _fn(W, (x, k))
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(full)):
         m = np.asarray(live).reshape((-1,) + (1,) * (a.ndim - 1))
         np.testing.assert_allclose(np.asarray(a) * m, np.asarray(b) * m, rtol=1e-6, atol=1e-6)
-        if len(caps) > 1:
+        if block < n:
             assert np.all(np.asarray(a)[~np.asarray(live)] == 0)
 
     def loss(p, x, f):
         o = f(p, x)
         return jnp.sum(jnp.where(live[:, None], o["y"], 0) ** 2) + jnp.sum(jnp.where(live, o["s"], 0))
 
-    packed = lambda p, x: packing.live_apply(_fn, p, (x, k), live, caps)
+    packed = lambda p, x: packing.live_apply(_fn, p, (x, k), live, block)
     g1 = jax.grad(loss, argnums=(0, 1))(W, x, packed)
     g2 = jax.grad(loss, argnums=(0, 1))(W, x, lambda p, x: _fn(p, (x, k)))
     for a, b in zip(g1, g2):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_live_apply_inside_a_differentiated_scan():
+    """The rollout's use: live_apply in a scan body, differentiated through the scan."""
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 10, 3))
+    k = jnp.zeros((10,), jnp.int32)
+
+    def total(p, f):
+        def body(c, xt):
+            o = f(p, xt)
+            return c + jnp.sum(o["y"]) + jnp.sum(o["s"]), None
+        return jax.lax.scan(body, 0.0, x)[0]
+
+    live = jnp.arange(10) < 7
+    packed = lambda p, xt: packing.live_apply(_fn, p, (xt, k), live, 3)
+    masked = lambda p, xt: jax.tree.map(lambda o: jnp.where(
+        live.reshape((-1,) + (1,) * (o.ndim - 1)), o, 0.0), _fn(p, (xt, k)))
+    np.testing.assert_allclose(np.asarray(jax.grad(total)(W, packed)),
+                               np.asarray(jax.grad(total)(W, masked)), rtol=1e-5, atol=1e-5)
 
 
 ENVS = [HyperGrid(3, 5, r0=0.1), DAGEnv(d=4)]

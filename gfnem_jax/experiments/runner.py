@@ -65,9 +65,9 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
                         "the smallest of PACK equal size buckets (1 = one pass over every padded "
                         "state); a pure speed setting, the loss is the same", min=1, max=64)
     compact: bool = setting(True, "the rollouts run the policy only on the trajectories still "
-                            "running, packed into the smallest of halving capacities (off: every "
-                            "trajectory at every step); a speed setting: the same draws and "
-                            "loss to float rounding")
+                            "running, in blocks of an eighth of the batch (off: every trajectory "
+                            "at every step); a speed setting: the same draws and loss to float "
+                            "rounding")
     one_pass: bool = setting(False, "differentiate through the sampling rollout instead of "
                              "evaluating its states again in a second pass (one policy pass per "
                              "state): the same loss and gradient. On a 2-core CPU about 10% "
