@@ -139,7 +139,7 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
     interval = (exp.chunk(start) if exp.chunk is not None
                 else run_dir.chunk_size(s.steps, start, s.log_every))
     chunk = host_loop.first_chunk(interval) if exp.split else interval
-    run_chunk = exp.make_chunk(chunk)
+    run_chunk = [exp.make_chunk(chunk)]  # handed over below: host_loop frees it when unused
     unfinished: List[Optional[Dict[str, Any]]] = [None]
 
     def extras():
@@ -169,7 +169,7 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
                 log.write(r)
 
         state = host_loop.host_loop(
-            state, run_chunk, s.steps - done, chunk, data_fn=exp.data_fn, summarize=summarize,
+            state, run_chunk.pop(), s.steps - done, chunk, data_fn=exp.data_fn, summarize=summarize,
             evaluate=exp.evaluate, on_log=on_log, progress=progress, desc=exp.name,
             postfix=tuple(exp.postfix), interval=interval, pending=pending,
             make_chunk=exp.make_chunk if exp.split else None,

@@ -122,8 +122,9 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     """
     from tqdm.auto import tqdm
     from gfnem_jax import distributed as D
-    from gfnem_jax.startup import release_memory
+    from gfnem_jax.startup import release_memory, trim_after_compiles
     release_memory()  # what compiling the evaluation (a step-0 row) left mapped
+    trim_after_compiles()  # and each training chunk's compiler memory before its first run
     multi = D.process_count() > 1
     primary = D.is_primary()
     interval = interval or chunk
@@ -139,6 +140,7 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     say = (lambda msg: bar.write(msg, file=sys.stderr)) if not bar.disable else (
         lambda msg: (sys.stderr.write(msg + "\n"), sys.stderr.flush()))
     compiled = {chunk: run_chunk}
+    del run_chunk  # only ``compiled`` holds it: a chunk size given up frees its program
     timed = set()  # chunk sizes run once already (their compilation is behind them)
     last_ck = last_checkpoint
     t0 = time.perf_counter()

@@ -103,3 +103,25 @@ def release_memory() -> bool:
         return False
     _TRIM[0](0)
     return True
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_LISTENING = []
+
+
+def trim_after_compiles(min_seconds: float = 1.0) -> None:
+    """From now on, ``release_memory`` right after every XLA compilation that took at least
+    ``min_seconds`` (a JAX monitoring listener on the backend-compile event, called in the
+    compiling thread before the program first runs). The compiler's freed working memory then
+    goes back to the system before the program's own buffers are allocated on top of it, so a
+    large program's peak is max(compilation, run) instead of their sum. Idempotent."""
+    if _LISTENING:
+        return
+    from jax import monitoring
+
+    def listener(event, duration, **_):
+        if event == _COMPILE_EVENT and duration >= min_seconds:
+            release_memory()
+
+    monitoring.register_event_duration_secs_listener(listener)
+    _LISTENING.append(listener)
