@@ -80,9 +80,9 @@ def build(s, model, vocab_size: int) -> Built:
         return env.partial_log_reward(rules(theta), cond, state)
 
     gfn = GFlowNet(env, policy, objective, s.explore(),
-                   engine=(Buckets(s.n_buckets or 1, s.pack, objective.soft_values)
+                   engine=(Buckets(s.n_buckets or 1, s.pack, objective.soft_values, s.compact)
                            if (s.n_buckets or s.pack) else None),
-                   flow_offset=flow_offset if s.forward_looking else None)
+                   flow_offset=flow_offset if s.forward_looking else None, compact=s.compact)
 
     def log_joint(theta, x, z):
         return G.log_joint(rules(theta), x["tokens"], z)

@@ -28,6 +28,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from gfnem_jax import packing
 from gfnem_jax.envs.base import masked_log_softmax
 from gfnem_jax.grammar.env import ParseTree
 from gfnem_jax.grammar.policy import ParsePolicy, shrink
@@ -112,10 +113,59 @@ def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, 
     return states, y.action, y.bwd_action, y.valid, y.log_pf, lpb, y.log_pi, flow
 
 
+def _forward_packed(env: ParseTree, policy: ParsePolicy, params, explore, buckets,
+                    differentiable, keys, s0, ctx, soft_values, block):
+    """``_forward_one`` for all sentences at once (leaves [B, ...]), the policy run at step t only
+    on the sentences not yet parsed (``packing.live_apply`` in blocks of ``block``): the same
+    draws and values (to float rounding), no pass for a sentence after its last merge. Returns
+    ``_forward_one``'s outputs with a leading B axis."""
+    T = env.max_steps
+    apply = policy.apply if differentiable else policy.apply_forward
+    step = jax.vmap(lambda k, t, s, l: forward_step(env, explore, k, t, s, l),
+                    (0, None, 0, 0))
+
+    def run_bucket(s, t0, t1, K):
+        def pass_(p, rows):
+            obs, c = rows
+            return jax.vmap(lambda o, cc: apply(p, o, cc))(obs, c)
+
+        def body(s, t):
+            live = ~jax.vmap(env.is_terminal)(s)
+            obs = shrink(jax.vmap(env.observe)(s), K)
+            out = packing.live_apply(pass_, params, (obs, ctx), live, block)
+            _, _, y = step(keys, t, s, out.fwd_logits)
+            if not differentiable:
+                return y.state, (y,)
+            fmask = jax.vmap(env.forward_mask)(s)
+            flow = soft_value(out.fwd_logits, fmask) if soft_values else out.log_flow
+            bmask = jax.vmap(env.backward_mask)(s)
+            return y.state, (y, masked_log_softmax(out.bwd_logits, bmask), flow)
+        return jax.lax.scan(body, s, jnp.arange(t0, t1))
+
+    s, ys = s0, []
+    for t0, t1, K in buckets:
+        t1 = min(t1, T)
+        if t1 > t0:
+            s, y = run_bucket(s, t0, t1, K)
+            ys.append(y)
+    y, *passes = jax.tree.map(lambda *a: jnp.swapaxes(jnp.concatenate(a), 0, 1), *ys)
+    states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[:, None], a], axis=1), s0, y.state)
+    if not differentiable:
+        B = y.log_pf.shape[0]
+        lpb, flow = jnp.zeros_like(y.log_pf), jnp.zeros((B, T + 1), y.log_pf.dtype)
+    else:
+        lpb_all, flow = passes  # [B, T, A_b], [B, T]
+        nxt_lpb = jnp.concatenate([lpb_all[:, 1:], jnp.zeros_like(lpb_all[:, :1])], axis=1)
+        lpb = jnp.where(y.valid, jnp.take_along_axis(nxt_lpb, y.bwd_action[..., None],
+                                                     axis=2)[..., 0], 0.0)
+        flow = jnp.concatenate([flow, jnp.zeros_like(flow[:, :1])], axis=1)
+    return states, y.action, y.bwd_action, y.valid, y.log_pf, lpb, y.log_pi, flow
+
+
 def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_fn=None,
             reward_params=None, explore: Exploration = Exploration(), n_buckets: int = 4,
             index_offset=0, differentiable: bool = False, ctx=None,
-            soft_values: bool = False) -> Trajectories:
+            soft_values: bool = False, block=None) -> Trajectories:
     """Sample one trajectory per sentence (cond leaves [B, ...]) with the behaviour policy.
 
     The sampling pass (``policy.apply_forward``) on K(t) root slots; log_pf is the target
@@ -129,6 +179,8 @@ def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_f
       (``GFlowNet(..., one_pass=True).rollout_terms``). Otherwise no gradient flows.
     ctx: the encoded sentences (``encode_batch``) if the caller has them, else encoded here.
     soft_values: (differentiable) log_flow is the soft value of the forward logits.
+    block: None, or rows per block < B: at each step the policy runs only on the sentences not
+      yet parsed (``packing.live_apply``); the same draws and values to float rounding.
     """
     if not differentiable:
         params = jax.lax.stop_gradient(params)
@@ -138,9 +190,14 @@ def rollout(env: ParseTree, policy: ParsePolicy, params, key, cond, log_reward_f
         ctx = encode_batch(policy, params, cond)
     s0 = jax.vmap(env.init)(cond)
     buckets = time_buckets(env.max_len, n_buckets)
-    f = lambda k, s, c: _forward_one(env, policy, params, explore, buckets, differentiable, k, s, c,
-                                     soft_values)
-    states, acts, bacts, mask, lpf, lpb, lpi, flow = jax.vmap(f)(keys, s0, ctx)
+    if block is None or block >= B:
+        f = lambda k, s, c: _forward_one(env, policy, params, explore, buckets, differentiable, k,
+                                         s, c, soft_values)
+        parts = jax.vmap(f)(keys, s0, ctx)
+    else:
+        parts = _forward_packed(env, policy, params, explore, buckets, differentiable, keys, s0,
+                                ctx, soft_values, block)
+    states, acts, bacts, mask, lpf, lpb, lpi, flow = parts
     lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
     terminal = jax.tree.map(lambda a: a[:, -1], states)
     if log_reward_fn is None:
@@ -266,13 +323,17 @@ class Buckets:
     n_buckets: int = 4
     pack: int = 0
     soft_values: bool = False
+    # the rollout runs the policy only on sentences not yet parsed, in blocks of an eighth of
+    # the batch (``packing.live_apply``; at least 16 sentences); False: every sentence every step
+    compact: bool = False
 
     def rollout(self, env, policy, params, key, batch_size, log_reward_fn, reward_params, cond,
                 explore, index_offset, differentiable=False, ctx=None):
         if cond is None or cond["length"].shape[0] != batch_size:
             raise ValueError("Buckets.rollout needs one sentence (cond row) per trajectory")
+        block = packing.block_rows(batch_size, 8) if self.compact else None
         return rollout(env, policy, params, key, cond, log_reward_fn, reward_params, explore,
-                       self.n_buckets, index_offset, differentiable, ctx, self.soft_values)
+                       self.n_buckets, index_offset, differentiable, ctx, self.soft_values, block)
 
     def evaluate(self, env, policy, params, traj, ctx):
         if self.pack:
