@@ -350,6 +350,8 @@ def _sample(args):
     if not os.access(parent, os.W_OK | os.X_OK):
         _fail(f"--out {args.out!r}: its directory {os.path.dirname(args.out)!r} is not writable")
     kind = experiments.kind_of_run(args.run)
+    if kind is None and run_dir.config_problem(args.run):  # missing or damaged: say which
+        _fail(f"--run {args.run!r}: {run_dir.config_problem(args.run)}")
     if kind is None or not hasattr(experiments.kind(kind), "sample"):
         what = f"a {kind} run" if kind else "not a run gfnem can sample from"
         _fail(f"--run {args.run!r} is {what}; gfnem sample takes runs of "

@@ -92,6 +92,22 @@ def load_config(run: str) -> Dict[str, Any]:
     return cfg
 
 
+def config_problem(run: str) -> Optional[str]:
+    """Why the config.json of run directory ``run`` cannot be read (one phrase naming it), or
+    None when it reads as a JSON object."""
+    path = os.path.join(run, CONFIG)
+    if not os.path.isfile(path):
+        return f"it holds no {CONFIG} (not a gfnem run directory)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        return f"its {CONFIG} cannot be read ({e.__class__.__name__})"
+    except ValueError as e:
+        return f"its {CONFIG} is damaged (not JSON: {e})"
+    return None if isinstance(cfg, dict) else f"its {CONFIG} is damaged (not a JSON object)"
+
+
 _MISSING = object()
 
 

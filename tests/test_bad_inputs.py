@@ -119,6 +119,7 @@ CASES = [
     ("hypergrid: --resume of a folder holding no run", lambda f, o: ["train", "hypergrid", "--steps", "2", "--resume", "--out", f["run_nocfg"]], "resume"),
     ("several processes: --process-id out of range", lambda f, o: ["train", "hypergrid", "--num-processes", "2", "--process-id", "5", "--coordinator", "h:1", "--out", o], "--process-id"),
     ("sample: --run without config.json", lambda f, o: ["sample", "--run", f["run_nocfg"], "--out", os.path.join(os.path.dirname(o), "x.npy")], "--run"),
+    ("sample: --run with a damaged config.json", lambda f, o: ["sample", "--run", f["run_badcfg"], "--out", os.path.join(os.path.dirname(o), "x.npy")], "config.json is damaged"),
     ("sample: --n 0", lambda f, o: ["sample", "--run", f["run_nocfg"], "--n", "0", "--out", os.path.join(os.path.dirname(o), "x.npy")], "--n"),
     ("parse: --run without config.json", lambda f, o: ["parse", "--run", f["run_nocfg"], "--corpus", f["corpus"], "--out", os.path.join(o, "p.jsonl")], "config.json"),
     ("parse: unknown --decoder", lambda f, o: ["parse", "--grammar", f["g_rows"], "--corpus", f["corpus"], "--decoder", "best-of-0", "--out", os.path.join(o, "p.jsonl")], "decoder"),
