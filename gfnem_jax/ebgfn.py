@@ -19,7 +19,8 @@ an argument of the compiled chunk):
            n - 1 further updates on fresh batches (``after_sampler``). gfn takes 4 by default: with
            1, its sampler lags the energy (exact TV(P_F, p_phi) 0.5-0.96 at d = 6 and 8, against
            <= 0.11 with 4) and the energy, pushed up only where the stale sampler goes, grows
-           spurious modes (docs/experiments/ebm.rst, "Why plain gfn diverged").
+           spurious modes (docs/experiments/ebm.rst, "Why plain gfn diverged"; 4 still lags on
+           2spirals at d = 16, where gfn-cd is the method to use).
            pcd / gwg: a ``loop.Move``: the chains move by ``mcmc_steps`` random-scan Gibbs (pcd)
            or Gibbs-with-gradients (gwg) steps; no loss (logged as 0), no optimizer.
   model    one Adam step on the contrastive loss

@@ -47,7 +47,8 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
     test_fraction: float = setting(0.1, "held-out fraction of a .npy data set", gt=0, lt=1)
     method: str = setting("gfn-cd", "how negatives are drawn: gfn-cd (one back-and-forth MH step "
                           "from each data point, EB-GFN's method), gfn (the sampler's own samples, "
-                          "taken after gfn_updates sampler updates), pcd or gwg",
+                          "taken after gfn_updates sampler updates; less stable than gfn-cd), "
+                          "pcd or gwg",
                           choices=METHODS)
     loss: str = retune(ObjectiveSettings, "loss", "tb",
                        help="gfn / gfn-cd: the GFlowNet objective (balance objectives take the "
