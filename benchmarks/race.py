@@ -261,7 +261,7 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         print(f"  {peer:8s} {cfg:16s} rep {rep}: {p['its']:8.1f} it/s  l1 {p['l1'][-1]:.4f}  "
               f"first step {p['t_first_step_s']:.1f} s  rss {p['peak_rss_mib']:.0f} MiB "
               f"({p['steps'] + 1} steps)", flush=True)
-    if repeats == 1 and batch == min(plan):
+    if repeats == 1:
         # a warm start: the same run again, its programs now in the persistent compilation cache
         # (on by default for `gfnem train`), as every run after a user's first one starts
         warm = launch(sys.executable, "ours_hypergrid.py", fl_ours + ["--compile-cache", cache_dir],
@@ -293,6 +293,8 @@ def race_config(peer, peer_py, ndim, batch, plan, repeats, args, cache_root, los
         t_l1_train_ratio=round(p_tr / o_tr, 2) if (o_tr and p_tr) else None,
         peer_t_total=round(peer_runs[-1]["evals"][-1]["t_s"], 2),
         ours_rss_mib=med([r["peak_rss_mib"] for r in ours_runs]),
+        ours_rss_cold_mib=ours_runs[0]["peak_rss_mib"],
+        ours_rss_warm_mib=warm["peak_rss_mib"] if warm else None,
         peer_rss_mib=med([r["peak_rss_mib"] for r in peer_runs]),
         ours_ttfs_cold=ours_runs[0]["t_first_step_s"], ours_ttfs_warm=ours_warm,
         peer_ttfs=med([r["t_first_step_s"] for r in peer_runs]),
@@ -345,7 +347,7 @@ def markdown(rows, meta) -> str:
              f"at the run's iterations/s, and its share of the measured matmul peak "
              f"({meta.get('matmul_peak_gflops', '?')} GFLOP/s, JAX on every core).", "",
              "| peer | config | ours it/s | peer it/s | ratio | ours L1 | peer L1 | ours t(L1<0.05) s cold / warm "
-             "| peer t(L1<0.05) s | t ratio cold / warm | ours RSS MiB | peer RSS MiB | ours 1st step cold / warm s "
+             "| peer t(L1<0.05) s | t ratio cold / warm | ours RSS MiB cold / warm | peer RSS MiB | ours 1st step cold / warm s "
              "| peer 1st step s | peer steps / s run | training t(L1<0.05) s ours / peer (ratio) "
              "| states/traj ours / peer | GFLOP/it ours / peer | GFLOP/s (% peak) ours / peer |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -362,7 +364,8 @@ def markdown(rows, meta) -> str:
             f"| {r['peer']} | {r['config']} | {r['ours_its']:.1f} | {r['peer_its']:.1f} | "
             f"**{r['ratio']:.2f}** | {r['ours_l1']:.3f} | {r['peer_l1']:.3f} | {fmt(r['ours_t_l1'])} / "
             f"{fmt(r.get('ours_t_l1_warm'))} | {fmt(r['peer_t_l1'])} | {fmt(r['t_l1_ratio'], 2)} / "
-            f"{fmt(r.get('t_l1_ratio_warm'), 2)} | {r['ours_rss_mib']:.0f} | "
+            f"{fmt(r.get('t_l1_ratio_warm'), 2)} | {fmt(r.get('ours_rss_cold_mib'), 0)} / "
+            f"{fmt(r.get('ours_rss_warm_mib'), 0)} | "
             f"{r['peer_rss_mib']:.0f} | {fmt(r['ours_ttfs_cold'])} / {fmt(r['ours_ttfs_warm'])} | "
             f"{fmt(r['peer_ttfs'])} | {r['peer_steps']} / {r['peer_t_total']:.0f} | "
             f"{fmt(r.get('ours_t_l1_train'), 2)} / {fmt(r.get('peer_t_l1_train'), 2)} "
