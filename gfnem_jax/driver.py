@@ -154,14 +154,23 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
         chunk_metrics[0] = m
         return exp.summarize(m) if exp.summarize is not None else {}
 
-    if progress and primary and exp.first_rows is not None and not kept:
-        _say(f"{exp.name}: computing the rows before the first step (compiling them first) ...")
     at = D.to_local(state)
     if pending and hasattr(at, "_replace"):  # the rows resume at the unfinished interval's start
         at = at._replace(step=np.asarray(start, np.asarray(at.step).dtype))
-    first = exp.first_rows(at, kept) if exp.first_rows is not None else []
+    # rows before the first step: with no kept rows they are computed after the first chunk has
+    # run (from the state before it), so that the training chunk, the largest program, compiles
+    # before the evaluation's programs and its compilation peaks on the smaller heap
+    defer = exp.first_rows is not None and not kept
+    first = exp.first_rows(at, kept) if exp.first_rows is not None and not defer else []
     with run_dir.MetricsLog(out, first + kept, tensorboard=getattr(s, "tensorboard", False)) as log:
         log.board(first)
+
+        def first_rows():
+            if progress and primary:
+                _say(f"{exp.name}: computing the rows before the first step (compiling them "
+                     f"first) ...")
+            for r in exp.first_rows(at, kept):
+                log.write(r)
 
         def on_log(row):
             rows = exp.log_rows(chunk_metrics[0], row) if exp.log_rows is not None else [row]
@@ -174,7 +183,10 @@ def run(exp: Experiment, out: str, progress: bool = True, resume: bool = False) 
             postfix=tuple(exp.postfix), interval=interval, pending=pending,
             make_chunk=exp.make_chunk if exp.split else None,
             on_pending=lambda m: unfinished.__setitem__(0, m),
+            after_first_chunk=first_rows if defer else None,
             wall_offset=log.wall_offset() + time.perf_counter() - t0, **cks.loop_kwargs())
+        if defer and not log.rows:  # no chunk ran (nothing left to train)
+            first_rows()
     unfinished[0] = None
     cks.save(state)  # collective with several processes
     state = D.to_local(state)

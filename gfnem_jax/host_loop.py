@@ -85,7 +85,7 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
               make_chunk: Optional[Callable[[int], Callable]] = None,
               pending: Optional[Dict[str, np.ndarray]] = None,
               on_pending: Optional[Callable[[Optional[Dict[str, np.ndarray]]], None]] = None,
-              target_s: float = TARGET_S):
+              target_s: float = TARGET_S, after_first_chunk: Optional[Callable[[], None]] = None):
     """Run ``steps`` steps in compiled chunks; log every ``interval`` steps, checkpoint between.
 
     run_chunk(state, data) -> (state, metrics[chunk]): ``chunk`` steps in one compiled call.
@@ -99,6 +99,8 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
     on_pending(metrics or None): called just before each ``on_checkpoint`` with the metrics of
       the unfinished interval (None at an interval's end), for the checkpoint to carry them.
     data_fn(chunk_index) -> the ``data`` argument of each chunk (host-fed batches); None = none.
+    after_first_chunk(): called once, right after the first chunk has run (before its metrics
+      are looked at), e.g. to log the rows of the state before it once the chunk is compiled.
     A logged row is {"step", "loss" (mean over the interval's sampler steps), "loss_last"} plus
     ``summarize(metrics of the interval)`` and ``evaluate(state)`` and "wall_s" (seconds since
     the loop started, compilation included, plus ``wall_offset`` carried over a resume); "loss"
@@ -168,6 +170,10 @@ def host_loop(state, run_chunk, steps: int, chunk: int, data_fn: Optional[Callab
             seconds = time.perf_counter() - t_chunk
             c += 1
             if n not in timed:  # its first run: compiled just now
+                release_memory()
+            if after_first_chunk is not None:
+                after_first_chunk()
+                after_first_chunk = None
                 release_memory()
             step = int(D.to_local(state.step))
             done += n
