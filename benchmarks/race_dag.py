@@ -27,6 +27,8 @@ import tempfile
 
 import numpy as np
 
+from gfnem_jax.dag.posterior import jsd
+
 JSD_TARGET = 1e-3
 JRAPH = "0.0.6.dev0"
 PLANS = {  # (steps, eval_every, max training seconds) of ours / of gfnx, repeats
@@ -81,17 +83,6 @@ def dag_terminal_distribution(pf: np.ndarray, adj: np.ndarray):
     return P * pf[:, -1], leak
 
 
-def _jsd(p, q):
-    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
-    m = 0.5 * (p + q)
-
-    def kl(a):
-        nz = a > 0
-        return float(np.sum(a[nz] * (np.log(a[nz]) - np.log(m[nz]))))
-
-    return 0.5 * kl(p) + 0.5 * kl(q)
-
-
 def _softmax(x):
     x = np.asarray(x, np.float64)
     e = np.exp(x - x.max())
@@ -132,15 +123,15 @@ def run_gfnx(launch, py, args, plan, inputs, work):
     diff = inputs["log_score"] - lr
     own = _softmax(lr)
     r["reward_spread"] = float(diff.max() - diff.min())
-    r["jsd_targets"] = _jsd(own, post)
+    r["jsd_targets"] = jsd(own, post)
     r["jsd"], r["jsd_own"], leaks = [], [], []
     for k in range(len(r["evals"])):
         pt, leak = dag_terminal_distribution(np.load(os.path.join(tables, f"pf_{k}.npy")), adj)
         leaks.append(leak)
         r.setdefault("mass", []).append(float(pt.sum()))
         pt = pt / pt.sum()
-        r["jsd"].append(_jsd(pt, post))
-        r["jsd_own"].append(_jsd(pt, own))
+        r["jsd"].append(jsd(pt, post))
+        r["jsd_own"].append(jsd(pt, own))
     r["illegal_mass"] = max(leaks) if leaks else None
     shutil.rmtree(tables)
     r["curve"] = [[e["step"], e["t_s"], j] for e, j in zip(r["evals"], r["jsd"])]

@@ -69,6 +69,18 @@ def packed_slot_cost(lengths, max_len: int, chunk: int, step: int = 4) -> int:
     return sum(chunk * next(K for K in sizes if K >= rs[i]) for i in range(0, len(rs), chunk))
 
 
+def _scan_buckets(run_bucket, s0, buckets, T):
+    """The time buckets' scans in turn from s0 (``run_bucket(s, t0, t1, K) -> (s, ys)``), their
+    per-step outputs concatenated along time (leaves [T, ...])."""
+    s, ys = s0, []
+    for t0, t1, K in buckets:
+        t1 = min(t1, T)
+        if t1 > t0:
+            s, y = run_bucket(s, t0, t1, K)
+            ys.append(y)
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *ys)
+
+
 def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, differentiable,
                  key, s0, ctx, soft_values=False):
     """One trajectory: at step t one policy pass on s_t's K(t) root slots, then the core's step
@@ -93,13 +105,7 @@ def _forward_one(env: ParseTree, policy: ParsePolicy, params, explore, buckets, 
             return y.state, (y, masked_log_softmax(out.bwd_logits, env.backward_mask(s)), flow)
         return jax.lax.scan(body, s, jnp.arange(t0, t1))
 
-    s, ys = s0, []
-    for t0, t1, K in buckets:
-        t1 = min(t1, T)
-        if t1 > t0:
-            s, y = run_bucket(s, t0, t1, K)
-            ys.append(y)
-    y, *passes = jax.tree.map(lambda *a: jnp.concatenate(a), *ys)
+    y, *passes = _scan_buckets(run_bucket, s0, buckets, T)
     states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a]), s0, y.state)
     if not differentiable:
         lpb, flow = jnp.zeros_like(y.log_pf), jnp.zeros((T + 1,), y.log_pf.dtype)
@@ -142,13 +148,8 @@ def _forward_packed(env: ParseTree, policy: ParsePolicy, params, explore, bucket
             return y.state, (y, masked_log_softmax(out.bwd_logits, bmask), flow)
         return jax.lax.scan(body, s, jnp.arange(t0, t1))
 
-    s, ys = s0, []
-    for t0, t1, K in buckets:
-        t1 = min(t1, T)
-        if t1 > t0:
-            s, y = run_bucket(s, t0, t1, K)
-            ys.append(y)
-    y, *passes = jax.tree.map(lambda *a: jnp.swapaxes(jnp.concatenate(a), 0, 1), *ys)
+    y, *passes = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1),
+                              _scan_buckets(run_bucket, s0, buckets, T))
     states = jax.tree.map(lambda a0, a: jnp.concatenate([a0[:, None], a], axis=1), s0, y.state)
     if not differentiable:
         B = y.log_pf.shape[0]
