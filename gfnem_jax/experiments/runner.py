@@ -61,9 +61,10 @@ class TrainSettings(ExplorationSettings, MLPSettings, OptimiserSettings, Objecti
                                  "has its own, torchgfn's default)")
     seed: int = setting(0, "random seed; the same seed gives identical results", min=0, max=2 ** 32 - 1)
     devices: int = setting(1, "split each batch over this many devices (shard_map data parallelism)", min=1)
-    pack: int = setting(4, "before the loss pass, pack the real (not yet terminated) states into "
-                        "the smallest of PACK equal size buckets (1 = one pass over every padded "
-                        "state); a pure speed setting, the loss is the same", min=1, max=64)
+    pack: int = setting(16, "the loss pass computes only the real (not yet terminated) states, "
+                        "in blocks of 1/PACK of the batch's states (1 = one pass over every "
+                        "padded state); a speed setting, the loss is the same to float rounding",
+                        min=1, max=64)
     compact: bool = setting(True, "the rollouts run the policy only on the trajectories still "
                             "running, in blocks of an eighth of the batch (off: every trajectory "
                             "at every step); a speed setting: the same draws and loss to float "
