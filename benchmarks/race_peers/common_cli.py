@@ -52,6 +52,15 @@ def parser(desc):
     return p
 
 
+def ours_ready(args) -> float:
+    """Our workers' start after their imports: JAX's persistent compilation cache in
+    ``args.compile_cache`` when given (gfnem_jax.startup); returns the seconds since launch."""
+    if args.compile_cache:
+        from gfnem_jax.startup import enable_compilation_cache
+        enable_compilation_cache(args.compile_cache)
+    return now()
+
+
 def write(path, d):
     with open(path, "w") as f:
         json.dump(d, f, indent=1)

@@ -19,7 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common_cli import now, write  # noqa: E402
+from common_cli import now, ours_ready, write  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--d", type=int, default=5)
@@ -46,10 +46,7 @@ from gfnem_jax import loop  # noqa: E402
 from gfnem_jax.dag import posterior as dag_posterior  # noqa: E402
 from gfnem_jax.experiments import dag, runner  # noqa: E402
 
-if args.compile_cache:
-    from gfnem_jax.startup import enable_compilation_cache
-    enable_compilation_cache(args.compile_cache)
-t_import = now()
+t_import = ours_ready(args)
 s = dag.Settings(num_nodes=args.d, edge_prob=min(1.0, 2.0 / (args.d - 1)),  # ER1
                  noise_scale=args.noise_scale, n_obs=100, loss="db", flow="stop",
                  epsilon=args.epsilon, batch_size=args.batch, lr=args.lr, hidden=args.hidden,

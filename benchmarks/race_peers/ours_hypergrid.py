@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common_cli import now, parser, write  # noqa: E402
+from common_cli import now, ours_ready, parser, write  # noqa: E402
 
 p = parser(__doc__.split("\n")[0])
 p.add_argument("--compile-cache", default=None, help="persistent compilation cache dir")
@@ -31,10 +31,7 @@ import numpy as np  # noqa: E402
 
 from gfnem_jax.experiments import runner  # noqa: E402
 
-if args.compile_cache:
-    from gfnem_jax.startup import enable_compilation_cache
-    enable_compilation_cache(args.compile_cache)
-t_import = now()
+t_import = ours_ready(args)
 cfg = dict(task="hypergrid", env=dict(ndim=args.ndim, height=args.height, r0=args.r0, r1=args.r1,
                                       r2=args.r2),
            loss=args.loss, steps=args.steps, batch_size=args.batch, lr=args.lr,
