@@ -191,12 +191,15 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=["tb_off", "tb_on", "reverse_kl", "mdb"],
                     choices=sorted(METHODS))
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--evals", type=int, default=5, help="evaluations per run")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-logz", type=float, default=0.1)
+    ap.add_argument("--lr-logz", type=float, default=0.3)
+    ap.add_argument("--lr-drop", type=float, default=0.1,
+                    help="multiply both learning rates by this after --lr-drop-at of the steps")
+    ap.add_argument("--lr-drop-at", type=float, default=0.75)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                   "results", "dag_cpu.json"))
     ap.add_argument("--large", action="store_true",
@@ -211,7 +214,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from _machine import cpu_name
     import jax
-    common = {"batch_size": a.batch_size, "hidden": a.hidden, "lr": a.lr, "lr_logz": a.lr_logz}
+    common = {"batch_size": a.batch_size, "hidden": a.hidden, "lr": a.lr, "lr_logz": a.lr_logz,
+              "lr_drop": a.lr_drop, "lr_drop_at": a.lr_drop_at}
     records, configs = [], {}
     t0 = time.time()
     if a.large:

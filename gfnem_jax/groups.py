@@ -61,10 +61,18 @@ class OptimiserSettings(Settings):
     lr: float = setting(5e-4, "Adam learning rate of the policy", gt=0)
     lr_logz: float = setting(0.05, "Adam learning rate of log Z", gt=0)
     grad_clip: float = setting(0.0, "global-norm gradient clipping, 0 = off", min=0)
+    lr_drop: float = setting(1.0, "multiply both learning rates by this after lr_drop_at of the "
+                             "steps (1 = constant)", gt=0, max=1)
+    lr_drop_at: float = setting(0.75, "fraction of the steps (the policy's updates) after which "
+                                "lr_drop applies", min=0, max=1)
 
     def optim(self):
+        """``OptimConfig`` of these settings; the drop comes at update
+        ``round(lr_drop_at * steps)`` (``steps`` of the composing settings, 0 when absent)."""
         from gfnem_jax.optim import OptimConfig
-        return OptimConfig(self.lr, self.lr_logz, self.grad_clip)
+        drop_at = int(round(self.lr_drop_at * getattr(self, "steps", 0)))
+        return OptimConfig(self.lr, self.lr_logz, self.grad_clip, lr_drop=self.lr_drop,
+                           drop_at=drop_at)
 
 
 @dataclasses.dataclass(frozen=True)

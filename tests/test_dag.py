@@ -542,3 +542,40 @@ def test_cli_d50_with_an_edge_limit(tmp_path):
     row = json.loads(open(out / "metrics.jsonl").readline())
     assert np.isfinite(row["loss"]) and 0 <= row["auroc"] <= 1 and row["samples_per_s"] > 0
     assert row["mean_edges"] <= 60
+
+
+def test_lr_drop_setting_drops_both_rates_at_its_fraction_of_the_steps():
+    """``lr_drop`` / ``lr_drop_at`` (the optimiser group): Adam's step on a constant gradient is
+    its learning rate, so the policy's and log Z's steps are lr and lr_logz until update
+    round(lr_drop_at * steps), then times lr_drop."""
+    import jax.numpy as jnp
+    from gfnem_jax.experiments import dag
+    from gfnem_jax.optim import make_optimizer
+
+    s = dag.Settings(num_nodes=3, steps=8, lr=1.0, lr_logz=0.5, lr_drop=0.1, lr_drop_at=0.25)
+    cfg = s.optim()
+    assert (cfg.lr_drop, cfg.drop_at) == (0.1, 2)
+    params = {"w": jnp.zeros(3), "log_z": jnp.zeros(())}
+    tx = make_optimizer(cfg, {"w": False, "log_z": True})
+    st = tx.init(params)
+    grads = {"w": jnp.ones(3), "log_z": jnp.ones(())}
+    steps = []
+    for _ in range(4):
+        upd, st = tx.update(grads, st, params)
+        steps.append((float(-upd["w"][0]), float(-upd["log_z"])))
+    np.testing.assert_allclose(steps, [(1, .5), (1, .5), (.1, .05), (.1, .05)], rtol=1e-4)
+    assert dag.Settings(num_nodes=3).optim().lr_drop == 1.0  # off by default
+
+
+def test_lr_drop_reaches_the_published_off_policy_tb_jsd(tmp_path):
+    """d = 3, off-policy TB with the benchmark's rates (log Z 0.3, a 10x drop at 3/4): the exact
+    JSD (float64, from posterior.npz) ends far below the VI paper's off-policy TB figure, 3.7e-7:
+    measured 1.8e-12 at 3,000 steps, against 4.3e-8 for the same run at constant rates
+    (benchmarks/dag.py: 1e-15 - 4e-12 at 10,000 steps)."""
+    from gfnem_jax import cli
+    out = tmp_path / "run"
+    cli.main(["train", "dag", "--num-nodes", "3", "--steps", "3000", "--log-every", "1000",
+              "--lr-logz", "0.3", "--lr-drop", "0.1", "--quiet", "--out", str(out)])
+    z = np.load(out / "posterior.npz")
+    q = np.asarray(z["sampler"], np.float64)
+    assert posterior.jsd(q / q.sum(), np.asarray(z["posterior"], np.float64)) < 1e-9
