@@ -8,6 +8,10 @@ trajectories: the most padding), the race's network (2 hidden layers of 256, R0 
 
     python benchmarks/compact_ab.py --ndim 4 --batch 1024 --chunk 4 "one_pass=1,compact=0" "one_pass=1"
     python benchmarks/compact_ab.py --ndim 2 --batch 64 --chunk 50 "compact=0" ""
+    python benchmarks/compact_ab.py --ndim 2 --batch 256 --chunk 20 "min_block=1" "min_block=512"
+
+``min_block=K`` sets ``sampling.MIN_EVAL_BLOCK`` (the training pass's smallest block) for that
+variant's compilation.
 """
 from __future__ import annotations
 
@@ -38,8 +42,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     import jax
 
-    from gfnem_jax import loop
+    from gfnem_jax import loop, sampling
     from gfnem_jax.experiments import runner
+
+    default_block = sampling.MIN_EVAL_BLOCK
 
     chunks = []
     for v in args.variants:
@@ -47,10 +53,12 @@ def main(argv=None):
                                               r1=0.5, r2=2.0),
                    loss="tb", steps=100, batch_size=args.batch, lr=1e-3, lr_logz=0.1,
                    hidden=256, n_layers=2, seed=0, log_every=50, **parse_variant(v))
+        sampling.MIN_EVAL_BLOCK = cfg.pop("min_block", default_block)  # read when compiled
         env, gfn, optim = runner.build(cfg)
         st, tx = runner.init_state(gfn, optim, 0)
         ch = loop.make_chunk(runner.make_step(gfn, tx, args.batch), args.chunk)
         out = jax.block_until_ready(ch(st))
+        sampling.MIN_EVAL_BLOCK = default_block
         chunks.append([ch, out[0]])
         print(f"# compiled {v or 'defaults'}", flush=True)
     ms = [[] for _ in chunks]

@@ -395,6 +395,11 @@ def evaluation_of(env: Environment, out, traj: Trajectories,
     return padded_evaluation(lpf, lpb, log_flow, traj.mask)
 
 
+# The training pass's smallest block (rows): below it, a block's per-operation overhead costs more
+# than the padding it skips (benchmarks/compact_ab.py, HyperGrid batch 16-256 on a 2-core CPU).
+MIN_EVAL_BLOCK = 512
+
+
 def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
     """The policy on the B*(T+1) states (obs leaves [B, T+1, ...]; ctx leaves [B, ...]).
 
@@ -403,6 +408,7 @@ def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
     B*(T+1), the last 1.0; equal steps, as (1/P, 2/P, ..., 1)) only the real states (t <= L_b;
     the rest is padding after termination) are computed, in blocks of the first fraction's rows
     (``packing.live_apply``; zeros at padding): the work of the smallest bucket that holds them.
+    A block has at least ``MIN_EVAL_BLOCK`` rows (all N when fewer).
     Outputs have leaves [B, T+1, ...] either way.
     """
     B = lengths.shape[0]
@@ -411,6 +417,7 @@ def _apply_all(policy: Policy, params, obs, ctx, lengths, T, buckets):
     crow = None if ctx is None else jax.tree.map(lambda c: jnp.repeat(c, T + 1, axis=0), ctx)
     valid = (jnp.arange(T + 1)[None, :] <= lengths[:, None]).reshape(N)
     block = max(1, int(-(-buckets[0] * N // 1))) if buckets else N
+    block = min(N, max(block, MIN_EVAL_BLOCK))
     out = packing.live_apply(_batch_pass(policy.apply), params, (flat, crow), valid, block)
     return jax.tree.map(lambda o: o.reshape((B, T + 1) + o.shape[1:]), out)
 

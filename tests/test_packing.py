@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from gfnem_jax import cli, objectives, packing
+from gfnem_jax import cli, objectives, packing, sampling
 from gfnem_jax.envs.hypergrid import HyperGrid
 from gfnem_jax.envs.dag import DAGEnv
 from gfnem_jax.gflownet import GFlowNet
@@ -127,7 +127,13 @@ def test_compacted_rollouts_draw_the_same_trajectories(env):
 
 
 @pytest.mark.parametrize("one_pass", [False, True])
-def test_compacted_training_has_the_loss_and_gradient_of_the_full_one(one_pass):
+@pytest.mark.parametrize("min_block", [16, None], ids=["blocks", "floor"])
+def test_compacted_training_has_the_loss_and_gradient_of_the_full_one(one_pass, min_block,
+                                                                        monkeypatch):
+    """Also with the training pass's floor lowered (``MIN_EVAL_BLOCK`` 16, read when compiled),
+    so that its B x (T+1) = 448 rows run as blocks of 112 instead of one."""
+    if min_block:
+        monkeypatch.setattr(sampling, "MIN_EVAL_BLOCK", min_block)
     env = ENVS[0]
     B = 32
     grads = []
