@@ -9,6 +9,10 @@ Data is read from paths you give (nothing is downloaded):
   --ewt DIR   Universal Dependencies English-EWT (en_ewt-ud-{train,dev,test}.conllu): gold spans
               from projective dependency subtrees, punctuation dropped. Trains on train (+ dev)
               when present, else on dev; evaluates on test.
+  --ud DIR ...  any other UD treebank folder (<lang>_<name>-ud-{train,dev,test}.conllu), read
+              as EWT is; e.g. English-GUM, whose train file the snapshot lacks but whose
+              per-document sources it has: concatenate not-to-release/sources/<doc>.conllu for
+              each <doc> of not-to-release/file-lists/files.train (docs/experiments/grammar.rst).
   --bracketed TRAIN TEST   your own Penn-bracketed trees.
 
 Each method is one ``gfnem train grammar`` run (a subprocess, so each row is what the CLI gives)
@@ -69,23 +73,37 @@ def prepare(args) -> dict:
         has_train = os.path.exists(os.path.join(args.ptb, "train.src"))
         put("ptb", TB.read_ptb_split(args.ptb, "train" if has_train else "valid"),
             TB.read_ptb_split(args.ptb, "test"))
-    if args.ewt:
-        f = lambda s: os.path.join(args.ewt, f"en_ewt-ud-{s}.conllu")
+    for folder in ([args.ewt] if args.ewt else []) + list(args.ud or []):
+        name, f = ud_files(folder)
         parts = [f("train"), f("dev")] if os.path.exists(f("train")) else [f("dev")]
         sents, gold = [], []
         for p in parts:
             s, g = TB.read_conllu(p)
             sents += s
             gold += g
-        put("ewt", (sents, gold), TB.read_conllu(f("test")))
+        put(name, (sents, gold), TB.read_conllu(f("test")))
     if args.bracketed:
         put("own", TB.read_bracketed(args.bracketed[0]), TB.read_bracketed(args.bracketed[1]))
     return out
 
 
-def branching(test_txt, test_gold) -> dict:
+def ud_files(folder: str):
+    """(corpus name, split -> path) of a Universal Dependencies folder holding
+    ``<lang>_<name>-ud-{train,dev,test}.conllu`` (e.g. en_ewt, en_gum): the name is ``<name>``."""
+    tests = sorted(f for f in os.listdir(folder) if f.endswith("-ud-test.conllu"))
+    if len(tests) != 1:
+        raise SystemExit(f"{folder}: expected one *-ud-test.conllu file, found {tests or 'none'}")
+    prefix = tests[0][:-len("-ud-test.conllu")]
+    return prefix.split("_", 1)[-1], lambda s: os.path.join(folder, f"{prefix}-ud-{s}.conllu")
+
+
+def branching(test_txt, test_gold, eval_size: int = 0) -> dict:
+    """Right- and left-branching scored on the sentences the runs are evaluated on: the first
+    ``eval_size`` of the test file (all for 0), as ``gfnem train grammar --eval-size`` takes."""
     sents = [l.split() for l in open(test_txt, encoding="utf-8") if l.strip()]
     gold = [TB.C.parse_bracketed(l)[1] for l in open(test_gold, encoding="utf-8") if l.strip()]
+    if eval_size:
+        sents, gold = sents[:eval_size], gold[:eval_size]
     n = [len(s) for s in sents]
     rows = {}
     for name, f in (("right-branching", M.right_branching), ("left-branching", M.left_branching)):
@@ -140,6 +158,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ptb", help="folder of ptb_cpcfg (SPLIT.src, SPLIT-trees.pkl)")
     p.add_argument("--ewt", help="folder of UD English-EWT (.conllu files)")
+    p.add_argument("--ud", nargs="+", metavar="DIR",
+                   help="folders of other UD treebanks (<lang>_<name>-ud-{train,dev,test}.conllu)")
     p.add_argument("--bracketed", nargs=2, metavar=("TRAIN", "TEST"),
                    help="your own Penn-bracketed training and test trees")
     p.add_argument("--out", required=True)
@@ -155,7 +175,7 @@ def main(argv=None):
     p.add_argument("--eval-size", type=int, default=0, help="test sentences evaluated (0 = all)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if not (args.ptb or args.ewt or args.bracketed):
+    if not (args.ptb or args.ewt or args.ud or args.bracketed):
         p.error("give at least one of --ptb, --ewt, --bracketed (nothing is downloaded)")
     try:
         args.steps = {k: int(v) for k, v in (s.split("=") for s in args.steps)}
@@ -167,7 +187,7 @@ def main(argv=None):
         p.error(str(e))
     results = {}
     for corpus, paths in data.items():
-        results[corpus] = branching(paths[2], paths[3])
+        results[corpus] = branching(paths[2], paths[3], args.eval_size)
         for method in args.methods:
             results[corpus][method] = run_method(args, corpus, paths, method)
             print(table({corpus: {method: results[corpus][method]}}).splitlines()[-1], flush=True)

@@ -78,3 +78,26 @@ def test_bad_conllu_is_one_line(tmp_path):
     p.write_text("1\tA\tonly three\n")
     with pytest.raises(ValueError, match="bad.conllu.*line 1"):
         TB.read_conllu(str(p))
+
+
+def test_benchmark_scores_branching_on_the_sentences_the_runs_evaluate(tmp_path):
+    """benchmarks/treebank.py's right/left-branching rows use the first --eval-size test
+    sentences, as ``gfnem train grammar --eval-size`` does (not the whole test file), and a UD
+    folder's corpus is named from its files."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+    import treebank as bench
+    from gfnem_jax.grammar import metrics as M
+
+    # gold right-branching for the first two sentences, left-branching for the third
+    sents = [["a", "b", "c"], ["d", "e", "f", "g"], ["h", "i", "j"]]
+    gold = [M.right_branching(3), M.right_branching(4), M.left_branching(3)]
+    txt, gl = tmp_path / "t.txt", tmp_path / "t.gold"
+    txt.write_text("".join(" ".join(s) + "\n" for s in sents))
+    gl.write_text("".join(TB.bracketed(s, g) + "\n" for s, g in zip(sents, gold)))
+    assert bench.branching(str(txt), str(gl), 2)["right-branching"]["corpus_f1"] == 1.0
+    assert bench.branching(str(txt), str(gl), 0)["right-branching"]["corpus_f1"] < 1.0
+    for s in ("train", "dev", "test"):
+        (tmp_path / f"en_gum-ud-{s}.conllu").write_text(CONLLU)
+    name, f = bench.ud_files(str(tmp_path))
+    assert name == "gum" and f("dev").endswith("en_gum-ud-dev.conllu")
