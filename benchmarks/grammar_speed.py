@@ -97,7 +97,7 @@ def _time(fn, args, repeats):
 
 
 def bench_estep(policy, env, cond, n_buckets, repeats, mode="two", lam=1.0, pack=0,
-                compact=False):
+                compact=False, per_state_offset=False):
     c0 = jax.tree.map(lambda a: a[0], cond)
     params = policy.init(jax.random.PRNGKey(0), env.observe(env.init(c0)), c0)
     tx = optax.adam(1e-4)
@@ -105,7 +105,9 @@ def bench_estep(policy, env, cond, n_buckets, repeats, mode="two", lam=1.0, pack
     g = gm.random_grammar(jax.random.PRNGKey(1), env.n_nt, 60, policy.vocab)
     gfn = GFlowNet(env, policy, objectives.subtb(lam=lam),
                    engine=pb.Buckets(n_buckets, pack, compact=compact),
-                   flow_offset=env.partial_log_reward, one_pass=mode == "one", compact=compact)
+                   flow_offset=env.partial_log_reward,
+                   flow_offset_path=None if per_state_offset else env.partial_log_reward_path,
+                   one_pass=mode == "one", compact=compact)
     B = cond["length"].shape[0]
 
     def one(p, key, cond):
@@ -192,10 +194,12 @@ def main(argv=None):
                          "with grammar.rollout.Buckets(N)), pack = the sampling pass on 4 time "
                          "buckets + grammar.rollout.evaluate_packed in chunks of N states (`gfnem train grammar "
                          "--pack N`; two:4 is its default)")
+    ap.add_argument("--per-state-offset", action="store_true",
+                    help="score the forward-looking flow state by state (every node of every "
+                         "state) instead of once per node along the trajectory (the default)")
     ap.add_argument("--compact", action="store_true",
                     help="the rollout runs the policy only on sentences not yet parsed (`gfnem "
-                         "train grammar`'s default; off here unless given, as in the earlier "
-                         "tables)")
+                         "train grammar --compact`; off by default there and here)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small transformer and span policy only")
     ap.add_argument("--policies", nargs="+", choices=("small", "span", "paper"), default=None,
@@ -241,12 +245,14 @@ def main(argv=None):
             if mode == "pack":
                 mode, nb, pack = "two", 4, nb
             comp, sec, flops, out = bench_estep(pol, env, cond, nb, args.repeats, mode, pack=pack,
-                                                compact=args.compact)
+                                                compact=args.compact,
+                                                per_state_offset=args.per_state_offset)
             terminal = out[3]
             ev_slots = pb.packed_slot_cost(lengths, L, pack) if pack else None
             waste = (1 - live_slots(lengths) / ev_slots if pack
                      else pb.padding_waste(lengths, L, nb))
-            r = dict(part="E-step", mode=mode, compact=args.compact, policy=name, dim=pol.dim,
+            r = dict(part="E-step", mode=mode, compact=args.compact,
+                     per_state_offset=args.per_state_offset, policy=name, dim=pol.dim,
                      layers=pol.layers,
                      heads=pol.heads, n_buckets=nb, pack=pack, padding_waste=round(waste, 3),
                      compile_s=round(comp, 2), step_s=round(sec, 4),

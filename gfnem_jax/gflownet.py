@@ -24,6 +24,10 @@ Two optional hooks specialise the bundle without copying it:
                 Under an objective of the RL view it is added to the soft value V(s) (a
                 state-dependent shift of the Q-values, which leaves P_F and the fixed point
                 unchanged: the network learns V - offset), for the target network's too.
+  flow_offset_path  optional (reward_params, cond, states [T+1, ...]) -> float[T+1]: the same
+                values for a whole trajectory at once, where consecutive states share work
+                (``grammar.env.ParseTree.partial_log_reward_path`` scores each node once);
+                used instead of ``flow_offset`` state by state when given.
 
 With ``one_pass=True`` the rollout keeps the gradient of its own full policy pass and the second
 pass is skipped: ``terms, traj = gfn.rollout_terms(params, key, B, ...)`` (the same draws, loss and
@@ -74,6 +78,7 @@ class GFlowNet:
     eval_buckets: Optional[tuple] = None
     engine: Optional[Any] = None
     flow_offset: Optional[Any] = None
+    flow_offset_path: Optional[Any] = None
     # training differentiates through the rollout (``rollout_terms``): one policy pass per state
     # instead of a sampling pass and then ``evaluate``'s; the same loss and gradient
     one_pass: bool = False
@@ -130,7 +135,10 @@ class GFlowNet:
         if self.flow_offset is None:
             return ev
         rp = jax.lax.stop_gradient(reward_params)
-        per = lambda c, st: jax.vmap(lambda s: self.flow_offset(rp, c, s))(st)
+        if self.flow_offset_path is not None:
+            per = lambda c, st: self.flow_offset_path(rp, c, st)
+        else:
+            per = lambda c, st: jax.vmap(lambda s: self.flow_offset(rp, c, s))(st)
         if traj.cond is None:
             g = jax.vmap(lambda st: per(None, st))(traj.states)
         else:

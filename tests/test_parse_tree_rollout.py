@@ -131,3 +131,27 @@ def test_packed_estep_has_the_same_loss_and_gradient(params, traj):
     np.testing.assert_allclose(l1, l2, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("ncfg", [False, True], ids=["cfg", "ncfg"])
+def test_forward_looking_flow_path_equals_the_per_state_values(traj, ncfg):
+    """``partial_log_reward_path`` (each node scored once, in the last state) gives
+    ``partial_log_reward`` at every state of the sampled trajectories, padding included (the
+    terminal state is repeated there), for the CFG and the NCFG; and ``GFlowNet.with_flow_offset``
+    adds the same flows with either form."""
+    g = gm.random_grammar(jax.random.PRNGKey(7), NT, 2, V, scale=3.0, ncfg=ncfg)
+    per = jax.jit(jax.vmap(lambda c, st: jax.vmap(lambda s: ENV.partial_log_reward(g, c, s))(st)))
+    path = jax.jit(jax.vmap(lambda c, st: ENV.partial_log_reward_path(g, c, st)))
+    a, b = np.asarray(per(traj.cond, traj.states)), np.asarray(path(traj.cond, traj.states))
+    assert a.shape == b.shape == traj.actions.shape[:1] + (traj.actions.shape[1] + 1,)
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-5)
+    n = np.array([len(x) for x in SENTS])
+    assert (n >= 2).sum() >= 2 and np.abs(a[n >= 2, -1]).min() > 0  # log p(x, z): not trivially 0
+    one = GFlowNet(ENV, POL, objectives.subtb(lam=1.0), flow_offset=ENV.partial_log_reward)
+    two = dataclasses.replace(one, flow_offset_path=ENV.partial_log_reward_path)
+    zero = traj._replace(log_flow=np.zeros_like(np.asarray(traj.log_flow)))
+    from gfnem_jax.sampling import Evaluation
+    ev = Evaluation(zero.log_pf, zero.log_pb, zero.log_flow)
+    np.testing.assert_allclose(np.asarray(jax.jit(two.with_flow_offset)(ev, traj, g).log_flow),
+                               np.asarray(jax.jit(one.with_flow_offset)(ev, traj, g).log_flow),
+                               rtol=1e-6, atol=1e-5)

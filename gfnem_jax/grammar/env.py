@@ -233,24 +233,58 @@ class ParseTree(Environment):
         is the root of a terminal state). The root rule log p(S -> A) counts at terminal states,
         so g(s_0) = 0 and g(terminal) = log p(x, z) exactly.
         """
-        g_ = params
-        nt = g_["root"].shape[-1]
+        counts, root = self._counted(params, s)
+        return root + jnp.sum(jnp.where(counts, self._node_scores(params, cond, s), 0.0))
+
+    def partial_log_reward_path(self, params, cond, states: ParseState) -> jax.Array:
+        """float[T+1]: ``partial_log_reward`` at every state of one forward trajectory (leaves
+        [T+1, ...], the terminal state repeated after termination), reusing what a merge leaves
+        unchanged: a node's score is fixed once it counts (its children, and for the NCFG its
+        parent, never change afterwards), so every node is scored once, in the last state, and
+        each state sums the scores of the nodes it counts (O(L^2) per state instead of the
+        O(L PT^2) of scoring its forest again). Equal to the per-state values on every state up
+        to the last (float rounding: the same terms summed in the same order)."""
+        final = jax.tree.map(lambda x: x[-1], states)
+        score = self._node_scores(params, cond, final)
+        counts, root = jax.vmap(lambda s: self._counted(params, s))(states)
+        return root + jnp.sum(jnp.where(counts, score[None, :], 0.0), axis=-1)
+
+    def _counted(self, params, s: ParseState):
+        """(bool[L-1] the nodes whose rule score g(s) counts, float[] the root term)."""
         L = self.max_len
         built = s.node_label >= 0
         lab = jnp.maximum(s.node_label, 0)
-        words = cond["tokens"]
+        if params["binary"].ndim == 4:
+            has_par, _ = self._parents(s)
+            counts = built & (has_par | ((s.node_start == 0) & (s.node_end == s.n - 1)))
+        else:
+            counts = built
+        root = jnp.where(self.is_terminal(s) & (s.n >= 2),
+                         params["root"][lab[jnp.clip(s.split[0], 0, L - 2)]], 0.0)
+        return counts, root
+
+    def _parents(self, s: ParseState):
+        """(bool[L-1] node has a built parent, int[L-1] its parent's node index)."""
+        L = self.max_len
+        built = s.node_label >= 0
         gaps = jnp.arange(L - 1)
         is_kid = built[None, :] & ((s.node_left[None, :] == gaps[:, None]) |
                                    (s.node_right[None, :] == gaps[:, None]))  # [child, parent]
-        has_par = is_kid.any(1)
-        par = jnp.argmax(is_kid, 1)
+        return is_kid.any(1), jnp.argmax(is_kid, 1)
+
+    def _node_scores(self, params, cond, s: ParseState) -> jax.Array:
+        """float[L-1]: every node slot's rule score in ``s`` (meaningful where the node counts)."""
+        g_ = params
+        nt = g_["root"].shape[-1]
+        L = self.max_len
+        lab = jnp.maximum(s.node_label, 0)
+        words = cond["tokens"]
         rule = g_["binary"]
         if rule.ndim == 4:
+            has_par, par = self._parents(s)
             rule = rule[jnp.where(has_par, lab[par], nt), lab]
-            counts = built & (has_par | ((s.node_start == 0) & (s.node_end == s.n - 1)))
         else:
             rule = rule[lab]
-            counts = built
         e_l = g_["emit"][:, words[jnp.maximum(s.node_start, 0)]].T  # [L-1, PT]
         e_r = g_["emit"][:, words[jnp.maximum(s.node_end, 0)]].T
         B = lab[jnp.maximum(s.node_left, 0)]
@@ -261,9 +295,7 @@ class ParseTree(Environment):
         nl = jax.nn.logsumexp(rule[m, B, nt:] + e_r, axis=-1)
         ll = jax.nn.logsumexp(rule[:, nt:, nt:] + e_l[:, :, None] + e_r[:, None, :], axis=(-2, -1))
         leaf_l, leaf_r = s.node_left < 0, s.node_right < 0
-        score = jnp.where(leaf_l, jnp.where(leaf_r, ll, ln), jnp.where(leaf_r, nl, nn_))
-        root = jnp.where(self.is_terminal(s) & (s.n >= 2), g_["root"][lab[jnp.clip(s.split[0], 0, L - 2)]], 0.0)
-        return root + jnp.sum(jnp.where(counts, score, 0.0))
+        return jnp.where(leaf_l, jnp.where(leaf_r, ll, ln), jnp.where(leaf_r, nl, nn_))
 
     # -- enumeration (tiny sentences) ---------------------------------------------------------
     def _radix(self) -> np.ndarray:

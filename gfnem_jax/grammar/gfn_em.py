@@ -79,10 +79,15 @@ def build(s, model, vocab_size: int) -> Built:
     def flow_offset(theta, cond, state):
         return env.partial_log_reward(rules(theta), cond, state)
 
+    def flow_offset_path(theta, cond, states):
+        return env.partial_log_reward_path(rules(theta), cond, states)
+
+    fl = s.forward_looking
     gfn = GFlowNet(env, policy, objective, s.explore(),
                    engine=(Buckets(s.n_buckets or 1, s.pack, objective.soft_values, s.compact)
                            if (s.n_buckets or s.pack) else None),
-                   flow_offset=flow_offset if s.forward_looking else None, compact=s.compact)
+                   flow_offset=flow_offset if fl else None,
+                   flow_offset_path=flow_offset_path if fl else None, compact=s.compact)
 
     def log_joint(theta, x, z):
         return G.log_joint(rules(theta), x["tokens"], z)
