@@ -134,7 +134,7 @@ def test_packed_estep_has_the_same_loss_and_gradient(params, traj):
 
 
 @pytest.mark.parametrize("ncfg", [False, True], ids=["cfg", "ncfg"])
-def test_forward_looking_flow_path_equals_the_per_state_values(traj, ncfg):
+def test_forward_looking_flow_path_equals_the_per_state_values(params, traj, ncfg):
     """``partial_log_reward_path`` (each node scored once, in the last state) gives
     ``partial_log_reward`` at every state of the sampled trajectories, padding included (the
     terminal state is repeated there), for the CFG and the NCFG; and ``GFlowNet.with_flow_offset``
@@ -150,6 +150,11 @@ def test_forward_looking_flow_path_equals_the_per_state_values(traj, ncfg):
     one = GFlowNet(ENV, POL, objectives.subtb(lam=1.0), flow_offset=ENV.partial_log_reward)
     two = dataclasses.replace(one, flow_offset_path=ENV.partial_log_reward_path)
     zero = traj._replace(log_flow=np.zeros_like(np.asarray(traj.log_flow)))
+    # backward-sampled trajectories (sleep phase, local search) also end with their terminal state
+    back = one.sample_backward(params, jax.random.PRNGKey(2), traj.terminal,
+                               ENV.log_reward, g, traj.cond)
+    np.testing.assert_allclose(np.asarray(path(back.cond, back.states)),
+                               np.asarray(per(back.cond, back.states)), rtol=1e-6, atol=1e-5)
     from gfnem_jax.sampling import Evaluation
     ev = Evaluation(zero.log_pf, zero.log_pb, zero.log_flow)
     np.testing.assert_allclose(np.asarray(jax.jit(two.with_flow_offset)(ev, traj, g).log_flow),
