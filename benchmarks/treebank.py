@@ -50,6 +50,9 @@ METHODS = {
     "gfn-em-cfg-transformer": (["--method", "gflownet", "--grammar", "cfg", "--policy-layers", "2",
                                 "--policy-dim", "64", "--policy-enc-layers", "1", "--schedule",
                                 "fixed", "--e-steps", "2", "--m-steps", "1"], 1000),
+    "gfn-em-ncfg-transformer": (["--method", "gflownet", "--grammar", "ncfg", "--policy-layers",
+                                 "2", "--policy-dim", "64", "--policy-enc-layers", "1",
+                                 "--schedule", "fixed", "--e-steps", "2", "--m-steps", "1"], 1000),
 }
 COLS = ["corpus_f1", "sentence_f1", "sample_corpus_f1", "gfn_corpus_f1", "best_corpus_f1",
         "nll_per_token", "is_nll_per_token"]
