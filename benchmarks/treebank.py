@@ -38,21 +38,22 @@ import numpy as np
 from gfnem_jax.grammar import metrics as M
 from gfnem_jax.grammar import treebank as TB
 
+
+def _gfn_em(grammar: str, policy: list) -> list:
+    """Flags of a GFlowNet-EM run: ``grammar`` cfg / ncfg, ``policy`` the policy's own flags,
+    then the CPU-sized policy width and the fixed E/M schedule every such row shares."""
+    return ["--method", "gflownet", "--grammar", grammar, *policy, "--policy-dim", "64",
+            "--policy-enc-layers", "1", "--schedule", "fixed", "--e-steps", "2", "--m-steps", "1"]
+
+
+SPAN, TRANSFORMER = ["--policy", "span"], ["--policy-layers", "2"]
 # method -> (flags, default steps); the grammar size is the script's --nt / --pt / --dim
 METHODS = {
     "exact-em": (["--method", "marginal", "--grammar", "cfg"], 1500),
-    "gfn-em-cfg": (["--method", "gflownet", "--grammar", "cfg", "--policy", "span",
-                    "--policy-dim", "64", "--policy-enc-layers", "1", "--schedule", "fixed",
-                    "--e-steps", "2", "--m-steps", "1"], 3000),
-    "gfn-em-ncfg": (["--method", "gflownet", "--grammar", "ncfg", "--policy", "span",
-                     "--policy-dim", "64", "--policy-enc-layers", "1", "--schedule", "fixed",
-                     "--e-steps", "2", "--m-steps", "1"], 3000),
-    "gfn-em-cfg-transformer": (["--method", "gflownet", "--grammar", "cfg", "--policy-layers", "2",
-                                "--policy-dim", "64", "--policy-enc-layers", "1", "--schedule",
-                                "fixed", "--e-steps", "2", "--m-steps", "1"], 1000),
-    "gfn-em-ncfg-transformer": (["--method", "gflownet", "--grammar", "ncfg", "--policy-layers",
-                                 "2", "--policy-dim", "64", "--policy-enc-layers", "1",
-                                 "--schedule", "fixed", "--e-steps", "2", "--m-steps", "1"], 1000),
+    "gfn-em-cfg": (_gfn_em("cfg", SPAN), 3000),
+    "gfn-em-ncfg": (_gfn_em("ncfg", SPAN), 3000),
+    "gfn-em-cfg-transformer": (_gfn_em("cfg", TRANSFORMER), 1000),
+    "gfn-em-ncfg-transformer": (_gfn_em("ncfg", TRANSFORMER), 1000),
 }
 COLS = ["corpus_f1", "sentence_f1", "sample_corpus_f1", "gfn_corpus_f1", "best_corpus_f1",
         "nll_per_token", "is_nll_per_token"]
