@@ -9,14 +9,19 @@ all densities and seeds), then measure
               expected held-out NLL any model can reach;
   sampler_tv  TV(GFlowNet terminal distribution, p_phi) for gfn / gfn-cd: exact DP for d <= 10,
               otherwise the importance-sampling estimate with one P_B path per state.
-Writes benchmarks/results/ebm_cpu.json (or --out) and prints a table.
+At d > 20 (``--d32``: 16 bits per coordinate) the NLL is an AIS estimate with its standard
+error, on the curve (``--curve-ais-chains/temps``) and at the end (``--ais-chains/temps``, with the
+MMD to held-out points and the EB-GFN paper's NLL beside it).
+Writes benchmarks/results/ebm_cpu.json (ebm_d32_cpu.json at d = 32; or --out) and prints a table.
 
     python benchmarks/ebm.py --quick          # 2 densities, 1 seed, 5 s budget: a smoke run
     python benchmarks/ebm.py                  # 7 densities x 4 methods x 3 seeds, 30 s each
     python benchmarks/ebm.py --steps 20000 --eval-every 1000 --out benchmarks/results/ebm_conv.json
         # a step budget instead: every run trains 20,000 steps and records its held-out NLL curve
         # ("curve": [step, test_nll, train_s]), printed as it goes; after every finished run the
-        # output is rewritten, and --resume skips the (density, method, seed) runs already in it
+        # output is rewritten, and --resume skips the (density, method, seed) runs already in it;
+        # every density's seed 0 runs before any seed 1
+    python benchmarks/ebm.py --d32 --steps 5000 --eval-every 1000 --methods gfn-cd,pcd,gwg
 """
 from __future__ import annotations
 
@@ -36,16 +41,28 @@ from gfnem_jax.experiments import ebm, ebm_eval
 from gfnem_jax.models import energy as em
 
 METHODS = ebm.METHODS
+DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "results", "ebm_cpu.json")
+
+
+def heldout_nll(e, phi, test, key, chains, temps):
+    """(held-out NLL, its standard error): exact (se 0) for d <= 20, else AIS from the uniform
+    distribution with ``chains`` chains and ``temps`` temperatures (the s.e. of its log Z)."""
+    if e.d <= em.MAX_EXACT_D:
+        return float(em.exact_nll(e.model, phi, test)), 0.0
+    nll, se = ebm_eval.ais_nll(e.model, phi, test, key, chains, temps)
+    return float(nll), float(se)
 
 
 def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True, steps=0, eval_every=0,
-            tag=""):
-    """Train one run: ``steps`` steps if > 0 (else for ``budget`` seconds), the exact held-out
-    NLL every ``eval_every`` steps (steps mode; a multiple of ``chunk``) into "curve" rows
-    [step, test_nll, train_s] (evaluation time excluded), printed as progress."""
+            tag="", curve_ais=(32, 200)):
+    """Train one run: ``steps`` steps if > 0 (else for ``budget`` seconds), the held-out NLL every
+    ``eval_every`` steps (steps mode; a multiple of ``chunk``) into "curve" rows [step, test_nll,
+    train_s] (d > 20: [step, AIS NLL, train_s, s.e.] with ``curve_ais`` = (chains, temperatures),
+    one AIS key for the whole curve), evaluation time excluded, printed as progress."""
     st = ebgfn.init_state(e, seed)
     t0 = time.perf_counter()
     n, curve, train_s = 0, [], 0.0
+    key = jax.random.PRNGKey(7)
     while (n < steps) if steps > 0 else (time.perf_counter() - t0 < budget):
         t1 = time.perf_counter()
         st, m = run_chunk(st, train)
@@ -55,15 +72,21 @@ def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True, steps=
         if not np.isfinite(float(m["m_loss"][-1])):
             break
         if steps > 0 and eval_every and n % eval_every == 0:
-            nll = float(em.exact_nll(e.model, st.model, test))
-            curve.append([n, round(nll, 4), round(train_s, 1)])
-            print(f"    {tag} step {n}/{steps}: test NLL {nll:.3f} ({train_s:.0f} s)", flush=True)
+            nll, se = heldout_nll(e, st.model, test, key, *curve_ais)
+            curve.append([n, round(nll, 4), round(train_s, 1)] + ([round(se, 4)] if se else []))
+            how = f" (AIS s.e. {se:.3f})" if se else ""
+            print(f"    {tag} step {n}/{steps}: test NLL {nll:.3f}{how} ({train_s:.0f} s)", flush=True)
         elif steps <= 0:
             curve.append([n, None, round(train_s, 2)])
     wall = train_s if steps > 0 else time.perf_counter() - t0
-    nll = float(em.exact_nll(e.model, st.model, test))
-    out = {"steps": n, "train_s": round(wall, 2), "test_nll": nll, "final_gfn_loss": float(m["loss"][-1]),
+    out = {"steps": n, "train_s": round(wall, 2), "final_gfn_loss": float(m["loss"][-1]),
            "final_accept": float(m["accept"][-1]) if "accept" in m else 0.0, "curve": curve}
+    return st, out
+
+
+def finish_exact(e, st, out, test, seed, with_tv):
+    """d <= 20: the exact held-out NLL, and the GFlowNet's TV to p_phi (gfn, gfn-cd) if with_tv."""
+    out["test_nll"] = float(em.exact_nll(e.model, st.model, test))
     if with_tv and e.settings.method in ("gfn", "gfn-cd"):
         t1 = time.perf_counter()
         tv, how = ebm_eval.sampler_tv(e, st.sampler, st.model, jax.random.PRNGKey(seed + 1000))
@@ -74,46 +97,25 @@ def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True, steps=
 PAPER_D32 = {"2spirals": 20.05, "8gaussians": 19.98, "circles": 20.55, "pinwheel": 19.55}  # EB-GFN NLL
 
 
-def run_d32(a, methods, dens):
-    """d = 32 (16 bits per coordinate): AIS NLL and MMD to held-out data after the budget
-    (--steps steps if > 0, else --budget seconds)."""
+def finish_ais(e, st, out, test, seed, a):
+    """d > 20: the final AIS NLL (--ais-chains, --ais-temps) with its s.e., and the MMD between
+    2,000 model samples (the GFlowNet's; for pcd / gwg the chains run on for 100
+    Gibbs-with-gradients steps) and held-out points."""
     from gfnem_jax import mcmc
 
-    rows = []
-    for m in methods:
-        s = ebm.EBMSettings(method=m, bits=16, energy_hidden=a.hidden, gfn_hidden=a.hidden,
-                            mcmc_steps=a.mcmc_steps, k=a.k, gfn_updates=a.gfn_updates, lr=a.energy_lr,
-                            energy_l2=a.energy_l2, lr_logz=a.lr_logz)
-        e = ebgfn.make(s, 32)
-        rc = ebgfn.make_chunk(e, a.chunk)
-        jax.block_until_ready(rc(ebgfn.init_state(e, 0), jnp.zeros((a.n_train, 32), jnp.float32))[0].model)
-        for name in dens:
-            rng = np.random.default_rng([0, 0])
-            train = jnp.asarray(toy2d.make_data(name, 16, a.n_train, rng), jnp.float32)
-            test = toy2d.make_data(name, 16, a.n_test, rng)
-            st = ebgfn.init_state(e, 0)
-            t0, steps = time.perf_counter(), 0
-            while (steps < a.steps) if a.steps > 0 else (time.perf_counter() - t0 < a.budget):
-                st, _ = rc(st, train)
-                jax.block_until_ready(st.model)
-                steps += a.chunk
-                if a.steps > 0 and steps % a.eval_every == 0:
-                    print(f"    d=32 {name} {m} step {steps}/{a.steps} "
-                          f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            key = jax.random.PRNGKey(5)
-            nll, se = ebm_eval.ais_nll(e.model, st.model, test, key, a.ais_chains, a.ais_temps)
-            n = min(2000, test.shape[0])
-            if m in ("gfn", "gfn-cd"):
-                samp = ebm_eval.sample_gfn(e, st.sampler, st.model, key, n)
-            else:  # the persistent chains (the sampler slot), run further with Gibbs-with-gradients
-                x = jnp.tile(st.sampler, (n // st.sampler.shape[0] + 1, 1))[:n]
-                samp = np.asarray(mcmc.gwg(e.model.energy, st.model, key, x, 100)[0], np.uint8)
-            r = {"density": name, "method": m, "steps": steps, "ais_nll": nll, "log_z_se": se,
-                 "mmd": ebm_eval.mmd(samp, test[:n]), "paper_nll": PAPER_D32.get(name)}
-            print(f"  d=32 {name:12s} {m:7s}: {steps} steps, AIS NLL {nll:.2f} (se {se:.2f}), "
-                  f"MMD {r['mmd']:.4f}, paper {r['paper_nll']}", flush=True)
-            rows.append(r)
-    return rows
+    key = jax.random.PRNGKey(5 + 1000 * seed)
+    t1 = time.perf_counter()
+    out["ais_nll"], out["log_z_se"] = heldout_nll(e, st.model, test, key, a.ais_chains, a.ais_temps)
+    out["test_nll"] = out["ais_nll"]
+    n = min(2000, test.shape[0])
+    if e.settings.method in ("gfn", "gfn-cd"):
+        samp = ebm_eval.sample_gfn(e, st.sampler, st.model, key, n)
+    else:
+        x = jnp.tile(st.sampler, (n // st.sampler.shape[0] + 1, 1))[:n]
+        samp = np.asarray(mcmc.gwg(e.model.energy, st.model, key, x, 100)[0], np.uint8)
+    out["mmd"] = ebm_eval.mmd(samp, test[:n])
+    out["eval_s"] = round(time.perf_counter() - t1, 1)
+    return out
 
 
 def main(argv=None):
@@ -139,10 +141,13 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=10, help="steps per jitted chunk (budget granularity)")
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--n-test", type=int, default=5000)
-    ap.add_argument("--d32", action="store_true", help="instead: d = 32, AIS NLL and MMD (first seed)")
+    ap.add_argument("--d32", action="store_true",
+                    help="--bits 16 (d = 32): the NLL by AIS (curve points and the final one) and MMD")
+    ap.add_argument("--curve-ais-chains", type=int, default=32, help="d > 20: AIS chains of a curve point")
+    ap.add_argument("--curve-ais-temps", type=int, default=200, help="d > 20: AIS temperatures of a curve point")
     ap.add_argument("--ais-chains", type=int, default=64)
     ap.add_argument("--ais-temps", type=int, default=300)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "ebm_cpu.json"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     a = ap.parse_args(argv)
     dens = a.densities.split(",")
     seeds = a.seeds
@@ -150,15 +155,15 @@ def main(argv=None):
         dens, seeds, a.budget = dens[:2], 1, 5.0
     methods = a.methods.split(",")
     if a.d32:
-        rows = run_d32(a, methods, dens)
-        out = a.out.replace("ebm_cpu.json", "ebm_d32_cpu.json")
-        with open(out, "w") as f:
-            json.dump({"settings": vars(a), "d": 32, "jax": jax.__version__, "runs": rows}, f, indent=2)
-        print(f"wrote {out}")
-        return
+        a.bits = 16
+    if a.bits > 10 and a.out == DEFAULT_OUT:  # d > 20: its own file, not the d = 16 table's
+        a.out = DEFAULT_OUT.replace("ebm_cpu.json", f"ebm_d{2 * a.bits}_cpu.json")
     d = 2 * a.bits
+    exact = d <= em.MAX_EXACT_D
     print(f"EB-GFN benchmark: d={d}, densities={dens}, methods={methods}, seeds={seeds}, "
-          f"budget {f'{a.steps} steps' if a.steps > 0 else f'{a.budget:.0f} s'}/run, hidden {a.hidden}, devices {jax.devices()}", flush=True)
+          f"budget {f'{a.steps} steps' if a.steps > 0 else f'{a.budget:.0f} s'}/run, hidden {a.hidden}, "
+          f"NLL {'exact' if exact else f'AIS ({a.ais_chains} chains, {a.ais_temps} temperatures)'}, "
+          f"devices {jax.devices()}", flush=True)
 
     runners = {}
     for m in methods:  # compile every method once, before any timing
@@ -181,8 +186,10 @@ def main(argv=None):
         print(f"  resuming: {len(results)} finished runs in {a.out}", flush=True)
     done = {(r["density"], r["method"], r["seed"]) for r in results}
     for name in dens:
-        floors[name] = toy2d.entropy_floor(name, a.bits, np.random.default_rng([99, 0]), n=2_000_000)
-        for seed in range(seeds):
+        floors[name] = (toy2d.entropy_floor(name, a.bits, np.random.default_rng([99, 0]), n=2_000_000)
+                        if exact else None)
+    for seed in range(seeds):  # every density's first seed before any second seed
+        for name in dens:
             rng = np.random.default_rng([seed, 0])
             train = jnp.asarray(toy2d.make_data(name, a.bits, a.n_train, rng), jnp.float32)
             test = toy2d.make_data(name, a.bits, a.n_test, rng)
@@ -190,28 +197,40 @@ def main(argv=None):
                 if (name, m, seed) in done:
                     continue
                 e, rc = runners[m]
-                r = run_one(e, rc, train, test, seed, a.budget, a.chunk, seed < a.tv_seeds,
-                            a.steps, a.eval_every, f"{name} {m} seed {seed}")
-                r.update(density=name, method=m, seed=seed, floor=floors[name])
+                st, r = run_one(e, rc, train, test, seed, a.budget, a.chunk, seed < a.tv_seeds,
+                                a.steps, a.eval_every, f"{name} {m} seed {seed}",
+                                (a.curve_ais_chains, a.curve_ais_temps))
+                if exact:
+                    r = finish_exact(e, st, r, test, seed, seed < a.tv_seeds)
+                    r.update(floor=floors[name])
+                else:
+                    r = finish_ais(e, st, r, test, seed, a)
+                    r.update(paper_nll=PAPER_D32.get(name))
+                r.update(density=name, method=m, seed=seed)
                 results.append(r)
                 _write(a, d, {}, results)
                 tv = f" tv={r['sampler_tv']:.3f}({r['sampler_tv_method']})" if "sampler_tv" in r else ""
+                extra = (f"(floor {floors[name]:.3f}){tv}" if exact else
+                         f"(AIS s.e. {r['log_z_se']:.3f}), MMD {r['mmd']:.5f}, paper {r['paper_nll']}")
                 print(f"  {name:12s} {m:7s} seed {seed}: {r['steps']:5d} steps, test NLL {r['test_nll']:.3f} "
-                      f"(floor {floors[name]:.3f}){tv}", flush=True)
+                      f"{extra}", flush=True)
 
     # table: mean +- std over seeds
     how = f"{a.steps} steps" if a.steps > 0 else f"{a.budget:.0f} s"
-    print(f"\nexact held-out NLL (nats) after {how} of training, mean ± std over {seeds} seed(s); "
+    print(f"\n{'exact' if exact else 'AIS'} held-out NLL (nats) after {how} of training, mean ± std over {seeds} seed(s); "
           f"uniform model = {d * np.log(2):.3f}")
-    head = f"{'density':12s} {'floor':>7s} " + " ".join(f"{m:>15s}" for m in methods) + "   TV gfn / gfn-cd"
+    head = f"{'density':12s} {'floor' if exact else 'paper':>7s} " + " ".join(f"{m:>15s}" for m in methods) + "   TV gfn / gfn-cd"
     print(head)
     table = {}
     for name in dens:
-        row = f"{name:12s} {floors[name]:7.3f} "
-        table[name] = {"floor": floors[name]}
+        ref = floors[name] if exact else PAPER_D32.get(name)
+        row = f"{name:12s} {ref if ref is not None else float('nan'):7.3f} "
+        table[name] = {"floor": floors[name]} if exact else {"paper_nll": ref}
         tvs = []
         for m in methods:
             v = np.array([r["test_nll"] for r in results if r["density"] == name and r["method"] == m])
+            if not v.size:
+                continue
             table[name][m] = {"nll_mean": float(v.mean()), "nll_std": float(v.std()),
                               "steps_mean": float(np.mean([r["steps"] for r in results
                                                            if r["density"] == name and r["method"] == m]))}
