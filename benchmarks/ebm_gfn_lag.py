@@ -7,6 +7,7 @@ Trains ``gfnem train ebm`` (``gfnem_jax.ebgfn``, the same data, seeds and steps 
           else the one-path importance-sampling estimate ("tv_is", biased upward);
   kl_pq   KL(p_phi || P_F) (d <= 10): the model's mass the sampler misses;
   max_p   the largest probability p_phi gives one state (spurious modes show as jumps);
+          max_p_data: the fraction of training points at that state (0: a mode off the data);
   gap     (d > 10) E_{P_F}[E] - E_{p_phi}[E]: 2,048 sampler draws against the exact model
           expectation; > 0 when the sampler sits above the model's energy (lags it);
   eloss   the mean contrastive loss of the chunk.
@@ -45,6 +46,8 @@ def trace(s: ebm.EBMSettings, steps: int, every: int, n_train: int, n_test: int,
         lp = em.log_probs(e.model, st.model)
         p = jnp.exp(lp - jax.nn.logsumexp(lp))
         r["max_p"] = round(float(p.max()), 4)
+        top = np.asarray([int(b) for b in np.binary_repr(int(jnp.argmax(p)), d)], np.float32)
+        r["max_p_data"] = round(float(np.mean(np.all(np.asarray(train) == top, axis=1))), 5)
         if e.gfn_based and d <= 10:
             q = ebm_eval.exact_sampler_probs(e.env, e.policy, st.sampler)
             r["tv"] = round(float(0.5 * jnp.sum(jnp.abs(q - p))), 3)
@@ -56,9 +59,12 @@ def trace(s: ebm.EBMSettings, steps: int, every: int, n_train: int, n_test: int,
             ep = float(jnp.sum(p * em.all_energies(e.model, st.model)))
             r["gap"] = round(float(jnp.mean(em.energies(e.model, st.model, xq))) - ep, 3)
         r["eloss"] = round(float(np.mean(m["m_loss"])), 3)
+        if "log_z" in m:
+            r["log_z"] = round(float(np.mean(m["log_z"])), 2)
         rows.append(r)
         print(json.dumps(r), flush=True, file=__import__("sys").stderr)
     return {"method": s.method, "gfn_updates": ebgfn.sampler_updates(s), "lr": s.lr, "d": d,
+            "settings": {k: v for k, v in vars(s).items() if isinstance(v, (int, float, str))},
             "data": s.data, "uniform": round(d * np.log(2), 3), "wall_s": round(time.time() - t0, 1),
             "rows": rows}
 
@@ -75,9 +81,16 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=50000)
     ap.add_argument("--n-test", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="any other setting of gfnem train ebm (ebm.EBMSettings), e.g. lr_logz=1")
     a = ap.parse_args(argv)
+    extra = {}
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        kind = type(getattr(ebm.EBMSettings(), k))
+        extra[k] = kind(v)
     s = ebm.EBMSettings(method=a.method, bits=a.bits, data=a.data, gfn_updates=a.gfn_updates,
-                        lr=a.lr, seed=a.seed)
+                        lr=a.lr, seed=a.seed, **extra)
     s.validate()
     print(json.dumps(trace(s, a.steps, a.every, a.n_train, a.n_test, a.seed)), flush=True)
 

@@ -16,18 +16,23 @@ an argument of the compiled chunk):
            ``gflownet.sampler_update`` on B_f = B - B_b forward trajectories from P_F and
            B_b = round(back_ratio * B) backward trajectories from data x ~ P_B(. | x), rewards with
            the current phi (no gradient into phi); n = ``sampler_updates(settings)`` > 1 takes
-           n - 1 further updates on fresh batches (``after_sampler``). gfn takes 4 by default: with
-           1, its sampler lags the energy (exact TV(P_F, p_phi) 0.5-0.96 at d = 6 and 8, against
-           <= 0.11 with 4) and the energy, pushed up only where the stale sampler goes, grows
-           spurious modes (docs/experiments/ebm.rst, "Why plain gfn diverged"; 4 still lags on
-           2spirals at d = 16, where gfn-cd is the method to use).
+           n - 1 further updates on fresh batches (``after_sampler``); 1 by default. With
+           unweighted negatives (neg_weights "none") gfn takes 4: with 1 its sampler lags the
+           energy (exact TV(P_F, p_phi) 0.5-0.96 at d = 6 and 8) and the energy, pushed up only
+           where the stale sampler goes, grows spurious modes; 4 still lag on 2spirals at d = 16.
+           The importance-weighted negatives (the default) remove the lag's bias instead
+           (docs/experiments/ebm.rst, "Why plain gfn diverged").
            pcd / gwg: a ``loop.Move``: the chains move by ``mcmc_steps`` random-scan Gibbs (pcd)
            or Gibbs-with-gradients (gwg) steps; no loss (logged as 0), no optimizer.
   model    one Adam step on the contrastive loss
                mean_i E(x_i) - sum_j w_j E(x'_j)  + energy_l2 (mean_i E(x_i)^2 + sum_j w_j E(x'_j)^2)
            over the data batch x and the negatives x' (weights w_j = 1/B; the gradient with
            x' ~ p_phi is that of the NLL), negatives:
-             gfn     B fresh samples of the sampler P_F (after this step's sampler update);
+             gfn     B fresh samples of the sampler P_F (after this step's sampler update), with
+                     neg_weights "is" (the default) weighted w_j = softmax_j(-E(x'_j) +
+                     log P_B(tau_j | x'_j) - log P_F(tau_j)): self-normalised importance weights
+                     towards p_phi, so a sampler that lags the energy biases its gradient only
+                     where it misses p_phi's mass entirely ("none": w_j = 1/B);
              gfn-cd  one back-and-forth MH step from each data point, k steps back
                      (``gfnem_jax.mcmc.back_and_forth``; k grows 1 -> d over k_warmup steps if > 0);
              pcd, gwg the persistent chains (after this step's moves).
@@ -56,7 +61,9 @@ from gfnem_jax.optim import OptimConfig, policy_optimizer
 from gfnem_jax.sampling import Exploration, forward_rollout
 
 METHODS = ("gfn", "gfn-cd", "pcd", "gwg")
-AUTO_UPDATES = {"gfn": 4, "gfn-cd": 1}  # sampler updates per energy update for gfn_updates = 0
+# sampler updates per energy update for gfn_updates = 0: 1, but 4 for gfn with unweighted
+# negatives (neg_weights "none"), whose energy gradient follows a lagging sampler
+UNWEIGHTED_GFN_UPDATES = 4
 GFN_METHODS = ("gfn", "gfn-cd")
 PARAMS_TAG = 0x7FFFFFFF  # initial parameters and chains come from fold_in(run_key, PARAMS_TAG)
 # The chains' optimizer slot: leaf-less, with the structure of the SGD state earlier versions
@@ -124,8 +131,13 @@ def init_state(ebm: EBM, seed: int) -> loop.LoopState:
 
 
 def sampler_updates(settings) -> int:
-    """The sampler updates per energy update: ``gfn_updates``, or ``AUTO_UPDATES[method]`` for 0."""
-    return settings.gfn_updates or AUTO_UPDATES.get(settings.method, 1)
+    """The sampler updates per energy update: ``gfn_updates``, or for 0: 1, except
+    ``UNWEIGHTED_GFN_UPDATES`` for gfn with neg_weights "none"."""
+    if settings.gfn_updates:
+        return settings.gfn_updates
+    if settings.method == "gfn" and settings.neg_weights == "none":
+        return UNWEIGHTED_GFN_UPDATES
+    return 1
 
 
 def current_k(ebm: EBM, step) -> jax.Array:
@@ -226,9 +238,14 @@ def model_update(ebm: EBM) -> loop.Update:
         off = shard.offset(b)
         aux = {"x": x, "w": jnp.ones((b,), jnp.float32)}
         if s.method == "gfn":
+            weighted = s.neg_weights == "is"
             tr = forward_rollout(env, ebm.policy, other, key, b, lambda p, c, st: jnp.zeros(()),
-                                 None, None, Exploration(), off, sampling_pass=True)
+                                 None, None, Exploration(), off, sampling_pass=not weighted)
             aux["neg"] = tr.terminal.bits.astype(jnp.float32)
+            if weighted:  # log p_phi(x') + const - log P_F^T(x') by one backward path
+                e_neg = energy.energies(ebm.model, phi, aux["neg"])
+                aux["logw"] = jax.lax.stop_gradient(
+                    -e_neg + jnp.sum(jnp.where(tr.mask, tr.log_pb - tr.log_pf, 0.0), axis=1))
         elif s.method == "gfn-cd":
             k = batch["k"] if "k" in batch else current_k(ebm, 0)
             xn, acc, _ = mcmc.back_and_forth(env, ebm.policy, other, key,
@@ -251,7 +268,7 @@ def model_terms(ebm: EBM, phi, aux):
 
 def model_reduce(ebm: EBM, q, aux):
     """(contrastive loss over the global batch, metrics): see the module docstring."""
-    w = aux["w"] / jnp.sum(aux["w"])
+    w = jax.nn.softmax(aux["logw"]) if "logw" in aux else aux["w"] / jnp.sum(aux["w"])
     loss = jnp.mean(q["pos"]) - jnp.sum(w * q["neg"])
     if ebm.settings.energy_l2 > 0:
         loss = loss + ebm.settings.energy_l2 * (jnp.mean(q["pos"] ** 2) + jnp.sum(w * q["neg"] ** 2))

@@ -65,9 +65,14 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
     temperature: float = setting(1.0, "reward temperature T: R = exp(-E / T)", gt=0)
     energy_l2: float = setting(0.01, "weight alpha of the energy penalty alpha (mean E(data)^2 + mean E(neg)^2)", min=0)
     gfn_updates: int = setting(0, "gfn / gfn-cd: sampler updates (fresh batches) per energy update; "
-                               f"0: {ebgfn.AUTO_UPDATES['gfn']} for gfn (with 1 its sampler lags "
-                               "the energy and the model can end worse than uniform), 1 for gfn-cd",
+                               f"0: 1, or {ebgfn.UNWEIGHTED_GFN_UPDATES} for gfn with neg_weights "
+                               "none (with 1 its sampler lags the energy and the model can end "
+                               "worse than uniform)",
                                min=0)
+    neg_weights: str = setting("is", "gfn: weights of the sampler's negatives in the energy's "
+                               "update: none (each 1/B) or is (self-normalised importance weights "
+                               "exp(-E(x')) P_B(tau|x') / P_F(tau), correcting a lagging sampler)",
+                               choices=("none", "is"))
     mcmc_steps: int = setting(20, "pcd / gwg: sampler steps per update on the persistent chains", min=1)
     energy_hidden: int = setting(256, "width of the energy MLP", min=1)
     energy_layers: int = setting(3, "hidden layers of the energy MLP", min=1)
@@ -98,7 +103,7 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
         obj.check_sampling(Exploration(), batch_size=self.batch_size)
 
     def sampler_updates(self) -> int:
-        """Sampler updates per energy update: gfn_updates, or for 0 ``ebgfn.AUTO_UPDATES``."""
+        """Sampler updates per energy update: gfn_updates, or for 0 ``ebgfn.sampler_updates``'s."""
         return ebgfn.sampler_updates(self)
 
     def sampler_sizes(self):
