@@ -172,7 +172,8 @@ SCRIPT = textwrap.dedent("""
     TINY = dict(bits=2, energy_hidden=8, energy_layers=2, gfn_hidden=16, gfn_layers=1,
                 batch_size=8, n_train=200, mcmc_steps=2)
     CASES = {"gfn-cd": dict(k_warmup=4, gfn_updates=2, loss="subtb"),  # k schedule, 2 updates
-             "gwg": {}}
+             "gwg": {},
+             "gfn": {}}  # importance-weighted negatives: softmax over the global batch
     for method, extra in CASES.items():
         s = ebm.EBMSettings(**TINY, method=method, **extra)
         e = ebgfn.make(s, 4)
@@ -196,7 +197,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_two_devices_agree_with_one():
-    """gfn-cd (subtb, k schedule, gfn_updates 2) and gwg (chains in the sampler slot): a
+    """gfn-cd (subtb, k schedule, gfn_updates 2), gwg (chains in the sampler slot) and gfn
+    (importance-weighted negatives, normalised over the global batch): a
     tiny run on 1 and on 2 CPU devices gives the same metrics and parameters to float tolerance
     (every statistic over the global batch, every sample keyed by its global index); a rerun on
     2 devices is bitwise identical."""
