@@ -10,7 +10,7 @@ and prints reStructuredText tables (the docs' form):
           within the AIS s.e. at d = 32) says the run has stopped improving; negative, still falling;
   curves  every ``--every`` steps, the seed-mean NLL of each (density, method).
 
-    python benchmarks/ebm_report.py benchmarks/results/ebm_conv_d16_cpu.json [more.json ...]
+    python benchmarks/ebm_report.py benchmarks/results/ebm_conv_d16_cpu.json [more.json[:LABEL] ...]
 """
 from __future__ import annotations
 
@@ -23,13 +23,16 @@ import numpy as np
 
 def load(paths):
     """(runs, d): every run of every file (a later file's run replaces an earlier one's with the
-    same density, method and seed)."""
+    same density, method and seed). ``PATH:LABEL`` appends " LABEL" to that file's method names
+    (e.g. ``d16_k16.json:k=16`` for a gfn-cd variant beside the default one)."""
     runs, d = {}, None
     for p in paths:
+        p, _, label = p.partition(":")
         with open(p) as f:
             js = json.load(f)
         d = js.get("d", d)
         for r in js["runs"]:
+            r = {**r, "method": f"{r['method']} {label}" if label else r["method"]}
             runs[(r["density"], r["method"], r["seed"])] = r
     return list(runs.values()), d
 
@@ -97,14 +100,55 @@ def report(runs, d, window=1000, every=1000):
     return "\n".join(out)
 
 
+def plot(runs, d, path):
+    """One panel per density: the seed-mean NLL curve of every method, and the floor (d <= 20) or
+    the paper's NLL (d = 32) as a dashed line. Needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dens = list(dict.fromkeys(r["density"] for r in runs))
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    cols = min(4, len(dens))
+    rows = (len(dens) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, name in zip(axes.ravel(), dens):
+        for m in methods:
+            rs = [r for r in runs if r["density"] == name and r["method"] == m and r.get("curve")]
+            if not rs:
+                continue
+            steps = sorted({row[0] for r in rs for row in r["curve"]})
+            mean = [np.mean([v for v in (curve_at(r, s) for r in rs) if v is not None]) for s in steps]
+            ax.plot(steps, mean, label=f"{m} ({len(rs)})")
+        ref = next((r.get("floor") if (d or 0) <= 20 else r.get("paper_nll")
+                    for r in runs if r["density"] == name), None)
+        if ref is not None:
+            ax.axhline(ref, ls="--", c="k", lw=0.8, label="floor" if (d or 0) <= 20 else "paper")
+        ax.set_title(f"{name}, d = {d}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out NLL (nats)")
+        lo = ref if ref is not None else min(r["test_nll"] for r in runs if r["density"] == name)
+        ax.set_ylim(lo - 0.05, lo + (0.6 if (d or 0) <= 20 else 2.0))
+    for ax in axes.ravel()[len(dens):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+")
     ap.add_argument("--window", type=int, default=1000, help="steps over which 'change' is taken")
     ap.add_argument("--every", type=int, default=1000, help="steps between the curves' columns")
+    ap.add_argument("--plot", help="also write the curves to this PNG (matplotlib)")
     a = ap.parse_args(argv)
     runs, d = load(a.files)
     print(report(runs, d, a.window, a.every))
+    if a.plot:
+        plot(runs, d, a.plot)
+        print(f"wrote {a.plot}")
 
 
 if __name__ == "__main__":
