@@ -97,6 +97,14 @@ def finish_exact(e, st, out, test, seed, with_tv):
 PAPER_D32 = {"2spirals": 20.05, "8gaussians": 19.98, "circles": 20.55, "pinwheel": 19.55}  # EB-GFN NLL
 
 
+def paper_same_grid(name, r):
+    """The paper's d = 32 NLL moved to a grid of half-width r: + 2 log(r / R_paper) (the cells'
+    area ratio; the paper quantises on toy2d.PAPER_RANGE[name]). None without a paper number."""
+    if name not in PAPER_D32:
+        return None
+    return PAPER_D32[name] + 2 * float(np.log(r / toy2d.PAPER_RANGE[name]))
+
+
 def finish_ais(e, st, out, test, seed, a):
     """d > 20: the final AIS NLL (--ais-chains, --ais-temps) with its s.e., and the MMD between
     2,000 model samples (the GFlowNet's; for pcd / gwg the chains run on for 100
@@ -124,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=30.0, help="training seconds per run")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--bits", type=int, default=8)
+    ap.add_argument("--grid-range", type=float, default=4.0,
+                    help="quantise on [-R, R)^2 (0: the EB-GFN paper's R per density, its NLLs compare directly)")
     ap.add_argument("--densities", default=",".join(toy2d.NAMES))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--hidden", type=int, default=256, help="width of the energy MLP and of the GFlowNet MLP")
@@ -186,13 +196,15 @@ def main(argv=None):
         print(f"  resuming: {len(results)} finished runs in {a.out}", flush=True)
     done = {(r["density"], r["method"], r["seed"]) for r in results}
     for name in dens:
-        floors[name] = (toy2d.entropy_floor(name, a.bits, np.random.default_rng([99, 0]), n=2_000_000)
+        floors[name] = (toy2d.entropy_floor(name, a.bits, np.random.default_rng([99, 0]), n=2_000_000,
+                                            r=toy2d.resolve_range(a.grid_range, name))
                         if exact else None)
     for seed in range(seeds):  # every density's first seed before any second seed
         for name in dens:
             rng = np.random.default_rng([seed, 0])
-            train = jnp.asarray(toy2d.make_data(name, a.bits, a.n_train, rng), jnp.float32)
-            test = toy2d.make_data(name, a.bits, a.n_test, rng)
+            rng_r = toy2d.resolve_range(a.grid_range, name)
+            train = jnp.asarray(toy2d.make_data(name, a.bits, a.n_train, rng, rng_r), jnp.float32)
+            test = toy2d.make_data(name, a.bits, a.n_test, rng, rng_r)
             for m in methods:
                 if (name, m, seed) in done:
                     continue
@@ -205,13 +217,14 @@ def main(argv=None):
                     r.update(floor=floors[name])
                 else:
                     r = finish_ais(e, st, r, test, seed, a)
-                    r.update(paper_nll=PAPER_D32.get(name))
+                    r.update(paper_nll=PAPER_D32.get(name), paper_nll_same_grid=paper_same_grid(name, rng_r))
                 r.update(density=name, method=m, seed=seed)
                 results.append(r)
                 _write(a, d, {}, results)
                 tv = f" tv={r['sampler_tv']:.3f}({r['sampler_tv_method']})" if "sampler_tv" in r else ""
                 extra = (f"(floor {floors[name]:.3f}){tv}" if exact else
-                         f"(AIS s.e. {r['log_z_se']:.3f}), MMD {r['mmd']:.5f}, paper {r['paper_nll']}")
+                         f"(AIS s.e. {r['log_z_se']:.3f}), MMD {r['mmd']:.5f}, paper {r['paper_nll']} "
+                         f"(on this grid {r['paper_nll_same_grid'] or float('nan'):.3f})")
                 print(f"  {name:12s} {m:7s} seed {seed}: {r['steps']:5d} steps, test NLL {r['test_nll']:.3f} "
                       f"{extra}", flush=True)
 
@@ -223,7 +236,7 @@ def main(argv=None):
     print(head)
     table = {}
     for name in dens:
-        ref = floors[name] if exact else PAPER_D32.get(name)
+        ref = floors[name] if exact else paper_same_grid(name, toy2d.resolve_range(a.grid_range, name))
         row = f"{name:12s} {ref if ref is not None else float('nan'):7.3f} "
         table[name] = {"floor": floors[name]} if exact else {"paper_nll": ref}
         tvs = []

@@ -37,8 +37,9 @@ def trace(s: ebm.EBMSettings, steps: int, every: int, n_train: int, n_test: int,
     e = ebgfn.make(s, d)
     rc = ebgfn.make_chunk(e, every)
     rng = np.random.default_rng([seed, 0])  # as ebm.load_data: train, then test
-    train = jnp.asarray(toy2d.make_data(s.data, s.bits, n_train, rng), jnp.float32)
-    test = toy2d.make_data(s.data, s.bits, n_test, rng)
+    r = toy2d.resolve_range(s.grid_range, s.data)
+    train = jnp.asarray(toy2d.make_data(s.data, s.bits, n_train, rng, r), jnp.float32)
+    test = toy2d.make_data(s.data, s.bits, n_test, rng, r)
     st, rows, t0 = ebgfn.init_state(e, seed), [], time.time()
     for i in range(steps // every):
         st, m = rc(st, train)

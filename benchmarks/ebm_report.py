@@ -64,7 +64,7 @@ def report(runs, d, window=1000, every=1000):
     final, change = [], []
     for name in dens:
         any_r = next(r for r in runs if r["density"] == name)
-        ref = any_r.get("floor") if exact else any_r.get("paper_nll")
+        ref = any_r.get("floor") if exact else any_r.get("paper_nll_same_grid", any_r.get("paper_nll"))
         row_f = [name, f"{ref:.3f}" if ref is not None else "—"]
         row_c = [name, row_f[1]]
         for m in methods:
@@ -121,7 +121,7 @@ def plot(runs, d, path):
             steps = sorted({row[0] for r in rs for row in r["curve"]})
             mean = [np.mean([v for v in (curve_at(r, s) for r in rs) if v is not None]) for s in steps]
             ax.plot(steps, mean, label=f"{m} ({len(rs)})")
-        ref = next((r.get("floor") if (d or 0) <= 20 else r.get("paper_nll")
+        ref = next((r.get("floor") if (d or 0) <= 20 else r.get("paper_nll_same_grid", r.get("paper_nll"))
                     for r in runs if r["density"] == name), None)
         if ref is not None:
             ax.axhline(ref, ls="--", c="k", lw=0.8, label="floor" if (d or 0) <= 20 else "paper")

@@ -135,6 +135,33 @@ def test_gray_code_round_trip(bits):
     assert np.all(np.abs(c - pts)[inside] <= toy2d.RANGE / 2 ** bits + 1e-6)
 
 
+def test_grid_range_paper_quantisation_and_nll_shift():
+    """R: the cells of [-R, R)^2; the EB-GFN code's quantisation (sign bit, Gray-coded magnitude,
+    int_scale 2^(b-1) / R_paper) is our encoding of the mirrored point on the same R with fixed
+    bits flipped; and changing R moves the entropy of the discretised density by 2 log(R' / R)."""
+    bits = 8
+    r = toy2d.resolve_range(0, "2spirals")
+    assert r == toy2d.PAPER_RANGE["2spirals"] and toy2d.resolve_range(4, "moons") == 4.0
+    with pytest.raises(ValueError, match="half-width"):
+        toy2d.resolve_range(-1.0, "moons")
+    pts = toy2d.sample_2d("2spirals", 5000, 0).astype(np.float64)
+    x = toy2d.encode(pts, bits, r)
+    np.testing.assert_array_equal(toy2d.encode(toy2d.decode(x, r), bits, r), x)
+    scale = 2 ** (bits - 1) / r
+
+    def paper_bits(c):  # synthetic_utils.float2bin with get_binmap(.., "gray"), one coordinate
+        m = np.floor(np.abs(c) * scale).astype(np.int64)
+        return np.concatenate([(c < 0).astype(np.uint8)[:, None],
+                               toy2d._int_bits(toy2d.to_gray(m), bits - 1)], 1)
+
+    paper = np.concatenate([paper_bits(pts[:, 0]), paper_bits(pts[:, 1])], 1)
+    mask = paper ^ toy2d.encode(-pts, bits, r)
+    assert np.all(mask == mask[0]) and mask[0].sum() == 2
+    h4 = toy2d.entropy_floor("8gaussians", bits, 1, n=1_000_000)
+    hp = toy2d.entropy_floor("8gaussians", bits, 1, n=1_000_000, r=toy2d.PAPER_RANGE["8gaussians"])
+    assert abs((h4 - hp) - 2 * math.log(toy2d.PAPER_RANGE["8gaussians"] / 4)) < 0.02
+
+
 def test_samplers_seeded_and_named():
     for name in toy2d.NAMES:
         a, b = toy2d.sample_2d(name, 500, 7), toy2d.sample_2d(name, 500, 7)

@@ -4,11 +4,17 @@ Densities (the usual toy set): 2spirals, 8gaussians, circles, moons, pinwheel, s
 checkerboard, drawn with an explicitly seeded ``numpy.random.Generator`` (no global state).
 
 Quantisation of a point (u, v) with ``bits`` bits per coordinate (d = 2 * bits):
-    n = clip(floor((c + RANGE) / (2 RANGE) * 2^bits), 0, 2^bits - 1)      RANGE = 4
-    g = n XOR (n >> 1)                                                    (Gray code)
+    n = clip(floor((c + R) / (2 R) * 2^bits), 0, 2^bits - 1)      R = RANGE = 4 by default
+    g = n XOR (n >> 1)                                            (Gray code)
 and the bits of g, most significant first, coordinate u first. ``decode`` maps bits back to the
 centre of their cell. Neighbouring cells differ in one bit, so a one-bit move is a small step.
-Points outside [-4, 4)^2 land in the border cells.
+Points outside [-R, R)^2 land in the border cells.
+
+The half-width R sets the cell size 2R / 2^bits and so shifts every NLL by 2 log(R' / R) nats
+between two choices. The EB-GFN paper's code quantises on R = its data's max |coordinate| + 2
+(``PAPER_RANGE``: its 5,000 samples of numpy RandomState(1)), with a sign bit and a Gray-coded
+magnitude; that labelling is this one's mirrored with fixed bits flipped, so on the same R the two
+pose the same problem and NLLs compare directly (``resolve_range(0, name)``).
 
 User data: ``load_npy(path)`` reads an ``.npy`` of {0, 1} vectors (uint8[n, d]).
 ``entropy_floor`` estimates the entropy of the discretised density (nats), the lowest expected
@@ -24,6 +30,24 @@ import numpy as np
 NAMES = ("2spirals", "8gaussians", "circles", "moons", "pinwheel", "swissroll", "checkerboard")
 RANGE = 4.0
 MAX_D = 64
+# R of the EB-GFN code's quantisation (f_scale + 1 in its synthetic_data.OnlineToyDataset), from its
+# own generators with numpy RandomState(1) and 5,000 samples (sklearn for circles, moons, swissroll)
+PAPER_RANGE = {"2spirals": 5.480986, "8gaussians": 6.194777, "circles": 5.780578,
+               "moons": 5.669443, "pinwheel": 5.946060, "swissroll": 5.265939,
+               "checkerboard": 5.999416}
+
+
+def resolve_range(r, name: str) -> float:
+    """The half-width R for a setting: a number (R itself; 0 or "paper": the EB-GFN paper's R for
+    density ``name``)."""
+    if r in ("paper", 0, 0.0):
+        if name not in PAPER_RANGE:
+            raise ValueError(f"the paper's range is defined for {', '.join(PAPER_RANGE)}, not {name!r}")
+        return PAPER_RANGE[name]
+    r = float(r)
+    if not r > 0:
+        raise ValueError(f"the grid's half-width must be > 0, got {r}")
+    return r
 
 
 def _rng(seed_or_rng):
@@ -101,12 +125,12 @@ def _bits_int(b: np.ndarray) -> np.ndarray:
     return (b.astype(np.int64) << np.arange(bits - 1, -1, -1)).sum(-1)
 
 
-def encode(points: np.ndarray, bits: int) -> np.ndarray:
-    """uint8[n, 2 * bits]: Gray-coded cells of float points[n, 2] (see the module docstring)."""
+def encode(points: np.ndarray, bits: int, r: float = RANGE) -> np.ndarray:
+    """uint8[n, 2 * bits]: Gray-coded cells of float points[n, 2] on [-r, r)^2 (module docstring)."""
     if not 1 <= bits <= 31:
         raise ValueError(f"bits must be in [1, 31], got {bits}")
     m = 2 ** bits
-    cell = np.floor((np.asarray(points, np.float64) + RANGE) / (2 * RANGE) * m).astype(np.int64)
+    cell = np.floor((np.asarray(points, np.float64) + r) / (2 * r) * m).astype(np.int64)
     g = to_gray(np.clip(cell, 0, m - 1))
     return np.concatenate([_int_bits(g[:, 0], bits), _int_bits(g[:, 1], bits)], 1)
 
@@ -117,29 +141,30 @@ def cells(x: np.ndarray) -> np.ndarray:
     return np.stack([from_gray(_bits_int(x[..., :bits])), from_gray(_bits_int(x[..., bits:]))], -1)
 
 
-def decode(x: np.ndarray) -> np.ndarray:
-    """float32[n, 2]: the centres of the cells of bit vectors x[n, 2 * bits]."""
+def decode(x: np.ndarray, r: float = RANGE) -> np.ndarray:
+    """float32[n, 2]: the centres of the cells of bit vectors x[n, 2 * bits] on [-r, r)^2."""
     bits = x.shape[-1] // 2
-    return (-RANGE + (cells(x) + 0.5) * (2 * RANGE) / 2 ** bits).astype(np.float32)
+    return (-r + (cells(x) + 0.5) * (2 * r) / 2 ** bits).astype(np.float32)
 
 
-def make_data(name: str, bits: int, n: int, seed) -> np.ndarray:
-    """uint8[n, 2 * bits]: n quantised samples of the named density."""
-    return encode(sample_2d(name, n, seed), bits)
+def make_data(name: str, bits: int, n: int, seed, r: float = RANGE) -> np.ndarray:
+    """uint8[n, 2 * bits]: n quantised samples of the named density on [-r, r)^2."""
+    return encode(sample_2d(name, n, seed), bits, r)
 
 
-def entropy_floor(name: str, bits: int, seed, n: int = 4_000_000, chunk: int = 1_000_000) -> float:
+def entropy_floor(name: str, bits: int, seed, n: int = 4_000_000, chunk: int = 1_000_000,
+                  r: float = RANGE) -> float:
     """Plug-in entropy (nats) of the discretised density from n fresh samples.
 
     Its bias is about -(occupied cells - 1) / (2 n) nats (a slight underestimate).
     """
-    r = _rng(seed)
+    rng = _rng(seed)
     m = 2 ** bits
     counts = np.zeros(m * m, np.int64)
     done = 0
     while done < n:
         k = min(chunk, n - done)
-        c = cells(make_data(name, bits, k, r))
+        c = cells(make_data(name, bits, k, rng, r))
         counts += np.bincount(c[:, 0] * m + c[:, 1], minlength=m * m)
         done += k
     p = counts[counts > 0] / n

@@ -42,6 +42,9 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
 
     data: str = setting("2spirals", f"a 2-D density ({', '.join(toy2d.NAMES)}) or a .npy of {{0,1}} vectors")
     bits: int = setting(8, "bits per coordinate for 2-D densities (d = 2 bits)", min=1, max=16)
+    grid_range: float = setting(4.0, "2-D densities are quantised on [-R, R)^2 with this R; 0: the "
+                                "EB-GFN paper's R for the density (its NLLs then compare directly; "
+                                "every NLL moves by 2 log(R'/R) between two R)", min=0)
     n_train: int = setting(50000, "training points drawn from a 2-D density", min=1)
     n_test: int = setting(10000, "held-out points drawn from a 2-D density", min=1)
     test_fraction: float = setting(0.1, "held-out fraction of a .npy data set", gt=0, lt=1)
@@ -125,8 +128,9 @@ def load_data(s: EBMSettings):
     if s.data not in toy2d.NAMES:
         raise ValueError(f"data must be one of {', '.join(toy2d.NAMES)} or a path ending in .npy, got {s.data!r}")
     rng = np.random.default_rng([s.seed, 0])
-    return (toy2d.make_data(s.data, s.bits, s.n_train, rng),
-            toy2d.make_data(s.data, s.bits, s.n_test, rng), True)
+    r = toy2d.resolve_range(s.grid_range, s.data)
+    return (toy2d.make_data(s.data, s.bits, s.n_train, rng, r),
+            toy2d.make_data(s.data, s.bits, s.n_test, rng, r), True)
 
 
 def build(settings: EBMSettings) -> driver.Experiment:
