@@ -20,7 +20,8 @@ Writes benchmarks/results/ebm_cpu.json (ebm_d32_cpu.json at d = 32; or --out) an
         # a step budget instead: every run trains 20,000 steps and records its held-out NLL curve
         # ("curve": [step, test_nll, train_s]), printed as it goes; after every finished run the
         # output is rewritten, and --resume skips the (density, method, seed) runs already in it;
-        # every density's seed 0 runs before any seed 1
+        # every density's seed 0 runs before any seed 1; the unfinished run's loop state is saved
+        # at every curve point (OUT.ckpt/) and a rerun continues it exactly
     python benchmarks/ebm.py --d32 --steps 5000 --eval-every 1000 --methods gfn-cd,pcd,gwg
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 
 import jax
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfnem_jax.data import toy2d
-from gfnem_jax import ebgfn
+from gfnem_jax import checkpoint, ebgfn
 from gfnem_jax.experiments import ebm, ebm_eval
 from gfnem_jax.models import energy as em
 
@@ -54,15 +56,26 @@ def heldout_nll(e, phi, test, key, chains, temps):
 
 
 def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True, steps=0, eval_every=0,
-            tag="", curve_ais=(32, 200)):
+            tag="", curve_ais=(32, 200), ckpt=None):
     """Train one run: ``steps`` steps if > 0 (else for ``budget`` seconds), the held-out NLL every
     ``eval_every`` steps (steps mode; a multiple of ``chunk``) into "curve" rows [step, test_nll,
     train_s] (d > 20: [step, AIS NLL, train_s, s.e.] with ``curve_ais`` = (chains, temperatures),
-    one AIS key for the whole curve), evaluation time excluded, printed as progress."""
+    one AIS key for the whole curve), evaluation time excluded, printed as progress.
+
+    ckpt: a folder (steps mode): the loop state, the curve and the training seconds are saved
+    there at every curve point (``gfnem_jax.checkpoint``, verified, newest kept) and a run that
+    finds one continues from it, exactly as if it had not stopped."""
     st = ebgfn.init_state(e, seed)
-    t0 = time.perf_counter()
     n, curve, train_s = 0, [], 0.0
+    if ckpt and steps > 0:
+        st, path = checkpoint.restore_newest(ckpt, st)
+        if path is not None:
+            curve = checkpoint.load_extra(path, "curve").tolist()
+            n, train_s = int(st.step), float(checkpoint.load_extra(path, "train_s"))
+            print(f"    {tag}: resumed at step {n} from {path}", flush=True)
+    t0 = time.perf_counter()
     key = jax.random.PRNGKey(7)
+    m = None
     while (n < steps) if steps > 0 else (time.perf_counter() - t0 < budget):
         t1 = time.perf_counter()
         st, m = run_chunk(st, train)
@@ -76,11 +89,16 @@ def run_one(e, run_chunk, train, test, seed, budget, chunk, with_tv=True, steps=
             curve.append([n, round(nll, 4), round(train_s, 1)] + ([round(se, 4)] if se else []))
             how = f" (AIS s.e. {se:.3f})" if se else ""
             print(f"    {tag} step {n}/{steps}: test NLL {nll:.3f}{how} ({train_s:.0f} s)", flush=True)
+            if ckpt:
+                checkpoint.save(ckpt, st, keep=1, extras={"curve": np.asarray(curve, np.float64),
+                                                          "train_s": np.asarray(train_s)})
         elif steps <= 0:
             curve.append([n, None, round(train_s, 2)])
     wall = train_s if steps > 0 else time.perf_counter() - t0
-    out = {"steps": n, "train_s": round(wall, 2), "final_gfn_loss": float(m["loss"][-1]),
-           "final_accept": float(m["accept"][-1]) if "accept" in m else 0.0, "curve": curve}
+    out = {"steps": n, "train_s": round(wall, 2), "curve": curve}
+    if m is not None:
+        out.update(final_gfn_loss=float(m["loss"][-1]),
+                   final_accept=float(m["accept"][-1]) if "accept" in m else 0.0)
     return st, out
 
 
@@ -143,7 +161,8 @@ def main(argv=None):
                     help="sampler updates per energy update (0: the run kind's default per method)")
     ap.add_argument("--steps", type=int, default=0, help="train every run this many steps (0: --budget seconds)")
     ap.add_argument("--eval-every", type=int, default=1000, help="with --steps: steps between held-out NLL points")
-    ap.add_argument("--resume", action="store_true", help="keep the finished runs already in --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the finished runs already in --out and continue an unfinished one from its checkpoint")
     ap.add_argument("--energy-lr", type=float, default=1e-3)
     ap.add_argument("--energy-l2", type=float, default=0.01)
     ap.add_argument("--lr-logz", type=float, default=0.1)
@@ -209,9 +228,12 @@ def main(argv=None):
                 if (name, m, seed) in done:
                     continue
                 e, rc = runners[m]
+                ck = os.path.join(a.out + ".ckpt", f"{name}_{m}_{seed}") if a.steps > 0 else None
+                if ck and not a.resume:  # a fresh benchmark: no partial run continues
+                    shutil.rmtree(ck, ignore_errors=True)
                 st, r = run_one(e, rc, train, test, seed, a.budget, a.chunk, seed < a.tv_seeds,
                                 a.steps, a.eval_every, f"{name} {m} seed {seed}",
-                                (a.curve_ais_chains, a.curve_ais_temps))
+                                (a.curve_ais_chains, a.curve_ais_temps), ck)
                 if exact:
                     r = finish_exact(e, st, r, test, seed, seed < a.tv_seeds)
                     r.update(floor=floors[name])
@@ -221,6 +243,8 @@ def main(argv=None):
                 r.update(density=name, method=m, seed=seed)
                 results.append(r)
                 _write(a, d, {}, results)
+                if ck:  # the finished run is in the results: its checkpoint is no longer needed
+                    shutil.rmtree(ck, ignore_errors=True)
                 tv = f" tv={r['sampler_tv']:.3f}({r['sampler_tv_method']})" if "sampler_tv" in r else ""
                 extra = (f"(floor {floors[name]:.3f}){tv}" if exact else
                          f"(AIS s.e. {r['log_z_se']:.3f}), MMD {r['mmd']:.5f}, paper {r['paper_nll']} "
