@@ -156,7 +156,7 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--hidden", type=int, default=256, help="width of the energy MLP and of the GFlowNet MLP")
     ap.add_argument("--mcmc-steps", type=int, default=20)
-    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--k", type=int, default=0, help="gfn-cd's steps back (0: d, the run kind's default)")
     ap.add_argument("--gfn-updates", type=int, default=0,
                     help="sampler updates per energy update (0: the run kind's default per method)")
     ap.add_argument("--steps", type=int, default=0, help="train every run this many steps (0: --budget seconds)")

@@ -34,7 +34,8 @@ an argument of the compiled chunk):
                      towards p_phi, so a sampler that lags the energy biases its gradient only
                      where it misses p_phi's mass entirely ("none": w_j = 1/B);
              gfn-cd  one back-and-forth MH step from each data point, k steps back
-                     (``gfnem_jax.mcmc.back_and_forth``; k grows 1 -> d over k_warmup steps if > 0);
+                     (``gfnem_jax.mcmc.back_and_forth``; k = 0, the default: d, the whole
+                     trajectory; k grows 1 -> d over k_warmup steps if > 0);
              pcd, gwg the persistent chains (after this step's moves).
 Data parallelism: a mesh (``loop.make_mesh``) shards the batch; every per-sample key is keyed by
 the sample's global index and every statistic is over the global batch, so 1 and N devices give
@@ -141,11 +142,12 @@ def sampler_updates(settings) -> int:
 
 
 def current_k(ebm: EBM, step) -> jax.Array:
-    """int32[]: gfn-cd's steps back at ``step`` (k_warmup > 0: 1 -> d linearly; else min(k, d))."""
+    """int32[]: gfn-cd's steps back at ``step`` (k_warmup > 0: 1 -> d linearly; else min(k, d),
+    and d for k = 0)."""
     s, d = ebm.settings, ebm.d
     if s.k_warmup > 0:
         return jnp.clip(1 + (d - 1) * step // s.k_warmup, 1, d).astype(jnp.int32)
-    return jnp.asarray(min(s.k, d), jnp.int32)
+    return jnp.asarray(min(s.k or d, d), jnp.int32)
 
 
 def batch_fn(ebm: EBM):

@@ -63,7 +63,9 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
     lr_gfn: float = setting(1e-3, "Adam learning rate of the GFlowNet policy", gt=0)
     lr_logz: float = setting(0.1, "Adam learning rate of log Z (EB-GFN uses 1; it diverged here with method gfn)", gt=0)
     back_ratio: float = setting(0.5, "fraction of the sampler batch that are backward trajectories from data", min=0, max=1)
-    k: int = setting(4, "gfn-cd: steps back in the back-and-forth MH move (capped at d)", min=1)
+    k: int = setting(0, "gfn-cd: steps back in the back-and-forth MH move, capped at d; 0: d (the "
+                     "whole trajectory, an independence proposal from P_F; closer to the model at "
+                     "convergence than 4, at the same cost)", min=0)
     k_warmup: int = setting(0, "gfn-cd: if > 0, k grows linearly from 1 to d over this many steps", min=0)
     temperature: float = setting(1.0, "reward temperature T: R = exp(-E / T)", gt=0)
     energy_l2: float = setting(0.01, "weight alpha of the energy penalty alpha (mean E(data)^2 + mean E(neg)^2)", min=0)
