@@ -116,11 +116,12 @@ PAPER_D32 = {"2spirals": 20.05, "8gaussians": 19.98, "circles": 20.55, "pinwheel
 
 
 def paper_same_grid(name, r):
-    """The paper's d = 32 NLL moved to a grid of half-width r: + 2 log(r / R_paper) (the cells'
-    area ratio; the paper quantises on toy2d.PAPER_RANGE[name]). None without a paper number."""
+    """The paper's d = 32 NLL moved to a grid of half-width r: + 2 log(R_paper / r) (smaller cells
+    hold less mass each: the NLL rises by the log of the cells' area ratio; the paper quantises on
+    toy2d.PAPER_RANGE[name]). None without a paper number."""
     if name not in PAPER_D32:
         return None
-    return PAPER_D32[name] + 2 * float(np.log(r / toy2d.PAPER_RANGE[name]))
+    return PAPER_D32[name] + 2 * float(np.log(toy2d.PAPER_RANGE[name] / r))
 
 
 def finish_ais(e, st, out, test, seed, a):

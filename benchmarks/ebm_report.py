@@ -5,7 +5,8 @@ Merges any number of result files (e.g. one per method group, or a d = 16 and a 
 and prints reStructuredText tables (the docs' form):
 
   final   held-out NLL at the last step, mean ± std over the seeds present (n in brackets), beside
-          the entropy floor (d <= 20, exact NLL) or the EB-GFN paper's NLL (d = 32, AIS);
+          the entropy floor (d <= 20, exact NLL) or the EB-GFN paper's NLL (d = 32, AIS) moved to
+          the runs' grid (``paper_nll_same_grid``: + 2 log(R_paper / R), ``ebm.paper_same_grid``);
   change  the NLL's change over the last ``--window`` steps of each curve (seed mean): near 0 (or
           within the AIS s.e. at d = 32) says the run has stopped improving; negative, still falling;
   curves  every ``--every`` steps, the seed-mean NLL of each (density, method).
@@ -52,12 +53,18 @@ def _rst(header, rows):
     return "\n".join([line, fmt(header), line] + [fmt(r) for r in rows] + [line])
 
 
-def report(runs, d, window=1000, every=1000):
+def _methods(runs, order=None):
+    """The methods present, in ``order`` first (a list of names), then as they first appear."""
+    seen = list(dict.fromkeys(r["method"] for r in runs))
+    return [m for m in (order or []) if m in seen] + [m for m in seen if m not in (order or [])]
+
+
+def report(runs, d, window=1000, every=1000, order=None):
     groups = defaultdict(list)
     for r in runs:
         groups[(r["density"], r["method"])].append(r)
     dens = list(dict.fromkeys(r["density"] for r in runs))
-    methods = list(dict.fromkeys(r["method"] for r in runs))
+    methods = _methods(runs, order)
     exact = d is None or d <= 20
     ref_name = "floor" if exact else "paper"
     head = ["density", ref_name] + [f"``{m}``" for m in methods]
@@ -100,7 +107,7 @@ def report(runs, d, window=1000, every=1000):
     return "\n".join(out)
 
 
-def plot(runs, d, path):
+def plot(runs, d, path, order=None):
     """One panel per density: the seed-mean NLL curve of every method, and the floor (d <= 20) or
     the paper's NLL (d = 32) as a dashed line. Needs matplotlib."""
     import matplotlib
@@ -109,7 +116,7 @@ def plot(runs, d, path):
     import matplotlib.pyplot as plt
 
     dens = list(dict.fromkeys(r["density"] for r in runs))
-    methods = list(dict.fromkeys(r["method"] for r in runs))
+    methods = _methods(runs, order)
     cols = min(4, len(dens))
     rows = (len(dens) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
@@ -143,11 +150,13 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=1000, help="steps over which 'change' is taken")
     ap.add_argument("--every", type=int, default=1000, help="steps between the curves' columns")
     ap.add_argument("--plot", help="also write the curves to this PNG (matplotlib)")
+    ap.add_argument("--order", default="gfn-cd,gfn,pcd,gwg", help="methods' column order (first)")
     a = ap.parse_args(argv)
     runs, d = load(a.files)
-    print(report(runs, d, a.window, a.every))
+    order = a.order.split(",")
+    print(report(runs, d, a.window, a.every, order))
     if a.plot:
-        plot(runs, d, a.plot)
+        plot(runs, d, a.plot, order)
         print(f"wrote {a.plot}")
 
 

@@ -10,8 +10,8 @@ and the bits of g, most significant first, coordinate u first. ``decode`` maps b
 centre of their cell. Neighbouring cells differ in one bit, so a one-bit move is a small step.
 Points outside [-R, R)^2 land in the border cells.
 
-The half-width R sets the cell size 2R / 2^bits and so shifts every NLL by 2 log(R' / R) nats
-between two choices. The EB-GFN paper's code quantises on R = its data's max |coordinate| + 2
+The half-width R sets the cell size 2R / 2^bits, so NLLs on two grids differ by the log of the
+cells' area ratio: NLL on R = NLL on R' + 2 log(R' / R) (smaller cells, higher NLL). The EB-GFN paper's code quantises on R = its data's max |coordinate| + 2
 (``PAPER_RANGE``: its 5,000 samples of numpy RandomState(1)), with a sign bit and a Gray-coded
 magnitude; that labelling is this one's mirrored with fixed bits flipped, so on the same R the two
 pose the same problem and NLLs compare directly (``resolve_range(0, name)``).

@@ -44,7 +44,7 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
     bits: int = setting(8, "bits per coordinate for 2-D densities (d = 2 bits)", min=1, max=16)
     grid_range: float = setting(4.0, "2-D densities are quantised on [-R, R)^2 with this R; 0: the "
                                 "EB-GFN paper's R for the density (its NLLs then compare directly; "
-                                "every NLL moves by 2 log(R'/R) between two R)", min=0)
+                                "an NLL on R is that on R' plus 2 log(R'/R))", min=0)
     n_train: int = setting(50000, "training points drawn from a 2-D density", min=1)
     n_test: int = setting(10000, "held-out points drawn from a 2-D density", min=1)
     test_fraction: float = setting(0.1, "held-out fraction of a .npy data set", gt=0, lt=1)
