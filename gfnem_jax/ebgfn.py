@@ -275,6 +275,8 @@ def model_reduce(ebm: EBM, q, aux):
     if ebm.settings.energy_l2 > 0:
         loss = loss + ebm.settings.energy_l2 * (jnp.mean(q["pos"] ** 2) + jnp.sum(w * q["neg"] ** 2))
     m = {"accept": jnp.mean(aux["acc"])} if "acc" in aux else {}
+    if "logw" in aux:  # the weights' effective sample size over B: 1 when P_F is p_phi
+        m["neg_ess"] = 1.0 / (jnp.sum(w ** 2) * w.shape[0])
     return loss, m
 
 
@@ -282,7 +284,8 @@ def make_step(ebm: EBM, mesh=None):
     """``step(state, batch, key) -> (state, metrics)``: ``loop.make_step`` with the two sides,
     schedule "both", further sampler updates (``sampler_updates`` > 1) as its ``after_sampler`` hook.
     Metrics: loss (the sampler's; 0 for pcd / gwg), m_loss (the contrastive loss before the
-    step), accept (gfn-cd: MH acceptance; gwg: GwG acceptance), log_z (objectives with one)."""
+    step), accept (gfn-cd: MH acceptance; gwg: GwG acceptance), log_z (objectives with one),
+    neg_ess (gfn with weighted negatives: their effective sample size / B, low when it lags)."""
     s = ebm.settings
     if not ebm.gfn_based:
         return loop.make_step(chain_move(ebm), model_update(ebm), loop.Schedule("both"), mesh=mesh)
@@ -317,6 +320,7 @@ def make_chunk(ebm: EBM, n: int, mesh=None):
 
 def summarize_chunk(m) -> dict:
     """A logged row's metrics from a chunk's: means of the sampler loss (gfn_loss), the
-    contrastive loss (e_loss), accept and log_z where present."""
-    names = {"loss": "gfn_loss", "m_loss": "e_loss", "accept": "accept", "log_z": "log_z"}
+    contrastive loss (e_loss), accept, log_z and neg_ess (gfn's weighted negatives) where present."""
+    names = {"loss": "gfn_loss", "m_loss": "e_loss", "accept": "accept", "log_z": "log_z",
+             "neg_ess": "neg_ess"}
     return {v: float(np.mean(m[k])) for k, v in names.items() if k in m}

@@ -231,3 +231,6 @@ def test_importance_weighted_gfn_negatives_estimate_the_model_expectation(float6
     est = float(np.sum(w * e_neg) / np.sum(w))
     assert abs(est - mean_p) < 0.02 * abs(mean_p) + 0.02
     assert abs(float(e_neg.mean()) - mean_p) > 10 * abs(est - mean_p)  # P_F alone is off
+    # the logged effective sample size is (sum w)^2 / (n sum w^2)
+    _, m = ebgfn.model_reduce(e, {"pos": jnp.zeros(1), "neg": jnp.zeros(n)}, aux)
+    np.testing.assert_allclose(float(m["neg_ess"]), w.sum() ** 2 / (n * (w ** 2).sum()), rtol=1e-6)
