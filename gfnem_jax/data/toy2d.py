@@ -37,10 +37,10 @@ PAPER_RANGE = {"2spirals": 5.480986, "8gaussians": 6.194777, "circles": 5.780578
                "checkerboard": 5.999416}
 
 
-def resolve_range(r, name: str) -> float:
-    """The half-width R for a setting: a number (R itself; 0 or "paper": the EB-GFN paper's R for
-    density ``name``)."""
-    if r in ("paper", 0, 0.0):
+def resolve_range(r: float, name: str) -> float:
+    """The half-width R for a setting: R itself, or for 0 the EB-GFN paper's R for density
+    ``name``."""
+    if r == 0:
         if name not in PAPER_RANGE:
             raise ValueError(f"the paper's range is defined for {', '.join(PAPER_RANGE)}, not {name!r}")
         return PAPER_RANGE[name]
