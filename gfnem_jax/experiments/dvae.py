@@ -184,11 +184,14 @@ def load_run(run: str):
     return s, b, driver.restore_run(run, b.state), train, test
 
 
-def evaluate_run(run: str, is_samples: int = 5000, rows: int = 8192, seed: int = 0) -> Dict[str, Any]:
+def evaluate_run(run: str, is_samples: int = 5000, rows: int = 8192, seed: int = 0,
+                 per_image: bool = False) -> Dict[str, Any]:
     """Test NLL of a run (IS with the encoder, or the VQ-VAE bound); writes run/eval.json.
 
     Returns {"nll" (nats per test image), "nll_sem", "is_samples", "n_images", "codes",
-    "method", "bound" ("is" or "vq"), "grid", "bits_per_dim_lower", "eval_wall_s"}."""
+    "method", "bound" ("is" or "vq"), "grid", "bits_per_dim_lower", "eval_wall_s"}, and with
+    ``per_image`` also "per_image_nll" (list of the n_images values, in test order; not written
+    to eval.json): for paired comparisons of runs on the same images."""
     if is_samples < 1:
         raise ValueError(f"is_samples must be >= 1, got {is_samples}")
     s, b, state, _, test = load_run(run)
@@ -206,6 +209,8 @@ def evaluate_run(run: str, is_samples: int = 5000, rows: int = 8192, seed: int =
     res["bits_per_dim_lower"] = res["nll"] / (math.log(2) * float(np.prod(test.shape[1:])))
     with open(os.path.join(run, "eval.json"), "w") as f:
         json.dump(res, f, indent=2, sort_keys=True)
+    if per_image:
+        res["per_image_nll"] = [float(v) for v in -np.asarray(ll, np.float64)]
     return res
 
 
