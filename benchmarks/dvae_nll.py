@@ -72,7 +72,7 @@ def main(argv=None):
     ap.add_argument("--cycle", type=int, default=None, help="E-steps (= M-steps) per cycle")
     ap.add_argument("--is-samples", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--data", default="digits", help="digits, shapes (generated 28x28) or a path")
+    ap.add_argument("--data", default="digits", help="digits, shapes or wires (generated 28x28) or a path")
     ap.add_argument("--grid", type=int, default=4)
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--hidden", type=int, default=256, help="encoder state-MLP width")
@@ -107,6 +107,10 @@ def main(argv=None):
     base = no_latent_nll(*dvae.load_data(s0))
     print(f"  no-latent model (independent pixels): test NLL {np.mean(base):.2f} "
           f"(s.e. {np.std(base, ddof=1) / np.sqrt(len(base)):.2f} over {len(base)} images)", flush=True)
+    floor = data_floor(a.data, s0)
+    if floor is not None:
+        print(f"  the data's own law (exact): test NLL {floor['nll']:.2f}, entropy {floor['entropy']:.2f} "
+              f"nats (what a perfect model reaches)", flush=True)
     for K in codes:
         for m in a.methods:
             for seed in seeds:
@@ -137,7 +141,7 @@ def main(argv=None):
                                 "per_image_nll": e["per_image_nll"]})
                 print(json.dumps({k: v for k, v in results[-1].items() if k != "per_image_nll"}),
                       flush=True)
-                write(a, codes, seeds, steps, cycle, S, spd, results, base)
+                write(a, codes, seeds, steps, cycle, S, spd, results, base, floor)
                 shutil.rmtree(out, ignore_errors=True)  # finished: its result is in --out
     shutil.rmtree(runs_dir, ignore_errors=True)
     table, paired = summarize(results, base)
@@ -146,13 +150,27 @@ def main(argv=None):
         print(f"| {r['codes']} | {r['method']} | {r['nll_mean']:.2f} +- {r['nll_std']:.2f} | "
               f"{r['is_sem_mean']:.2f} | {r['train_s_mean']:.0f} |")
     print(f"| | no latent | {np.mean(base):.2f} | | |")
+    if floor is not None:
+        print(f"| | the data's law (exact) | {floor['nll']:.2f} | | |")
     if paired:
         print("\nPaired per-image differences (A - B, nats; same images, same seed; mean +- s.e. "
               "over images, seeds pooled):\n| K | A | B | mean A - B | s.e. | seeds |\n|---|---|---|---|---|---|")
         for r in paired:
             print(f"| {r['codes']} | {r['a']} | {r['b']} | {r['mean']:+.2f} | {r['sem']:.2f} | {r['seeds']} |")
-    write(a, codes, seeds, steps, cycle, S, spd, results, base)
+    write(a, codes, seeds, steps, cycle, S, spd, results, base, floor)
     print(f"wrote {a.out}")
+
+
+def data_floor(data: str, s0):
+    """For ``--data wires``: the exact NLL of the test images under the law that generated them
+    (``gfnem_jax.data.wires.log_prob``) and its entropy; None for other data."""
+    if data != "wires":
+        return None
+    from gfnem_jax.data import wires
+    _, test = dvae.load_data(s0)
+    nll = np.array([-wires.log_prob(x) for x in test])
+    return {"nll": float(nll.mean()), "nll_sem": float(nll.std(ddof=1) / np.sqrt(len(nll))),
+            "entropy": wires.entropy()}
 
 
 def no_latent_nll(train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -201,7 +219,7 @@ def _log_every(steps: int, cycle: int) -> int:
     return 1
 
 
-def write(a, codes, seeds, steps, cycle, S, spd, results, base):
+def write(a, codes, seeds, steps, cycle, S, spd, results, base, floor=None):
     """Write everything measured so far to a.out (called after every run, so an interrupted
     benchmark keeps its finished runs)."""
     meta = {"quick": a.quick, "codes": codes, "seeds": seeds, "steps": steps, "cycle": cycle,
@@ -216,6 +234,7 @@ def write(a, codes, seeds, steps, cycle, S, spd, results, base):
         json.dump({"meta": meta, "speed": spd, "table": table, "paired": paired,
                    "no_latent": {"nll": float(np.mean(base)),
                                  "nll_sem": float(np.std(base, ddof=1) / np.sqrt(len(base)))},
+                   "data_law": floor,
                    "runs": results}, f, indent=2)
     os.replace(a.out + ".tmp", a.out)
 

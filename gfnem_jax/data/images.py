@@ -1,4 +1,5 @@
-"""Binary image data sets for the discrete VAE: embedded 8x8 digits, generated 28x28 shapes, MNIST.
+"""Binary image data sets for the discrete VAE: embedded 8x8 digits, generated 28x28 shapes and
+wires, MNIST.
 
 Every loader returns an ``ImageData``: ``train`` and ``test`` float32[N, H, W] with values in
 {0, 1} (a held-out split always exists) and a ``name``.
@@ -16,7 +17,9 @@ Every loader returns an ``ImageData``: ``train`` and ``test`` float32[N, H, W] w
   (at least 1) are held out.
 * ``shapes()``: ``gfnem_jax.data.shapes``' generated 28x28 images (4000 training, 500 held out,
   seed 0), made on the fly: long-range structure, no file.
-* ``load(data)``: "digits", "shapes" or a path (directory, .npz or .npy).
+* ``wires()``: ``gfnem_jax.data.wires``' generated 28x28 images (4000 + 500, seed 0): cells
+  joined by wires, with an exact likelihood and entropy (the NLL a perfect model reaches).
+* ``load(data)``: "digits", "shapes", "wires" or a path (directory, .npz or .npy).
 
 Bad files raise one-line ValueErrors naming the file and the problem (wrong magic number,
 truncated data, wrong shapes, missing keys).
@@ -145,7 +148,7 @@ def load_mnist(path: str) -> ImageData:
     return ImageData(binarize(train, mx), binarize(test, mx), os.path.basename(os.path.normpath(path)))
 
 
-NAMES = ("digits", "shapes")  # the data sets made in the package, no file needed
+NAMES = ("digits", "shapes", "wires")  # the data sets made in the package, no file needed
 NPY_TEST_FRACTION = 0.1
 
 
@@ -154,6 +157,14 @@ def shapes() -> ImageData:
     from gfnem_jax.data.shapes import shapes as make
     train, test = make()
     return ImageData(train, test, "shapes")
+
+
+def wires() -> ImageData:
+    """``gfnem_jax.data.wires.wires()``: 4000 + 500 generated 28x28 images (seed 0) with an exact
+    likelihood (``gfnem_jax.data.wires.log_prob``, ``entropy``)."""
+    from gfnem_jax.data.wires import wires as make
+    train, test = make()
+    return ImageData(train, test, "wires")
 
 
 def load_npy(path: str) -> ImageData:
@@ -172,12 +183,14 @@ def load_npy(path: str) -> ImageData:
 
 
 def load(data: str = "digits") -> ImageData:
-    """``data``: "digits" (embedded), "shapes" (generated) or a path to MNIST IDX files, an .npz
+    """``data``: "digits" (embedded), "shapes" or "wires" (generated) or a path to MNIST IDX files, an .npz
     or an .npy."""
     if data == "digits":
         return digits()
     if data == "shapes":
         return shapes()
+    if data == "wires":
+        return wires()
     if data.endswith(".npy") and os.path.isfile(data):
         return load_npy(data)
     return load_mnist(data)

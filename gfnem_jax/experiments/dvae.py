@@ -65,8 +65,8 @@ class DVAESettings(ExplorationSettings, ObjectiveSettings, run_dir.CheckpointSet
     method: str = setting("gflownet", "gflownet (GFlowNet-EM), greedy (M-step on the argmax code "
                           "grid), factorized (independent codes given x) or vqvae", choices=METHODS)
     codes: int = setting(8, "number of codes K", min=2)
-    data: str = setting("digits", "digits (embedded 8x8), shapes (generated 28x28, long-range structure) "
-                        "or a path: MNIST IDX directory, .npz (x_train, x_test) or .npy of images")
+    data: str = setting("digits", "digits (embedded 8x8), shapes (generated 28x28, long-range structure), "
+                        "wires (generated 28x28, exact entropy) or a path: MNIST IDX directory, .npz (x_train, x_test) or .npy of images")
     grid: int = setting(4, "the latent is a grid x grid array of codes", min=1)
     steps: int = setting(4000, "steps (E- and M-steps together)", min=1)
     batch_size: int = setting(128, "images per step", min=1)
