@@ -7,6 +7,7 @@ uniform model's d log 2."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gfnem_jax import ebgfn
 from gfnem_jax.data import toy2d
@@ -64,3 +65,25 @@ def test_importance_weighted_negatives_keep_one_update_learning():
     tv, nll = _trace(1, "is")
     assert max(tv) < 0.3, tv
     assert nll < uniform - 0.3, (nll, uniform)
+
+
+def test_old_gfn_runs_read_as_unweighted_and_resume_refuses_the_new_default(tmp_path):
+    """A gfn run saved before neg_weights existed trained with unweighted negatives: its config
+    reads as "none", and resuming it under the default "is" is refused by name."""
+    from gfnem_jax import driver, run_dir
+
+    saved = ebm.EBMSettings(method="gfn", neg_weights="none", bits=2, steps=10).to_config()
+    del saved["neg_weights"]
+    assert ebm.EBMSettings.from_config(saved).neg_weights == "none"
+    assert ebm.EBMSettings.from_config(dict(saved, method="gfn-cd")).neg_weights == "is"
+    old = dict(ebm.build(ebm.EBMSettings(method="gfn", neg_weights="none", bits=2,
+                                         steps=10)).config)
+    del old["neg_weights"]
+    out = tmp_path / "old_gfn"
+    out.mkdir()
+    (out / run_dir.CONFIG).write_text(__import__("json").dumps(old))
+    new = ebm.build(ebm.EBMSettings(method="gfn", bits=2, steps=10))
+    with pytest.raises(ValueError, match="neg_weights"):
+        driver.check_resume(new, str(out))
+    driver.check_resume(ebm.build(ebm.EBMSettings(method="gfn", neg_weights="none", bits=2,
+                                                  steps=10)), str(out))

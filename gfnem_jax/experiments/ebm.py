@@ -107,6 +107,16 @@ class EBMSettings(ObjectiveSettings, run_dir.CheckpointSettings):
                              f"backward trajectories from the training set), got {self.back_ratio}")
         obj.check_sampling(Exploration(), batch_size=self.batch_size)
 
+    @classmethod
+    def upgrade(cls, d):
+        """A saved config from before ``neg_weights`` existed trained ``gfn`` with unweighted
+        negatives: it reads as neg_weights "none" (so ``--resume`` with the new default "is"
+        refuses it by name instead of changing the run's objective half way)."""
+        d = super().upgrade(d)
+        if d.get("method") == "gfn" and "neg_weights" not in d:
+            d["neg_weights"] = "none"
+        return d
+
     def sampler_updates(self) -> int:
         """Sampler updates per energy update: gfn_updates, or for 0 ``ebgfn.sampler_updates``'s."""
         return ebgfn.sampler_updates(self)
