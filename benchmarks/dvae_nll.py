@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gfnem_jax import loop
-from gfnem_jax.experiments import dvae
+from gfnem_jax.experiments import dvae, dvae_eval
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -104,7 +104,7 @@ def main(argv=None):
         print(f"  resuming: {len(results)} finished runs in {a.out}", flush=True)
     done = {(r["method"], r["codes"], r["seed"]) for r in results}
     s0 = dvae.DVAESettings(data=a.data, grid=a.grid, n_test=a.n_test, batch_size=a.batch_size)
-    base = no_latent_nll(*dvae.load_data(s0))
+    base = dvae_eval.independent_pixels_nll(*dvae.load_data(s0))
     print(f"  no-latent model (independent pixels): test NLL {np.mean(base):.2f} "
           f"(s.e. {np.std(base, ddof=1) / np.sqrt(len(base)):.2f} over {len(base)} images)", flush=True)
     floor = data_floor(a.data, s0)
@@ -171,15 +171,6 @@ def data_floor(data: str, s0):
     nll = np.array([-wires.log_prob(x) for x in test])
     return {"nll": float(nll.mean()), "nll_sem": float(nll.std(ddof=1) / np.sqrt(len(nll))),
             "entropy": wires.entropy()}
-
-
-def no_latent_nll(train: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """float[M]: -log p(x) per test image under independent Bernoulli pixels whose means are the
-    training set's pixel frequencies (add-one smoothed): the model with no latent at all."""
-    tr = np.asarray(train, np.float64).reshape(len(train), -1)
-    te = np.asarray(test, np.float64).reshape(len(test), -1)
-    p = (tr.sum(0) + 1.0) / (len(tr) + 2.0)
-    return -(te @ np.log(p) + (1 - te) @ np.log1p(-p))
 
 
 def summarize(results, base):

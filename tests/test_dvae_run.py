@@ -35,8 +35,12 @@ def test_tiny_run_resume_eval(tmp_path, method):
     assert res["state"].step == 4
     for name in ("config.json", "summary.json", "reconstructions.png", "prior_samples.png"):
         assert os.path.isfile(os.path.join(out, name)), name
-    e = dvae.evaluate_run(out, is_samples=7)
+    summ = json.load(open(os.path.join(out, "summary.json")))
+    assert summ["codes_used"] == (summ["test_bound"] < summ["no_latent_bound"] - 1.0)
+    e = dvae.evaluate_run(out, is_samples=7, per_image=True)
+    assert len(e["per_image_nll"]) == 6 and np.mean(e["per_image_nll"]) == pytest.approx(e["nll"])
     saved = json.load(open(os.path.join(out, "eval.json")))
+    assert "per_image_nll" not in saved
     assert saved["nll"] == pytest.approx(e["nll"])
     assert {"nll", "is_samples", "n_images", "codes", "method"} <= set(saved)
     assert saved["n_images"] == 6 and saved["codes"] == 3 and saved["method"] == method
@@ -93,3 +97,17 @@ def test_one_scan_equals_one_program_per_phase(method):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
     for a, b in zip(jax.tree.leaves(s0), jax.tree.leaves(s1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_independent_pixels_nll_closed_form():
+    """The no-latent reference: -log prod_j p_j^x_j (1 - p_j)^(1 - x_j) with p_j the add-one
+    smoothed training frequency of pixel j, checked against the formula image by image."""
+    from gfnem_jax.experiments import dvae_eval
+    rng = np.random.default_rng(0)
+    train = (rng.random((9, 3, 2)) < 0.3).astype(np.float32)
+    test = (rng.random((4, 3, 2)) < 0.5).astype(np.float32)
+    p = (train.reshape(9, -1).astype(np.float64).sum(0) + 1) / 11
+    want = [-sum(np.log(p[j]) if x[j] else np.log(1 - p[j]) for j in range(6))
+            for x in test.reshape(4, -1)]
+    np.testing.assert_allclose(dvae_eval.independent_pixels_nll(train, test), want, rtol=1e-12)
+

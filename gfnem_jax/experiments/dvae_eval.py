@@ -170,6 +170,16 @@ def reconstruction_grid(x: np.ndarray, recon: np.ndarray, cols: int = 16) -> np.
     return tile(np.stack(blocks), min(cols, len(x)))
 
 
+def independent_pixels_nll(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """float64[M]: -log p(x) of each test image under the model with no latent: independent
+    Bernoulli pixels at the training set's frequencies (add-one smoothed). A latent model whose
+    NLL is not below it does not use its codes."""
+    tr = np.asarray(train, np.float64).reshape(len(train), -1)
+    te = np.asarray(test, np.float64).reshape(len(test), -1)
+    p = (tr.sum(0) + 1.0) / (len(tr) + 2.0)
+    return -(te @ np.log(p) + (1 - te) @ np.log1p(-p))
+
+
 def nats_summary(ll: np.ndarray) -> dict:
     """{"nll": mean -log p, "nll_sem": its standard error} over images."""
     nll = -np.asarray(ll, np.float64)
