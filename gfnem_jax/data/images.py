@@ -183,8 +183,8 @@ def load_npy(path: str) -> ImageData:
 
 
 def load(data: str = "digits") -> ImageData:
-    """``data``: "digits" (embedded), "shapes" or "wires" (generated) or a path to MNIST IDX files, an .npz
-    or an .npy."""
+    """``data``: "digits" (embedded), "shapes" or "wires" (generated) or a path to MNIST IDX
+    files, an .npz or an .npy."""
     if data == "digits":
         return digits()
     if data == "shapes":

@@ -2,9 +2,9 @@
 
 The image (``size`` = 7 * ``cells`` pixels a side, 28 by default) is a ``cells x cells`` grid of
 7x7 cells. Neighbouring cells are joined or not: a join is a 3-pixel-thick segment from one
-cell's centre square to the other's. In each row of cells the ``cells - 1`` horizontal joins are drawn
-as one full-length wire with probability ``q`` (all joins on); otherwise each join is on by
-itself with probability ``p``. Columns likewise, independently. So
+cell's centre square to the other's. In each row of cells the ``cells - 1`` horizontal joins
+are drawn as one full-length wire with probability ``q`` (``Q_WIRE``, all joins on); otherwise
+each join is on by itself with probability ``p`` (``P_JOIN``). Columns likewise, independently. So
 
     p(x) = prod over rows and columns r of  P(j_r),
     P(j) = q [all of j on] + (1 - q) p^|j| (1 - p)^(len(j) - |j|),
